@@ -1,0 +1,53 @@
+"""Builds the aiohttp application: routers of every resource, middleware, shared objects."""
+
+from __future__ import annotations
+
+import warnings
+
+from aiohttp import web
+
+from meshd.api import (
+    agents,
+    catastrophe,
+    files,
+    groups,
+    health,
+    memory,
+    messages,
+    skills,
+    system,
+    updates,
+)
+from meshd.api.keys import HUB, SETTINGS, STORAGE
+from meshd.api.middleware import guard, pipeline
+from meshd.api.routing import TolerantRouter
+from meshd.config import Settings
+from meshd.store.sqlite import SqliteStorage
+from meshd.ws import Hub, websocket_handler
+
+# Declaration order is match precedence among routes of equal specificity, as in Express.
+RESOURCES = (agents, messages, skills, groups, memory, files, updates, catastrophe, health,
+             system)
+
+
+def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None) -> web.Application:
+    # aiohttp's own limit must admit the largest upload; each route applies its own limit.
+    max_size = max(settings.max_body_size, settings.max_file_size * 4 // 3 + (1 << 20))
+    with warnings.catch_warnings():
+        # A custom router is the one hook that resolves before middleware runs; aiohttp 3
+        # deprecates the argument but keeps it (docs/decisions.md).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        app = web.Application(router=TolerantRouter(), middlewares=[pipeline, guard],
+                              client_max_size=max_size)
+    app[SETTINGS] = settings
+    app[STORAGE] = storage
+    app[HUB] = hub or Hub()
+    for module in RESOURCES:
+        app.router.add_routes(module.routes)
+    app.router.add_get("/ws", websocket_handler)
+    app.on_shutdown.append(_close_websockets)
+    return app
+
+
+async def _close_websockets(app: web.Application) -> None:
+    await app[HUB].close_all()

@@ -1,0 +1,5 @@
+"""catastrophe routes (being written)."""
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

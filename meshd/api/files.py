@@ -1,0 +1,5 @@
+"""files routes (being written)."""
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

@@ -1,0 +1,5 @@
+"""groups routes (being written)."""
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

@@ -1,0 +1,5 @@
+"""health routes (being written)."""
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

@@ -1,0 +1,31 @@
+"""Typed keys for what the application shares with its handlers (no globals)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from meshd.config import Settings
+    from meshd.store.sqlite import SqliteStorage
+    from meshd.ws import Hub
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
+STORAGE: web.AppKey[SqliteStorage] = web.AppKey("storage")
+HUB: web.AppKey[Hub] = web.AppKey("hub")
+
+
+def storage(request: web.Request) -> SqliteStorage:
+    return request.app[STORAGE]
+
+
+def hub(request: web.Request) -> Hub:
+    return request.app[HUB]
+
+
+def settings(request: web.Request) -> Settings:
+    return request.app[SETTINGS]
+
+# The agent a request acts for, once a handler knows it (for the request log line).
+AGENT_ID: web.RequestKey[str] = web.RequestKey("agent_id", str)

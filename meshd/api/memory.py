@@ -1,0 +1,5 @@
+"""memory routes (being written)."""
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

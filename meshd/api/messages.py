@@ -1,0 +1,5 @@
+"""messages routes (being written)."""
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

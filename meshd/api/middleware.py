@@ -1,0 +1,115 @@
+"""The request pipeline: CORS, one log event per request, JSON errors, auth, read-only guard.
+
+Every error leaves as `{"error": ...}` JSON with a 4xx/5xx status, framework errors included
+(the Node server answered those with HTML stack traces, RB-09).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+
+from aiohttp import web
+
+from meshd import log as logging
+from meshd.api.http import json_response
+from meshd.api.keys import AGENT_ID, SETTINGS, STORAGE
+from meshd.errors import MeshError, Unavailable
+
+log = logging.get("meshd.http")
+
+API_HEADERS = (
+    "Content-Type, X-API-Key, Authorization, X-Agent-Id, X-Agent-Version, Idempotency-Key"
+)
+ALLOWED_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE"
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+AUTH_FAILED = "Invalid or missing API key"
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The key as the Node server finds it: X-API-Key, else `?apiKey=`, and a `Bearer `
+    Authorization header replaces either."""
+    candidate = request.headers.get("X-API-Key")
+    if candidate is None:
+        candidate = request.query.get("apiKey")
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        candidate = auth[7:]
+    return candidate
+
+
+def key_matches(candidate: str | None, expected: str) -> bool:
+    """Constant-time comparison of the trimmed candidate (the Node server trims too)."""
+    if not candidate:
+        return False
+    return hmac.compare_digest(candidate.strip().encode(), expected.encode())
+
+
+def _agent_id(request: web.Request) -> str | None:
+    info = request.match_info
+    return (request.get(AGENT_ID) or info.get("agentId") or info.get("id")
+            or request.headers.get("X-Agent-Id"))
+
+
+@web.middleware
+async def pipeline(request: web.Request, handler):
+    """CORS on every response, preflight answered without auth, errors as JSON, one log line."""
+    started = time.perf_counter()
+    if request.method == "OPTIONS":
+        response = web.Response(status=204, headers={
+            "Access-Control-Allow-Methods": ALLOWED_METHODS,
+            "Access-Control-Allow-Headers": API_HEADERS,
+            "Access-Control-Max-Age": "600",
+        })
+    else:
+        try:
+            response = await handler(request)
+        except MeshError as exc:
+            response = error_response(exc)
+        except web.HTTPException as exc:
+            response = _framework_error(request, exc)
+        except Exception:
+            request_id = str(uuid.uuid4())
+            log.exception("http.unhandled_error", request_id=request_id,
+                          method=request.method, path=request.path)
+            response = json_response(
+                {"error": "internal error", "requestId": request_id}, status=500)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    if request.app[SETTINGS].access_log:
+        log.info("http.request", method=request.method, path=request.path,
+                 status=response.status, agent_id=_agent_id(request),
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+    return response
+
+
+def error_response(exc: MeshError) -> web.Response:
+    body = {"error": exc.message, **exc.extra}
+    return json_response(body, status=exc.status, headers=exc.headers or None)
+
+
+def _framework_error(request: web.Request, exc: web.HTTPException) -> web.StreamResponse:
+    if isinstance(exc, web.HTTPNotFound | web.HTTPMethodNotAllowed):
+        # The Node server answers an unknown path or method with 404 `Cannot GET /x`.
+        return json_response({"error": f"Cannot {request.method} {request.path}"}, status=404)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return json_response({"error": "request body is too large"}, status=413)
+    if exc.status < 400:
+        return exc
+    return json_response({"error": exc.reason}, status=exc.status)
+
+
+@web.middleware
+async def guard(request: web.Request, handler):
+    """API key on /api/*, and no writes while the store is read-only."""
+    resource = request.match_info.route.resource
+    # The matched route decides, not the raw path: `/API/agents/` matches case-insensitively.
+    if resource is None or not resource.canonical.startswith("/api/"):
+        return await handler(request)
+    settings = request.app[SETTINGS]
+    if not key_matches(presented_key(request), settings.api_key):
+        return json_response({"error": AUTH_FAILED}, status=401)
+    reason = request.app[STORAGE].read_only_reason
+    if reason and request.method in MUTATING:
+        raise Unavailable(f"meshd is read-only: {reason}", extra={"mode": "read-only"})
+    return await handler(request)

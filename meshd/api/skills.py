@@ -1,0 +1,5 @@
+"""skills routes (being written)."""
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

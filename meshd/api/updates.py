@@ -1,0 +1,5 @@
+"""updates routes (being written)."""
+
+from aiohttp import web
+
+routes = web.RouteTableDef()

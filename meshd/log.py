@@ -1,0 +1,48 @@
+"""structlog setup: JSON lines in production, pretty console output on a TTY.
+
+One event per line with an `event` name; callers add ids and durations as keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+
+def configure(fmt: str = "auto", level: str = "info", process: str = "meshd") -> None:
+    use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    processors: list = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+    ]
+    if use_console:
+        processors.append(structlog.dev.ConsoleRenderer())
+    else:
+        processors += [
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(serializer=_orjson_dumps),
+        ]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(process=process)
+    # Libraries that use stdlib logging (aiohttp, apscheduler) go to the same stream.
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+
+
+def _orjson_dumps(obj, **_kw) -> str:
+    import orjson
+
+    return orjson.dumps(obj, default=str).decode()
+
+
+def get(name: str | None = None):
+    return structlog.get_logger(name) if name else structlog.get_logger()

@@ -1,0 +1,178 @@
+"""Write-ahead journal of mutations: every committed write, fsync'd before SQLite commits it.
+
+Records are length-prefixed, CRC-checked frames in segment files under `data/journal/`. A record
+holds the statements (SQL + parameters) of one write transaction; replaying them in sequence
+order onto a backup rebuilds the database exactly, because ids and times are parameters.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+_HEADER = struct.Struct("<II")  # payload length, crc32 of payload
+SEGMENT_BYTES = 64 << 20
+WRITE, ABORT = "w", "a"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    seq: int
+    kind: str  # WRITE: statements to replay; ABORT: `statements` holds [first, last] seq
+    time: str
+    statements: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    path: Path
+    epoch: int
+    first_seq: int
+
+
+def segment_name(epoch: int, first_seq: int) -> str:
+    return f"{epoch:04d}-{first_seq:012d}.seg"
+
+
+def list_segments(directory: Path) -> list[Segment]:
+    segments = []
+    for path in directory.glob("*.seg"):
+        try:
+            epoch_text, seq_text = path.stem.split("-")
+            segments.append(Segment(path, int(epoch_text), int(seq_text)))
+        except ValueError:
+            continue
+    return sorted(segments, key=lambda s: (s.epoch, s.first_seq))
+
+
+def encode(record: Record) -> bytes:
+    payload = orjson.dumps([record.seq, record.kind, record.time, record.statements])
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_segment(path: Path) -> tuple[list[Record], int, bool]:
+    """Good records of one segment, the byte offset where they end, and whether a bad tail
+    (torn write or checksum mismatch) follows them."""
+    data = path.read_bytes()
+    records: list[Record] = []
+    offset = 0
+    while offset < len(data):
+        if offset + _HEADER.size > len(data):
+            return records, offset, True
+        length, crc = _HEADER.unpack_from(data, offset)
+        start, end = offset + _HEADER.size, offset + _HEADER.size + length
+        payload = data[start:end]
+        if end > len(data) or zlib.crc32(payload) != crc:
+            return records, offset, True
+        try:
+            seq, kind, time, statements = orjson.loads(payload)
+        except (orjson.JSONDecodeError, ValueError):
+            return records, offset, True
+        records.append(Record(seq, kind, time, statements))
+        offset = end
+    return records, offset, False
+
+
+def read_all(directory: Path, epoch: int | None = None) -> Iterator[Record]:
+    """Records of every segment (of one epoch when given), aborted sequences left out."""
+    records: list[Record] = []
+    for seg in list_segments(directory):
+        if epoch is not None and seg.epoch != epoch:
+            continue
+        good, _end, _torn = read_segment(seg.path)
+        records.extend(good)
+    aborted: set[int] = set()
+    for rec in records:
+        if rec.kind == ABORT:
+            first, last = rec.statements
+            aborted.update(range(first, last + 1))
+    for rec in records:
+        if rec.kind == WRITE and rec.seq not in aborted:
+            yield rec
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """Appends records; used only from the writer thread, so it needs no lock."""
+
+    def __init__(self, directory: Path, epoch: int) -> None:
+        self.directory = directory
+        self.epoch = epoch
+        self.last_seq = 0
+        self.torn_tail_bytes = 0
+        self._fh = None
+        self._size = 0
+
+    def open(self) -> None:
+        """Find the last good record of this epoch and cut any torn tail, so appends continue
+        from a clean end."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        segments = [s for s in list_segments(self.directory) if s.epoch == self.epoch]
+        for seg in segments:
+            records, end, torn = read_segment(seg.path)
+            if records:
+                self.last_seq = max(self.last_seq, max(r.seq for r in records))
+            if torn:
+                self.torn_tail_bytes += seg.path.stat().st_size - end
+                with seg.path.open("r+b") as fh:
+                    fh.truncate(end)
+                    os.fsync(fh.fileno())
+        if segments:
+            self._open_segment(segments[-1].path)
+
+    def _open_segment(self, path: Path) -> None:
+        if self._fh:
+            self._fh.close()
+        created = not path.exists()
+        self._fh = path.open("ab")
+        self._size = self._fh.tell()
+        if created:
+            _fsync_dir(self.directory)
+
+    def append(self, records: list[Record]) -> None:
+        """Write and fsync; on any error cut the file back so no partial record remains."""
+        if self._fh is None or self._size >= SEGMENT_BYTES:
+            self._open_segment(self.directory / segment_name(self.epoch, records[0].seq))
+        data = b"".join(encode(r) for r in records)
+        start = self._size
+        try:
+            self._fh.write(data)
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        except OSError:
+            self._cut_back(start)
+            raise
+        self._size += len(data)
+        self.last_seq = max(self.last_seq, records[-1].seq)
+
+    def _cut_back(self, offset: int) -> None:
+        try:
+            self._fh.close()
+        except OSError:
+            pass
+        path = Path(self._fh.name)
+        try:
+            with path.open("r+b") as fh:
+                fh.truncate(offset)
+        except OSError:
+            pass  # a torn tail is skipped on the next read anyway
+        self._fh = None
+
+    def close(self) -> None:
+        if self._fh:
+            self._fh.close()
+            self._fh = None

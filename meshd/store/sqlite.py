@@ -1,0 +1,422 @@
+"""SQLite backend: one writer thread with group commit and journal, a pool of reader threads.
+
+Every write is a function run on the writer thread inside one transaction shared by a batch of
+queued writes (each in its own savepoint). The batch's statements are appended to the journal and
+fsync'd before COMMIT, and futures resolve only after COMMIT: an acknowledged write is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from errno import EDQUOT, ENOSPC, EROFS
+from pathlib import Path
+from typing import Any, TypeVar
+
+from meshd import log as logging
+from meshd.clock import db_time
+from meshd.errors import Conflict, CorruptDatabase, InsufficientStorage, MeshError, Unavailable
+from meshd.store import journal as jr
+from meshd.store import schema
+from meshd.store.base import Row
+
+T = TypeVar("T")
+log = logging.get("meshd.store")
+
+MAX_BATCH = 512
+REPLAY_CHUNK = 1000
+_CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+_DISK_ERRNOS = {ENOSPC, EDQUOT, EROFS}
+_SQLITE_FULL = 13
+
+
+def is_corruption(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _CORRUPT_CODES
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> Row:
+    return {d[0]: v for d, v in zip(cursor.description, row, strict=True)}
+
+
+def connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
+    conn.row_factory = _dict_row
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    if query_only:
+        conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
+class _Reader:
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return self.conn.execute(sql, params).fetchone()
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self.conn.execute(sql, params).fetchone()
+        return next(iter(row.values())) if row else None
+
+
+class _Tx(_Reader):
+    """Records each executed statement for the journal; reads are not recorded."""
+
+    __slots__ = ("statements",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn)
+        self.statements: list[list[Any]] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cursor = self.conn.execute(sql, params)
+        self.statements.append([sql, list(params)])
+        return cursor.rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        return sum(self.execute(sql, row) for row in rows)
+
+
+class SqliteStorage:
+    def __init__(
+        self,
+        path: Path,
+        journal_dir: Path,
+        *,
+        readers: int = 4,
+        on_corruption: Callable[[str], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.journal_dir = Path(journal_dir)
+        self.read_only_reason: str | None = None
+        self.migration: schema.MigrationReport | None = None
+        self.replayed = 0
+        self._readers = readers
+        self._on_corruption = on_corruption
+        self._wexec = ThreadPoolExecutor(1, thread_name_prefix="meshd-writer")
+        self._rexec = ThreadPoolExecutor(readers, thread_name_prefix="meshd-reader")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._queue: asyncio.Queue | None = None
+        self._writer_task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._journal: jr.Journal | None = None
+        self._seq = 0
+        self._corruption_reported = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(self._wexec, self._open)
+        self._queue = asyncio.Queue()
+        self._writer_task = asyncio.create_task(self._writer_loop(), name="meshd-writer")
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.path.exists() and self.path.stat().st_size > 0
+        conn = connect(self.path)
+        conn.row_factory = None  # schema code reads plain tuples
+        if existed and schema.has_tables(conn):
+            version = schema.user_version(conn)
+            if version > schema.SCHEMA_VERSION:
+                conn.close()
+                raise schema.SchemaTooNew(
+                    f"{self.path} has schema version {version}, newer than this meshd build "
+                    f"supports ({schema.SCHEMA_VERSION}); upgrade meshd or restore a backup "
+                    "made by this version"
+                )
+            if version < schema.SCHEMA_VERSION:
+                copy = self._copy_before_migration(conn, version)
+                log.info("store.migration_copy", path=str(copy), from_version=version)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        # The journal is fsync'd before every COMMIT, so SQLite itself need not fsync the WAL
+        # on commit: after a power loss the journal replays what the WAL lost.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        started = time.monotonic()
+        self.migration = schema.migrate(conn)
+        conn.row_factory = _dict_row
+        if self.migration.migrated:
+            log.info(
+                "store.migrated",
+                from_version=self.migration.from_version,
+                to_version=self.migration.to_version,
+                conflicts=len(self.migration.conflicts),
+                seconds=round(time.monotonic() - started, 3),
+            )
+            for conflict in self.migration.conflicts:
+                log.warning("store.migration_conflict", table=conflict["table"],
+                            reason=conflict["reason"], row=conflict["row"])
+        self._conn = conn
+        epoch = int(self._meta("journal_epoch") or 1)
+        db_seq = int(self._meta("journal_seq") or 0)
+        self._journal = jr.Journal(self.journal_dir, epoch)
+        self._journal.open()
+        if self._journal.torn_tail_bytes:
+            log.warning("journal.torn_tail_cut", bytes=self._journal.torn_tail_bytes)
+        self.replayed = self._replay(db_seq, epoch)
+        self._seq = max(db_seq, self._journal.last_seq)
+        log.info("store.opened", path=str(self.path), journal_mode=mode,
+                 schema_version=schema.SCHEMA_VERSION, journal_seq=self._seq,
+                 replayed=self.replayed)
+
+    def _copy_before_migration(self, conn: sqlite3.Connection, version: int) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        copy = self.path.with_name(f"{self.path.name}.pre-meshd-v{version}-{stamp}.bak")
+        target = sqlite3.connect(copy)
+        try:
+            conn.backup(target)
+        finally:
+            target.close()
+        return copy
+
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meshd_meta WHERE key = ?", (key,)).fetchone()
+        return row["value"] if row else None
+
+    def _replay(self, after_seq: int, epoch: int) -> int:
+        """Apply journal records the database does not have yet (a crash between journal
+        fsync and COMMIT, or a restore onto an older backup)."""
+        pending = [r for r in jr.read_all(self.journal_dir, epoch) if r.seq > after_seq]
+        pending.sort(key=lambda r: r.seq)
+        conn = self._conn
+        for start in range(0, len(pending), REPLAY_CHUNK):
+            chunk = pending[start:start + REPLAY_CHUNK]
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for record in chunk:
+                    for sql, params in record.statements:
+                        conn.execute(sql, params)
+                conn.execute("UPDATE meshd_meta SET value = ? WHERE key = 'journal_seq'",
+                             (str(chunk[-1].seq),))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        if pending:
+            log.info("journal.replayed", records=len(pending), first_seq=pending[0].seq,
+                     last_seq=pending[-1].seq)
+        return len(pending)
+
+    async def close(self) -> None:
+        if self._writer_task:
+            await self._queue.put(None)
+            await self._writer_task
+            self._writer_task = None
+        loop = asyncio.get_running_loop()
+        if self._conn is not None:
+            await loop.run_in_executor(self._wexec, self._close_writer)
+        with self._conns_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._rexec.shutdown(wait=True)
+        self._wexec.shutdown(wait=True)
+
+    def _close_writer(self) -> None:
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError as exc:
+            log.warning("store.checkpoint_failed", error=str(exc))
+        self._conn.close()
+        self._conn = None
+        self._journal.close()
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._rexec, self._run_read, fn, args)
+
+    def _reader(self) -> _Reader:
+        reader = getattr(self._local, "reader", None)
+        if reader is None:
+            conn = connect(self.path, query_only=True)
+            with self._conns_lock:
+                self._reader_conns.append(conn)
+            reader = self._local.reader = _Reader(conn)
+        return reader
+
+    def _run_read(self, fn: Callable[..., T], args: tuple) -> T:
+        try:
+            return fn(self._reader(), *args)
+        except sqlite3.DatabaseError as exc:
+            raise self._storage_error(exc) from exc
+
+    async def check(self, full: bool = False) -> list[str]:
+        """`PRAGMA quick_check` (or `integrity_check`): the problems found, empty when sound."""
+        pragma = "integrity_check" if full else "quick_check"
+
+        def run(reader: _Reader) -> list[str]:
+            rows = reader.conn.execute(f"PRAGMA {pragma}").fetchall()
+            problems = [next(iter(r.values())) for r in rows]
+            return [] if problems == ["ok"] else problems
+
+        try:
+            return await self.read(run)
+        except CorruptDatabase as exc:
+            return [exc.message]
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def set_read_only(self, reason: str | None) -> None:
+        self.read_only_reason = reason
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.read_only_reason:
+            raise Unavailable(f"meshd is read-only: {self.read_only_reason}")
+        if self._writer_task is None:
+            raise Unavailable("the store is not open")
+        future = self._loop.create_future()
+        self._queue.put_nowait((fn, args, future))
+        return await future
+
+    async def _writer_loop(self) -> None:
+        queue = self._queue
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            batch = [item]
+            stop = False
+            while len(batch) < MAX_BATCH and not queue.empty():
+                nxt = queue.get_nowait()
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            outcomes = await self._loop.run_in_executor(self._wexec, self._run_batch, batch)
+            for (_fn, _args, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+            if stop:
+                return
+
+    def _run_batch(self, batch: list) -> list[tuple[bool, Any]]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            err = self._storage_error(exc)
+            return [(False, err)] * len(batch)
+        outcomes: list[tuple[bool, Any]] = []
+        records: list[jr.Record] = []
+        now = db_time()
+        for fn, args, _future in batch:
+            tx = _Tx(conn)
+            try:
+                conn.execute("SAVEPOINT op")
+                result = fn(tx, *args)
+                conn.execute("RELEASE op")
+            except sqlite3.DatabaseError as exc:
+                if is_corruption(exc) or self._disk_full(exc):
+                    conn.execute("ROLLBACK")
+                    err = self._storage_error(exc)
+                    return [(False, err)] * len(batch)
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                if isinstance(exc, sqlite3.IntegrityError):
+                    exc = Conflict(f"the write conflicts with existing data ({exc})")
+                outcomes.append((False, exc))
+                continue
+            except Exception as exc:  # noqa: BLE001 - handed to the request that caused it
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((False, exc))
+                continue
+            if tx.statements:
+                records.append(jr.Record(self._seq + len(records) + 1, jr.WRITE, now,
+                                         tx.statements))
+            outcomes.append((True, result))
+        if not records:
+            conn.execute("COMMIT")
+            return outcomes
+        last_seq = records[-1].seq
+        try:
+            conn.execute("UPDATE meshd_meta SET value = ? WHERE key = 'journal_seq'",
+                         (str(last_seq),))
+            self._journal.append(records)
+        except (OSError, sqlite3.DatabaseError) as exc:
+            conn.execute("ROLLBACK")
+            err = self._storage_error(exc)
+            log.error("journal.append_failed", error=str(exc), records=len(records))
+            return [(False, err) if ok else (ok, v) for ok, v in outcomes]
+        self._seq = last_seq
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            self._abort(records[0].seq, last_seq)
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.DatabaseError:
+                pass
+            err = self._storage_error(exc)
+            log.error("store.commit_failed", error=str(exc), first_seq=records[0].seq,
+                      last_seq=last_seq)
+            return [(False, err) if ok else (ok, v) for ok, v in outcomes]
+        return outcomes
+
+    def _abort(self, first: int, last: int) -> None:
+        """Mark a journaled batch whose COMMIT failed, so replay never applies it."""
+        self._seq = last + 1
+        try:
+            self._journal.append([jr.Record(self._seq, jr.ABORT, db_time(), [first, last])])
+        except OSError as exc:
+            log.error("journal.abort_record_failed", error=str(exc), first_seq=first,
+                      last_seq=last)
+
+    @staticmethod
+    def _disk_full(exc: BaseException) -> bool:
+        if isinstance(exc, OSError):
+            return exc.errno in _DISK_ERRNOS
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code is not None and (code & 0xFF) == _SQLITE_FULL
+
+    def _storage_error(self, exc: BaseException) -> MeshError:
+        if is_corruption(exc):
+            self._report_corruption(str(exc))
+            return CorruptDatabase(
+                "the database is corrupt; meshd is restoring it", retry_after=10
+            )
+        if self._disk_full(exc):
+            return InsufficientStorage(f"the disk refused the write: {exc}", retry_after=30)
+        return Unavailable(f"the database could not complete the write: {exc}")
+
+    def _report_corruption(self, detail: str) -> None:
+        if self._corruption_reported:
+            return
+        self._corruption_reported = True
+        log.error("store.corruption_detected", detail=detail, path=str(self.path))
+        if self._on_corruption and self._loop:
+            self._loop.call_soon_threadsafe(self._on_corruption, detail)
+
+    @property
+    def journal_seq(self) -> int:
+        return self._seq
+
+    def file_size(self) -> int:
+        try:
+            return os.path.getsize(self.path)
+        except OSError:
+            return 0

@@ -1,0 +1,136 @@
+"""WebSocket hub at /ws: fan-out that never blocks the request that caused an event.
+
+Each client has a bounded send queue drained by its own task; a client whose queue fills (slow
+or dead) is dropped instead of waited for. Protocol pings detect dead peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from meshd import log as logging
+from meshd.api.keys import HUB, SETTINGS, STORAGE
+from meshd.api.middleware import key_matches, presented_key
+from meshd.clock import db_time, new_id
+from meshd.store import agents as agents_store
+
+log = logging.get("meshd.ws")
+
+SEND_BUFFER = 256
+PING_INTERVAL = 20.0
+
+
+@dataclass(eq=False, slots=True)
+class Client:
+    ws: web.WebSocketResponse
+    client_id: str
+    agent_id: str | None = None
+    only_mine: bool = False
+    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SEND_BUFFER))
+
+    def wants(self, audience: frozenset[str] | None) -> bool:
+        return audience is None or not self.only_mine or self.agent_id in audience
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.clients: set[Client] = set()
+        self.dropped = 0
+
+    def publish(self, event: dict, audience: Iterable[str] | None = None) -> None:
+        """Queue an event for every interested client; encoded once, never awaited.
+
+        `audience` names the agents an event is addressed to; clients that asked for only
+        their own events get it only when they are in it."""
+        if not self.clients:
+            return
+        data = orjson.dumps(event).decode()
+        targets = frozenset(audience) if audience is not None else None
+        for client in list(self.clients):
+            if not client.wants(targets):
+                continue
+            try:
+                client.queue.put_nowait(data)
+            except asyncio.QueueFull:
+                self._drop(client, "send buffer full")
+
+    def _drop(self, client: Client, reason: str) -> None:
+        self.clients.discard(client)
+        self.dropped += 1
+        log.warning("ws.client_dropped", client_id=client.client_id, agent_id=client.agent_id,
+                    reason=reason)
+        asyncio.get_running_loop().create_task(
+            client.ws.close(code=1013, message=reason.encode()))
+
+    async def close_all(self) -> None:
+        for client in list(self.clients):
+            with contextlib.suppress(Exception):
+                await client.ws.close(code=1001, message=b"server shutdown")
+        self.clients.clear()
+
+
+async def _sender(client: Client) -> None:
+    while True:
+        data = await client.queue.get()
+        await client.ws.send_str(data)
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    settings = request.app[SETTINGS]
+    candidate = presented_key(request)
+    if settings.ws_auth and not key_matches(candidate, settings.api_key):
+        return web.json_response({"error": "Invalid or missing API key"}, status=401)
+    ws = web.WebSocketResponse(heartbeat=PING_INTERVAL, max_msg_size=1 << 20)
+    if not ws.can_prepare(request).ok:
+        return web.json_response({"error": "WebSocket upgrade required"}, status=400)
+    await ws.prepare(request)
+    hub: Hub = request.app[HUB]
+    client = Client(ws, new_id())
+    query_agent = request.query.get("agentId")
+    if query_agent:
+        client.agent_id = query_agent
+        client.only_mine = request.query.get("onlyMine") == "true"
+    await ws.send_str(orjson.dumps({"type": "connected", "clientId": client.client_id,
+                                    "message": "Connected to Agent Mesh"}).decode())
+    hub.clients.add(client)
+    sender = asyncio.create_task(_sender(client))
+    log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                await _on_client_message(request, client, msg.data)
+    finally:
+        sender.cancel()
+        hub.clients.discard(client)
+        log.info("ws.disconnected", client_id=client.client_id, agent_id=client.agent_id)
+    return ws
+
+
+async def _on_client_message(request: web.Request, client: Client, data: str) -> None:
+    """`register_agent` binds the socket to an agent (and may ask for only its events);
+    `heartbeat` refreshes the bound agent's last_seen. Anything else is ignored."""
+    try:
+        frame = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(frame, dict):
+        return
+    kind = frame.get("type")
+    if kind == "register_agent" and isinstance(frame.get("agentId"), str):
+        client.agent_id = frame["agentId"]
+        if "onlyMine" in frame:
+            client.only_mine = frame["onlyMine"] is True
+    elif kind == "heartbeat" and client.agent_id:
+        storage = request.app[STORAGE]
+        if storage.read_only_reason:
+            return
+        try:
+            await storage.write(agents_store.touch, client.agent_id, db_time())
+        except Exception as exc:  # noqa: BLE001 - a heartbeat frame never closes the socket
+            log.warning("ws.heartbeat_failed", agent_id=client.agent_id, error=str(exc))

@@ -1,0 +1,98 @@
+"""Shared fixtures: a real SQLite file in a temp dir, the real app on a loopback test server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from meshd import config
+from meshd.api.app import make_app
+from meshd.worker import open_storage
+
+API_KEY = "test-key"
+AUTH = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> config.Settings:
+    return config.load(
+        {"data_dir": str(tmp_path / "data"), "backup_dir": str(tmp_path / "backups"),
+         "api_key": API_KEY, "access_log": "false", "log_format": "json"},
+        environ={},
+    )
+
+
+@pytest.fixture
+async def storage(settings):
+    store = open_storage(settings)
+    await store.start()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def app(settings, storage):
+    return make_app(settings, storage)
+
+
+@pytest.fixture
+async def client(aiohttp_client, app):
+    """A test client that sends the API key on every request."""
+    return await aiohttp_client(app, headers=AUTH)
+
+
+@pytest.fixture
+async def anon(aiohttp_client, app):
+    """A test client that sends no key."""
+    return await aiohttp_client(app)
+
+
+async def call(client, method: str, path: str, body=None, **kw):
+    """(status, parsed JSON) of one request; body is sent as JSON when given."""
+    if body is not None and "data" not in kw:
+        kw["json"] = body
+    resp = await client.request(method, path, **kw)
+    text = await resp.text()
+    try:
+        return resp.status, json.loads(text)
+    except json.JSONDecodeError:
+        return resp.status, text
+
+
+async def register(client, name: str, **fields) -> str:
+    status, body = await call(client, "POST", "/api/agents/register", {"name": name, **fields})
+    assert status == 200, body
+    return body["agentId"]
+
+
+async def ws_connect(client, path: str = "/ws"):
+    """A WebSocket client, past its `connected` frame."""
+    ws = await client.ws_connect(path)
+    first = await ws.receive_json(timeout=5)
+    assert first["type"] == "connected"
+    return ws
+
+
+async def next_event(ws, event_type: str, timeout: float = 5.0) -> dict:
+    """The next frame of `event_type`, skipping others; fails after `timeout` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise AssertionError(f"no {event_type} event within {timeout}s")
+        frame = await ws.receive_json(timeout=remaining)
+        if frame.get("type") == event_type:
+            return frame
+
+
+async def no_event(ws, event_type: str, wait: float = 0.3) -> None:
+    """Assert no frame of `event_type` arrives within `wait` seconds."""
+    try:
+        while True:
+            frame = await ws.receive_json(timeout=wait)
+            assert frame.get("type") != event_type, frame
+    except (TimeoutError, asyncio.TimeoutError):
+        return
