@@ -109,6 +109,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("sweep_interval", parse_duration, 60.0, "how often messages past their timeoutMs are timed out"),
     Option("heartbeat_timeout", parse_duration, 120.0,
            "an agent silent for longer is reported offline"),
+    Option("offline_check_interval", parse_duration, 5.0,
+           "how often agents past heartbeat_timeout are marked offline"),
     Option("readers", int, 4, "reader connections (threads)"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
@@ -134,6 +136,7 @@ class Settings:
     max_file_size: int = 25 << 20
     sweep_interval: float = 60.0
     heartbeat_timeout: float = 120.0
+    offline_check_interval: float = 5.0
     readers: int = 4
     drain_timeout: float = 10.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
