@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import json
 import os
 import re
 import tomllib
@@ -111,6 +112,13 @@ OPTIONS: tuple[Option, ...] = (
            "an agent silent for longer is reported offline"),
     Option("offline_check_interval", parse_duration, 5.0,
            "how often agents past heartbeat_timeout are marked offline"),
+    Option("probe_interval", parse_duration, 1.0, "how often the supervisor probes the worker"),
+    Option("probe_timeout", parse_duration, 2.0, "a probe unanswered this long has failed"),
+    Option("probe_failures", int, 3, "consecutive failed probes that count as a crash"),
+    Option("restart_backoff_max", parse_duration, 30.0, "longest delay between restarts"),
+    Option("crash_loop_limit", int, 5, "more crashes than this within crash_loop_window stop "
+           "restarting"),
+    Option("crash_loop_window", parse_duration, 60.0, "window of crash_loop_limit"),
     Option("readers", int, 4, "reader connections (threads)"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
@@ -137,6 +145,12 @@ class Settings:
     sweep_interval: float = 60.0
     heartbeat_timeout: float = 120.0
     offline_check_interval: float = 5.0
+    probe_interval: float = 1.0
+    probe_timeout: float = 2.0
+    probe_failures: int = 3
+    restart_backoff_max: float = 30.0
+    crash_loop_limit: int = 5
+    crash_loop_window: float = 60.0
     readers: int = 4
     drain_timeout: float = 10.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -145,8 +159,30 @@ class Settings:
     def listens_beyond_loopback(self) -> bool:
         return not is_loopback(self.host)
 
+    @property
+    def control_socket(self) -> Path:
+        return self.data_dir / "meshd.sock"
+
+    @property
+    def worker_socket(self) -> Path:
+        return self.data_dir / "worker.sock"
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+def to_json(settings: Settings) -> str:
+    """Settings for a worker process, which gets them from its supervisor, not from flags."""
+    data = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
+    data["sources"] = dict(settings.sources)
+    return json.dumps(data, default=str)
+
+
+def from_json(text: str) -> Settings:
+    data = json.loads(text)
+    for name in ("data_dir", "database", "backup_dir"):
+        data[name] = Path(data[name])
+    return Settings(**data)
 
 
 def is_loopback(host: str) -> bool:

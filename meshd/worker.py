@@ -1,28 +1,40 @@
 """The API worker: opens the store, serves HTTP + /ws on a socket, drains on SIGTERM.
 
-It is the only SQL writer while it runs. It serves either on a socket handed to it by the
-supervisor (so restarts refuse no connection) or on one it binds itself.
+It is the only SQL writer while it runs (it holds `data/writer.lock`). Under the supervisor it
+serves on the listening socket it inherits (so restarts refuse no connection), answers the
+supervisor on `data/worker.sock`, and exits when its parent dies.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 
 from meshd import jobs
 from meshd import log as logging
 from meshd.api.app import make_app
 from meshd.config import Settings
+from meshd.internal import make_internal_app
+from meshd.locks import FileLock
 from meshd.store.sqlite import SqliteStorage
 from meshd.ws import Hub
 
 log = logging.get("meshd.worker")
+
+# Reserved exit code: "the database is corrupt", for a supervisor that could not be told.
+EXIT_DB_CORRUPT = 86
+PARENT_POLL = 0.5
+_PR_SET_PDEATHSIG = 1
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -40,11 +52,47 @@ def open_storage(settings: Settings, on_corruption: Callable[[str], None] | None
                          readers=settings.readers, on_corruption=on_corruption)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies (a kill -9 of the supervisor);
+    the parent-pid poll in `serve` covers other platforms."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("worker.parent_gone", parent_pid=parent)
+            stop.set()
+            return
+        await asyncio.sleep(PARENT_POLL)
+
+
+async def report_corruption(settings: Settings, detail: str) -> None:
+    """Tell the supervisor (it runs the Database Corruption protocol); when it cannot be
+    reached, exit with the reserved code so it learns from the exit status instead."""
+    try:
+        connector = aiohttp.UnixConnector(path=str(settings.control_socket))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async with session.post("http://meshd/control/corruption", json={"detail": detail},
+                                    timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status < 300:
+                    return
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.error("worker.corruption_report_failed", error=str(exc))
+    log.error("worker.exit_db_corrupt", code=EXIT_DB_CORRUPT)
+    os._exit(EXIT_DB_CORRUPT)
+
+
 async def serve(
     settings: Settings,
     sock: socket.socket | None = None,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], Awaitable[None] | None] | None = None,
+    *,
+    supervised: bool = False,
+    read_only_reason: str | None = None,
 ) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then drain and close the store."""
     stop = stop or asyncio.Event()
@@ -52,19 +100,40 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    storage = open_storage(settings)
+    writer_lock = FileLock(settings.data_dir / "writer.lock")
+    # A worker being replaced may still be draining: wait for it to let go of the writer role.
+    await asyncio.to_thread(writer_lock.acquire, settings.drain_timeout + 10)
+
+    def on_corruption(detail: str) -> None:
+        if supervised:
+            loop.create_task(report_corruption(settings, detail))
+
+    storage = open_storage(settings, on_corruption)
     await storage.start()
+    storage.set_read_only(read_only_reason)
     hub = Hub()
     app = make_app(settings, storage, hub)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=settings.drain_timeout)
     await runner.setup()
     sock = sock or bind_socket(settings.host, settings.port)
-    site = web.SockSite(runner, sock)
-    await site.start()
+    await web.SockSite(runner, sock).start()
+    internal_runner = None
+    if supervised:
+        internal_runner = web.AppRunner(make_internal_app(app), access_log=None,
+                                        handle_signals=False)
+        await internal_runner.setup()
+        with contextlib.suppress(FileNotFoundError):
+            settings.worker_socket.unlink()
+        await web.UnixSite(internal_runner, str(settings.worker_socket)).start()
+        os.chmod(settings.worker_socket, 0o600)
     port = sock.getsockname()[1]
     background = jobs.start(settings, storage, hub)
-    log.info("worker.serving", host=settings.host, port=port, database=str(settings.database))
+    if supervised:
+        background.append(asyncio.create_task(_watch_parent(os.getppid(), stop)))
+    log.info("worker.serving", host=settings.host, port=port, pid=os.getpid(),
+             database=str(settings.database), mode="read-only" if read_only_reason
+             else "read-write")
     if on_ready:
         result = on_ready(port)
         if asyncio.iscoroutine(result):
@@ -74,6 +143,32 @@ async def serve(
     log.info("worker.draining", timeout_s=settings.drain_timeout)
     await jobs.stop(background)
     await runner.cleanup()  # stops accepting, waits for in-flight requests, closes sockets
+    if internal_runner:
+        await internal_runner.cleanup()
     await storage.close()
+    writer_lock.release()
     log.info("worker.stopped", drain_s=round(time.monotonic() - started, 3),
              journal_seq=storage.journal_seq)
+
+
+def run_supervised() -> int:
+    """Entry of `meshd worker`: settings, socket and mode come from the supervisor."""
+    from meshd import config
+
+    settings = config.from_json(os.environ["MESHD_WORKER_SETTINGS"])
+    logging.configure(settings.log_format, settings.log_level, process="worker")
+    die_with_parent()
+    fd = int(os.environ["MESHD_LISTEN_FD"])
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    reason = os.environ.get("MESHD_READ_ONLY") or None
+    try:
+        asyncio.run(serve(settings, sock, supervised=True, read_only_reason=reason))
+    except Exception:
+        log.exception("worker.failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_supervised())

@@ -229,3 +229,24 @@ def migrate(conn: sqlite3.Connection) -> MigrationReport:
             conn.execute("ROLLBACK")
             raise
     return report
+
+
+def check_version(path) -> None:
+    """Raise SchemaTooNew for an existing database this build cannot serve."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        version = user_version(conn)
+    except sqlite3.DatabaseError:
+        return  # not readable as SQLite: the worker's checks and recovery deal with it
+    finally:
+        conn.close()
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"{path} has schema version {version}, newer than this meshd build supports "
+            f"({SCHEMA_VERSION}); upgrade meshd or restore a backup made by this version"
+        )

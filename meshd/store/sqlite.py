@@ -282,6 +282,11 @@ class SqliteStorage:
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         if self.read_only_reason:
             raise Unavailable(f"meshd is read-only: {self.read_only_reason}")
+        return await self.write_internal(fn, *args)
+
+    async def write_internal(self, fn: Callable[..., T], *args: Any) -> T:
+        """A write that read-only mode does not refuse: meshd's own records (catastrophe
+        events, protocol steps) must be kept while the API refuses writes."""
         if self._writer_task is None:
             raise Unavailable("the store is not open")
         future = self._loop.create_future()

@@ -1,0 +1,96 @@
+"""The worker's private routes on `data/worker.sock`, for its supervisor only (mode 0600).
+
+The supervisor never writes SQL while a worker runs: what it needs recorded or announced
+(catastrophe events, mode changes, WebSocket alerts) it sends here, and the worker's single
+writer journals it like any other write.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from aiohttp import web
+
+from meshd import log as logging
+from meshd.api.http import json_response, read_body
+from meshd.api.keys import HUB, STORAGE
+from meshd.errors import Invalid, MeshError
+from meshd.store import records
+
+log = logging.get("meshd.internal")
+routes = web.RouteTableDef()
+STARTED = web.AppKey("started", float)
+
+
+@routes.get("/internal/status")
+async def status(request: web.Request) -> web.Response:
+    storage = request.app[STORAGE]
+    counts = await storage.read(records.counts)
+    reason = storage.read_only_reason
+    return json_response({
+        "pid": os.getpid(),
+        "mode": "read-only" if reason else "read-write",
+        "reason": reason,
+        "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
+        "journal_seq": storage.journal_seq,
+        "ws_clients": len(request.app[HUB].clients),
+        **counts,
+    })
+
+
+@routes.post("/internal/mode")
+async def set_mode(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    mode = body.get("mode")
+    if mode == "read-only":
+        request.app[STORAGE].set_read_only(str(body.get("reason") or "set by the supervisor"))
+    elif mode == "read-write":
+        request.app[STORAGE].set_read_only(None)
+    else:
+        raise Invalid("mode must be read-only or read-write")
+    log.info("worker.mode_changed", mode=mode, reason=body.get("reason"))
+    return json_response({"mode": mode})
+
+
+@routes.post("/internal/records")
+async def apply_records(request: web.Request) -> web.Response:
+    """Apply the supervisor's queued records (idempotent: each carries its own id)."""
+    body = await read_body(request, limit=8 << 20)
+    items = body.get("records")
+    if not isinstance(items, list):
+        raise Invalid("records must be a list")
+    storage = request.app[STORAGE]
+    # Records are what the supervisor recorded while it could not write: they must land even
+    # when the API refuses writes (read-only after a restore).
+    applied = await storage.write_internal(records.apply_all, items)
+    for event in applied:
+        request.app[HUB].publish(event)
+    return json_response({"applied": len(items)})
+
+
+@routes.post("/internal/publish")
+async def publish(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    event = body.get("event")
+    if not isinstance(event, dict) or "type" not in event:
+        raise Invalid("event must be an object with a type")
+    request.app[HUB].publish(event, body.get("audience"))
+    return json_response({"published": True})
+
+
+def make_internal_app(public: web.Application) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    for key in (STORAGE, HUB):
+        app[key] = public[key]
+    app[STARTED] = time.monotonic()
+    app.router.add_routes(routes)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except MeshError as exc:
+        return json_response({"error": exc.message}, status=exc.status)

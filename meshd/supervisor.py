@@ -1,0 +1,575 @@
+"""The supervisor (`meshd run`): owns the listening socket, starts the API worker, watches it,
+restarts it, and speaks to systemd. It does no API work and writes no SQL while a worker runs.
+
+Its main loop reads top to bottom: reap an exited worker, probe a live one, start one when due,
+flush queued records, report to systemd; then sleep until the next tick or an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from meshd import config
+from meshd import log as logging
+from meshd.clock import db_time, new_id
+from meshd.locks import FileLock, LockBusy, write_atomic
+from meshd.restart import Policy, RestartState
+from meshd.sdnotify import Notifier
+from meshd.worker import EXIT_DB_CORRUPT, bind_socket
+
+log = logging.get("meshd.supervisor")
+
+STARTUP_GRACE = 60.0  # a worker may take this long to open (migrate, replay) before probes count
+STATUS_REFRESH = 5.0
+FALLBACK_AFTER = 1.0  # restarts further away than this serve 503 meanwhile, not a silent backlog
+
+
+class State(StrEnum):
+    STARTING = "starting"
+    SERVING = "serving"
+    RESTARTING = "restarting"
+    CRASH_LOOP = "crash-loop"
+    STOPPING = "stopping"
+
+
+@dataclass(eq=False)
+class Worker:
+    proc: asyncio.subprocess.Process
+    started_at: float
+    healthy_at: float | None = None
+    failures: int = 0
+    expected_exit: bool = False
+    kill_reason: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass
+class Supervisor:
+    settings: config.Settings
+    flags: dict[str, Any]
+    notifier: Notifier = field(default_factory=Notifier)
+
+    def __post_init__(self) -> None:
+        self.state = State.STARTING
+        self.reason: str | None = None
+        self.worker: Worker | None = None
+        self.restarts = RestartState(self._policy())
+        self.started_at = time.monotonic()
+        self.next_start: float = 0.0
+        self.read_only_reason: str | None = None
+        self.pending: list[dict[str, Any]] = []
+        self.unresolved_crashes: list[dict[str, Any]] = []
+        self.worker_status: dict[str, Any] = {}
+        self.ready_sent = False
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._reload = False
+        self._lock = FileLock(self.settings.data_dir / "meshd.lock")
+        self._pid_file = self.settings.data_dir / "meshd.pid"
+        self._records_file = self.settings.data_dir / "supervisor-records.json"
+        self._sock = None
+        self._fallback: web.AppRunner | None = None
+        self._control: web.AppRunner | None = None
+        self._status_at = 0.0
+        self._tasks: list[asyncio.Task] = []
+
+    def _policy(self) -> Policy:
+        s = self.settings
+        return Policy(backoff_max=s.restart_backoff_max, loop_limit=s.crash_loop_limit,
+                      loop_window=s.crash_loop_window)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except LockBusy:
+            log.error("supervisor.already_running", data_dir=str(settings.data_dir))
+            sys.stderr.write(f"meshd: another meshd is running on {settings.data_dir}\n")
+            return 1
+        unclean_pid = self._read_stale_pid()
+        self._pid_file.write_text(f"{os.getpid()}\n")
+        self._load_pending()
+        self._sock = bind_socket(settings.host, settings.port)
+        self._sock.set_inheritable(True)
+        await self._start_control()
+        self._install_signals()
+        log.info("supervisor.started", pid=os.getpid(), host=settings.host,
+                 port=self._sock.getsockname()[1], data_dir=str(settings.data_dir),
+                 systemd=self.notifier.enabled)
+        if unclean_pid is not None:
+            await self._check_after_unclean_stop(unclean_pid)
+        self._tasks.append(asyncio.create_task(self._watchdog_pings()))
+        while not self._stopping:
+            await self._reap()
+            await self._probe()
+            await self._apply_reload()
+            await self._spawn_if_due()
+            await self._flush_records()
+            await self._report_status()
+            await self._sleep_until_next_tick()
+        await self._shutdown()
+        return 0
+
+    async def _sleep_until_next_tick(self) -> None:
+        timeout = self.settings.probe_interval
+        if self.worker is not None and self.worker.healthy_at is None:
+            timeout = 0.0  # the start-up probe itself waits for the worker
+        elif self.worker is None and self.state != State.CRASH_LOOP:
+            timeout = max(0.0, min(timeout, self.next_start - time.monotonic()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    # -- reap --------------------------------------------------------------------------------
+
+    async def _reap(self) -> None:
+        worker = self.worker
+        if worker is None or worker.proc.returncode is None:
+            return
+        self.worker = None
+        code = worker.proc.returncode
+        if worker.expected_exit:
+            log.info("worker.exited", pid=worker.pid, code=code)
+            return
+        reason = worker.kill_reason or describe_exit(code)
+        now = time.monotonic()
+        uptime = round(now - worker.started_at, 3)
+        log.error("worker.crashed", pid=worker.pid, code=code, reason=reason, uptime_s=uptime)
+        if code == EXIT_DB_CORRUPT:
+            # Hook of the Database Corruption protocol: restore arrives with the backups issue.
+            self._record_event("db_corruption", "critical", "Database corruption reported",
+                               f"worker {worker.pid} exited with the database-corrupt code")
+        delay = self.restarts.crashed(now)
+        # Hook of the Server Crash Recovery protocol: every crash is a server_down event.
+        crash = self._record_event(
+            "server_down", "major", "API worker crashed",
+            f"worker pid {worker.pid} {reason} after {uptime} s; restart "
+            + ("stopped (crash loop)" if delay is None else f"in {delay:.2f} s"))
+        self.unresolved_crashes.append(crash)
+        if delay is None:
+            await self._enter_crash_loop(reason)
+            return
+        self.state = State.RESTARTING
+        self.reason = reason
+        self.next_start = now + delay
+        if delay >= FALLBACK_AFTER:
+            await self._start_fallback(f"restarting after a crash ({reason})")
+
+    async def _enter_crash_loop(self, last_reason: str) -> None:
+        window = self.settings.crash_loop_window
+        self.state = State.CRASH_LOOP
+        self.reason = (f"crash loop: more than {self.settings.crash_loop_limit} crashes in "
+                       f"{window:g} s (last: {last_reason}); restarting stopped")
+        log.critical("supervisor.crash_loop", reason=self.reason,
+                     systemd_takes_over=self.notifier.watchdog_interval is not None)
+        self._record_event("server_down", "critical", "Crash loop: restarting stopped",
+                           self.reason)
+        self.notifier.status(self.reason)
+        await self._start_fallback(self.reason)
+
+    # -- probe -------------------------------------------------------------------------------
+
+    async def _probe(self) -> None:
+        worker = self.worker
+        if worker is None or worker.proc.returncode is not None:
+            return
+        now = time.monotonic()
+        starting = worker.healthy_at is None
+        timeout = self.settings.probe_timeout
+        if starting:
+            # A starting worker answers as soon as it accepts: wait for it, within the grace.
+            timeout = max(timeout, STARTUP_GRACE - (now - worker.started_at))
+        ok = await self._race_wake(self._get_health(timeout))
+        if ok is None or worker is not self.worker or worker.proc.returncode is not None:
+            return
+        if ok:
+            worker.failures = 0
+            self.restarts.worker_healthy(time.monotonic())
+            if starting:
+                await self._worker_up(worker)
+            return
+        if starting and time.monotonic() - worker.started_at < STARTUP_GRACE:
+            return
+        worker.failures += 1
+        log.warning("worker.probe_failed", pid=worker.pid, failures=worker.failures,
+                    limit=self.settings.probe_failures)
+        if worker.failures >= self.settings.probe_failures:
+            worker.kill_reason = (f"was unresponsive ({worker.failures} failed probes of "
+                                  f"{self.settings.probe_timeout:g} s)")
+            log.error("worker.killing_unresponsive", pid=worker.pid)
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
+            await worker.proc.wait()
+
+    async def _race_wake(self, coro) -> Any:
+        """Run `coro` unless the worker exits or a signal arrives first (then None), so a long
+        start-up probe never delays reaping or stopping."""
+        task = asyncio.ensure_future(coro)
+        waker = asyncio.ensure_future(self._wake.wait())
+        done, _ = await asyncio.wait({task, waker}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            waker.cancel()
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    async def _get_health(self, timeout: float) -> bool:
+        host = probe_host(self.settings.host)
+        port = self._sock.getsockname()[1]
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                f"http://{host}:{port}/health", timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def _worker_up(self, worker: Worker) -> None:
+        worker.healthy_at = time.monotonic()
+        self.state = State.SERVING
+        self.reason = None
+        log.info("worker.healthy", pid=worker.pid,
+                 start_s=round(worker.healthy_at - worker.started_at, 3))
+        if self.unresolved_crashes:
+            now = db_time()
+            for crash in self.unresolved_crashes:
+                crash.update(status="resolved", resolved_at=now,
+                             resolution_notes=f"worker restarted (pid {worker.pid})")
+                self._queue(crash)
+            self.unresolved_crashes.clear()
+        if not self.ready_sent:
+            self.ready_sent = True
+            self.notifier.ready("serving")
+
+    # -- spawn -------------------------------------------------------------------------------
+
+    async def _spawn_if_due(self) -> None:
+        if self.worker is not None or self._stopping or self.state == State.CRASH_LOOP:
+            return
+        if time.monotonic() < self.next_start:
+            return
+        await self._stop_fallback()
+        env = dict(os.environ)
+        env.update(MESHD_WORKER_SETTINGS=config.to_json(self.settings),
+                   MESHD_LISTEN_FD=str(self._sock.fileno()),
+                   MESHD_READ_ONLY=self.read_only_reason or "")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "meshd", "worker", env=env, pass_fds=(self._sock.fileno(),))
+        self.worker = Worker(proc, time.monotonic())
+        self._tasks.append(asyncio.create_task(self._wait_exit(self.worker)))
+        log.info("worker.started", pid=proc.pid, restarts=self.restarts.restarts)
+
+    async def _wait_exit(self, worker: Worker) -> None:
+        await worker.proc.wait()
+        self._wake.set()
+
+    # -- records the worker writes for us ----------------------------------------------------
+
+    def _record_event(self, event_type: str, severity: str, title: str,
+                      description: str) -> dict[str, Any]:
+        record = {"kind": "event", "id": new_id(), "event_type": event_type,
+                  "severity": severity, "title": title, "description": description,
+                  "affected_agents": [], "recovery_protocol": None, "status": "active",
+                  "occurred_at": db_time(), "resolved_at": None}
+        self._queue(record)
+        return record
+
+    def _queue(self, record: dict[str, Any]) -> None:
+        self.pending = [r for r in self.pending if r["id"] != record["id"]] + [dict(record)]
+        self._save_pending()
+
+    def _save_pending(self) -> None:
+        write_atomic(self._records_file, orjson.dumps(self.pending))
+
+    def _load_pending(self) -> None:
+        with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
+            self.pending = orjson.loads(self._records_file.read_bytes())
+
+    async def _flush_records(self) -> None:
+        if not self.pending or self.worker is None or self.worker.healthy_at is None:
+            return
+        batch = list(self.pending)
+        try:
+            await self._worker_call("POST", "/internal/records", {"records": batch})
+        except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as exc:
+            log.warning("supervisor.records_flush_failed", error=str(exc), pending=len(batch))
+            return
+        flushed = {id(r) for r in batch}
+        self.pending = [r for r in self.pending if id(r) not in flushed]
+        self._save_pending()
+        log.info("supervisor.records_flushed", records=len(batch))
+
+    async def _worker_call(self, method: str, path: str, body: Any = None) -> Any:
+        connector = aiohttp.UnixConnector(path=str(self.settings.worker_socket))
+        async with aiohttp.ClientSession(connector=connector) as session, session.request(
+            method, f"http://worker{path}", json=body, timeout=aiohttp.ClientTimeout(total=5)
+        ) as resp:
+            data = await resp.json(content_type=None)
+            if resp.status >= 300:
+                raise RuntimeError(f"worker answered {resp.status}: {data}")
+            return data
+
+    # -- systemd and status ------------------------------------------------------------------
+
+    async def _watchdog_pings(self) -> None:
+        """WATCHDOG=1 from the event loop itself, so a frozen loop stops pinging; in a crash
+        loop the pings stop so systemd's own restart policy takes over."""
+        interval = self.notifier.watchdog_interval
+        if interval is None:
+            return
+        while True:
+            if self.state != State.CRASH_LOOP:
+                self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _report_status(self) -> None:
+        now = time.monotonic()
+        worker = self.worker
+        if worker is None or worker.healthy_at is None or now - self._status_at < STATUS_REFRESH:
+            return
+        self._status_at = now
+        try:
+            self.worker_status = await self._worker_call("GET", "/internal/status")
+        except (aiohttp.ClientError, OSError, TimeoutError, RuntimeError):
+            return
+        self.notifier.status(self.status_line())
+
+    def status_line(self) -> str:
+        if self.state != State.SERVING:
+            return f"{self.state}: {self.reason or ''}".strip()
+        ws = self.worker_status
+        return f"serving {ws.get('mode', 'read-write')}, {ws.get('agents', '?')} agents"
+
+    def status(self) -> dict[str, Any]:
+        worker = self.worker
+        ws = self.worker_status if worker and worker.healthy_at else {}
+        open_events = ws.get("open_events")
+        pending_open = sum(1 for r in self.pending if r.get("status") != "resolved")
+        return {
+            "supervisor_pid": os.getpid(),
+            "worker_pid": worker.pid if worker else None,
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "worker_uptime_s": round(time.monotonic() - worker.started_at, 3) if worker
+            else None,
+            "restarts": self.restarts.restarts,
+            "state": str(self.state),
+            "reason": self.reason,
+            "mode": ws.get("mode") or ("unavailable" if self.state != State.SERVING
+                                       else "read-write"),
+            "last_backup": None,
+            "open_events": (open_events or 0) + pending_open if open_events is not None
+            else pending_open,
+            "pending_records": len(self.pending),
+            "agents": ws.get("agents"),
+            "listen": f"{self.settings.host}:{self._sock.getsockname()[1]}",
+            "data_dir": str(self.settings.data_dir.resolve()),
+            "database": str(self.settings.database.resolve()),
+        }
+
+    # -- fallback 503 on the shared socket ---------------------------------------------------
+
+    async def _start_fallback(self, reason: str) -> None:
+        self.reason = reason
+        if self._fallback is not None:
+            return
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._fallback_handler)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        # A duplicate of the socket: stopping the site closes the duplicate, not ours.
+        await web.SockSite(runner, self._sock.dup()).start()
+        self._fallback = runner
+        log.info("supervisor.fallback_serving", reason=reason)
+
+    async def _fallback_handler(self, request: web.Request) -> web.Response:
+        body = {"error": f"meshd is unavailable: {self.reason}", "status": str(self.state),
+                "mode": "unavailable"}
+        return web.json_response(body, status=503, headers={
+            "Retry-After": "5", "Access-Control-Allow-Origin": "*"})
+
+    async def _stop_fallback(self) -> None:
+        if self._fallback is not None:
+            runner, self._fallback = self._fallback, None
+            await runner.cleanup()
+
+    # -- control socket ----------------------------------------------------------------------
+
+    async def _start_control(self) -> None:
+        app = web.Application()
+        app.router.add_get("/status", self._control_status)
+        app.router.add_post("/control/corruption", self._control_corruption)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        path = self.settings.control_socket
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        await web.UnixSite(runner, str(path)).start()
+        os.chmod(path, 0o600)
+        self._control = runner
+
+    async def _control_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status())
+
+    async def _control_corruption(self, request: web.Request) -> web.Response:
+        detail = (await request.json()).get("detail", "")
+        # Hook of the Database Corruption protocol (restore arrives with the backups issue).
+        log.error("supervisor.corruption_reported", detail=detail)
+        self._record_event("db_corruption", "critical", "Database corruption detected", detail)
+        self._wake.set()
+        return web.json_response({"accepted": True})
+
+    # -- start-up check, signals, reload, shutdown -------------------------------------------
+
+    def _read_stale_pid(self) -> int | None:
+        """A pid file we could take the lock over means the last run did not stop cleanly."""
+        try:
+            text = self._pid_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else 0
+
+    async def _check_after_unclean_stop(self, old_pid: int) -> None:
+        database = self.settings.database
+        problems = await asyncio.to_thread(quick_check, database) if database.exists() else []
+        log.warning("supervisor.unclean_stop_detected", previous_pid=old_pid,
+                    quick_check="ok" if not problems else problems[:5])
+        event = self._record_event(
+            "server_down", "major", "Unclean shutdown detected",
+            f"the previous meshd (pid {old_pid}) stopped without a clean shutdown; "
+            f"quick_check: {'ok' if not problems else '; '.join(problems[:5])}")
+        if problems:
+            self._record_event("db_corruption", "critical", "Database failed quick_check",
+                               "; ".join(problems[:5]))
+            self.read_only_reason = "the database failed quick_check at start"
+        else:
+            event.update(status="resolved", resolved_at=db_time(),
+                         resolution_notes="quick_check ok; serving")
+            self._queue(event)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def _request_reload(self) -> None:
+        self._reload = True
+        self._wake.set()
+
+    async def _apply_reload(self) -> None:
+        if not self._reload:
+            return
+        self._reload = False
+        try:
+            new = config.load(self.flags)
+        except config.ConfigError as exc:
+            log.error("supervisor.reload_failed", error=str(exc))
+            return
+        if (new.host, new.port, new.data_dir) != (self.settings.host, self.settings.port,
+                                                   self.settings.data_dir):
+            log.warning("supervisor.reload_needs_restart",
+                        detail="host, port and data_dir change only with a restart")
+            new = new.replace(host=self.settings.host, port=self.settings.port,
+                              data_dir=self.settings.data_dir, database=self.settings.database)
+        self.settings = new
+        self.restarts.policy = self._policy()
+        log.info("supervisor.reloaded")
+        await self._stop_worker()  # the next tick starts a worker with the new settings
+
+    async def _stop_worker(self) -> None:
+        worker = self.worker
+        if worker is None:
+            return
+        worker.expected_exit = True
+        with contextlib.suppress(ProcessLookupError):
+            worker.proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(worker.proc.wait(), self.settings.drain_timeout + 5)
+        except TimeoutError:
+            log.error("worker.drain_timeout", pid=worker.pid)
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.kill()
+            await worker.proc.wait()
+        self.worker = None
+        log.info("worker.stopped", pid=worker.pid, code=worker.proc.returncode)
+
+    async def _shutdown(self) -> None:
+        self.state = State.STOPPING
+        self.notifier.stopping()
+        log.info("supervisor.stopping")
+        await self._stop_fallback()
+        await self._stop_worker()
+        for task in self._tasks:
+            task.cancel()
+        if self._control:
+            await self._control.cleanup()
+        for path in (self.settings.control_socket, self._pid_file):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._sock.close()
+        self._lock.release()
+        self.notifier.close()
+        log.info("supervisor.stopped", pending_records=len(self.pending))
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    if code == EXIT_DB_CORRUPT:
+        return "exited: database corrupt"
+    return f"exited with code {code}"
+
+
+def probe_host(host: str) -> str:
+    if host in {"0.0.0.0", ""}:
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def quick_check(database: Path) -> list[str]:
+    """PRAGMA quick_check on a read-only connection: the problems found, empty when sound."""
+    try:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    return [] if rows == ["ok"] else rows
+
+
+async def run_supervisor(settings: config.Settings, flags: dict[str, Any]) -> int:
+    return await Supervisor(settings, flags).run()

@@ -1,0 +1,118 @@
+"""`meshd run` as a real process: SIGTERM/SIGINT drain under write load and lose no
+acknowledged write; unsafe or too-new starts are refused with a clear message."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import time
+import uuid
+
+import aiohttp
+import pytest
+
+from tests.process.harness import MeshdProcess, WriteLoad, api, async_poll, free_port
+
+pytestmark = pytest.mark.process
+
+QUIET = ("--access-log", "false")
+
+
+async def stop_under_load(proc: MeshdProcess, sig: int, *, group: bool, writes: int
+                          ) -> tuple[WriteLoad, float]:
+    """Start 8 writers, wait for `writes` acknowledged writes, send `sig`, and wait for exit 0.
+
+    Returns the load and the moment the signal was sent."""
+    load = WriteLoad(proc, prefix=f"load-{uuid.uuid4().hex[:8]}")
+    writers = asyncio.create_task(load.run(writers=8))
+    try:
+        await async_poll(lambda: len(load.acked) >= writes, 15,
+                         f"{writes} acknowledged writes (failures: {load.failures[:3]})")
+        signalled = time.monotonic()
+        proc.signal(sig, group=group)
+        code = await asyncio.to_thread(proc.wait_exit, 15)
+    finally:
+        load.stop.set()
+        await writers
+    assert code == 0, f"exit code {code}:\n{proc.log_tail()}"
+    return load, signalled
+
+
+async def agent_names(proc: MeshdProcess) -> set[str]:
+    async with aiohttp.ClientSession() as session:
+        status, body = await api(session, proc, "GET", "/api/agents")
+    assert status == 200, body
+    return {agent["name"] for agent in body}
+
+
+def assert_drained(proc: MeshdProcess, run: int) -> None:
+    events = [e["event"] for e in proc.log_events(run)]
+    assert "worker.draining" in events, proc.log_tail(run=run)
+    assert "worker.stopped" in events, proc.log_tail(run=run)
+    assert events.index("worker.draining") < events.index("worker.stopped")
+
+
+async def test_sigterm_under_write_load_exits_0_and_keeps_every_acknowledged_write(meshd_proc):
+    proc = meshd_proc().start(QUIET)
+    await asyncio.to_thread(proc.wait_healthy)
+
+    load, signalled = await stop_under_load(proc, signal.SIGTERM, group=False, writes=300)
+
+    assert load.failures_before(signalled) == [], load.failures_before(signalled)[:5]
+    assert load.server_errors() == [], load.server_errors()[:5]
+    assert_drained(proc, run=0)
+
+    proc.start(QUIET)
+    await asyncio.to_thread(proc.wait_healthy)
+    missing = set(load.acked) - await agent_names(proc)
+    assert not missing, f"{len(missing)} of {len(load.acked)} acknowledged writes lost"
+
+
+async def test_sigint_to_the_process_group_exits_0_and_keeps_every_acknowledged_write(
+        meshd_proc):
+    # Ctrl-C in a terminal signals the whole foreground group, worker included.
+    proc = meshd_proc().start(QUIET)
+    await asyncio.to_thread(proc.wait_healthy)
+
+    load, signalled = await stop_under_load(proc, signal.SIGINT, group=True, writes=50)
+
+    assert load.failures_before(signalled) == [], load.failures_before(signalled)[:5]
+    assert load.server_errors() == [], load.server_errors()[:5]
+    assert_drained(proc, run=0)
+
+    proc.start(QUIET)
+    await asyncio.to_thread(proc.wait_healthy)
+    assert set(load.acked) <= await agent_names(proc)
+
+
+def test_default_key_on_a_non_loopback_address_is_refused(meshd_proc):
+    proc = meshd_proc(host="0.0.0.0", port=free_port("0.0.0.0"), key=None).start()
+    code = proc.wait_exit(15)
+    assert code != 0
+    assert "--allow-default-key" in proc.log_text(), proc.log_tail()
+    assert not proc.healthy()
+
+
+def test_allow_default_key_starts_on_a_non_loopback_address(meshd_proc):
+    proc = meshd_proc(host="0.0.0.0", port=free_port("0.0.0.0"), key=None)
+    proc.start(("--allow-default-key", *QUIET))
+    proc.wait_healthy()
+    proc.signal(signal.SIGTERM)
+    assert proc.wait_exit(15) == 0, proc.log_tail()
+
+
+def test_database_with_a_newer_schema_version_is_refused(meshd_proc):
+    proc = meshd_proc()
+    proc.data_dir.mkdir(parents=True)
+    with sqlite3.connect(proc.database) as db:
+        db.execute("PRAGMA user_version = 999")
+    db.close()
+
+    code = proc.start(QUIET).wait_exit(15)
+
+    assert code != 0
+    assert "newer" in proc.log_text(), proc.log_tail()
+    with sqlite3.connect(proc.database) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 999
+    db.close()
