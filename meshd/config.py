@@ -119,6 +119,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("crash_loop_limit", int, 5, "more crashes than this within crash_loop_window stop "
            "restarting"),
     Option("crash_loop_window", parse_duration, 60.0, "window of crash_loop_limit"),
+    Option("backup_interval", parse_duration, 300.0, "time between scheduled backups"),
+    Option("backup_cron", _optional_str, None,
+           "cron schedule of backups (UTC), instead of backup_interval"),
+    Option("backup_keep", int, 10, "newest backups kept (the journal is kept back to them)"),
+    Option("backup_keep_daily", int, 7, "days for which the newest backup of the day is kept"),
+    Option("backup_keep_weekly", int, 4, "weeks for which the newest backup of the week is kept"),
+    Option("quick_check_interval", parse_duration, 60.0, "time between PRAGMA quick_check runs"),
+    Option("full_check_cron", str, "0 3 * * *", "cron schedule (UTC) of PRAGMA integrity_check"),
+    Option("auto_read_write", parse_bool, True,
+           "after a restore, go read-write by itself once the self-test passes"),
     Option("readers", int, 4, "reader connections (threads)"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
@@ -151,6 +161,14 @@ class Settings:
     restart_backoff_max: float = 30.0
     crash_loop_limit: int = 5
     crash_loop_window: float = 60.0
+    backup_interval: float = 300.0
+    backup_cron: str | None = None
+    backup_keep: int = 10
+    backup_keep_daily: int = 7
+    backup_keep_weekly: int = 4
+    quick_check_interval: float = 60.0
+    full_check_cron: str = "0 3 * * *"
+    auto_read_write: bool = True
     readers: int = 4
     drain_timeout: float = 10.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

@@ -15,6 +15,7 @@ from aiohttp import web
 from meshd import log as logging
 from meshd.api.http import json_response, read_body
 from meshd.api.keys import HUB, STORAGE
+from meshd.clock import db_time
 from meshd.errors import Invalid, MeshError
 from meshd.store import records
 
@@ -67,6 +68,20 @@ async def apply_records(request: web.Request) -> web.Response:
     for event in applied:
         request.app[HUB].publish(event)
     return json_response({"applied": len(items)})
+
+
+@routes.post("/internal/selftest")
+async def self_test(request: web.Request) -> web.Response:
+    """Exercise the write path in a transaction that is rolled back: register an agent,
+    refresh it, read it back. Works in read-only mode; leaves no trace."""
+    storage = request.app[STORAGE]
+    started = time.monotonic()
+    result = await storage.trial(records.self_test, db_time())
+    problems = await storage.check(full=False)
+    if problems:
+        raise MeshError(f"quick_check failed: {problems[:3]}")
+    return json_response({"ok": True, "checks": result,
+                          "seconds": round(time.monotonic() - started, 3)})
 
 
 @routes.post("/internal/publish")

@@ -1,4 +1,5 @@
-"""The worker's periodic jobs (each a small coroutine loop): the message-timeout sweeper.
+"""The worker's periodic jobs (each a small coroutine loop): the message-timeout sweeper and
+offline detection.
 
 Jobs that read files or run checks belong to the supervisor's scheduler instead; these touch
 only the API's own data and run where the writer is.
@@ -9,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 from meshd import log as logging
-from meshd.clock import db_time
+from meshd.clock import db_time, utcnow
 from meshd.config import Settings
+from meshd.store import health as health_store
 from meshd.store import messages as messages_store
 from meshd.ws import Hub
 
@@ -43,7 +46,29 @@ def start(settings: Settings, storage, hub: Hub) -> list[asyncio.Task]:
         if timed_out:
             log.info("messages.timed_out", count=len(timed_out))
 
-    return [asyncio.create_task(_every(settings.sweep_interval, "sweep", sweep))]
+    loop = asyncio.get_running_loop()
+    # Agents cannot have reached a server that was down: give them one heartbeat_timeout
+    # after a start before reporting any of them offline.
+    detect_from = loop.time() + settings.heartbeat_timeout
+
+    async def detect_offline() -> None:
+        if storage.read_only_reason or loop.time() < detect_from:
+            return
+        now = utcnow()
+        cutoff = db_time(now - timedelta(seconds=settings.heartbeat_timeout))
+        went_offline = await storage.write(health_store.mark_offline, cutoff, db_time(now))
+        for row in went_offline:
+            hub.publish({"type": "agent_health_change", "agentId": row["agent_id"],
+                         "status": health_store.OFFLINE, "metrics": {}})
+        if went_offline:
+            log.info("agents.offline", count=len(went_offline),
+                     agent_ids=[r["agent_id"] for r in went_offline])
+
+    return [
+        asyncio.create_task(_every(settings.sweep_interval, "sweep", sweep)),
+        asyncio.create_task(
+            _every(settings.offline_check_interval, "offline_detection", detect_offline)),
+    ]
 
 
 async def stop(tasks: list[asyncio.Task]) -> None:

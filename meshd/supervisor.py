@@ -14,7 +14,8 @@ import signal
 import sqlite3
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,17 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 
-from meshd import config
+from meshd import backups, config
 from meshd import log as logging
+from meshd import restore as restore_mod
 from meshd.clock import db_time, new_id
 from meshd.locks import FileLock, LockBusy, write_atomic
+from meshd.recovery import corruption
+from meshd.recovery.engine import Engine, Run
 from meshd.restart import Policy, RestartState
 from meshd.sdnotify import Notifier
 from meshd.worker import EXIT_DB_CORRUPT, bind_socket
@@ -43,6 +50,7 @@ class State(StrEnum):
     SERVING = "serving"
     RESTARTING = "restarting"
     CRASH_LOOP = "crash-loop"
+    RESTORING = "restoring"
     STOPPING = "stopping"
 
 
@@ -89,6 +97,12 @@ class Supervisor:
         self._control: web.AppRunner | None = None
         self._status_at = 0.0
         self._tasks: list[asyncio.Task] = []
+        self.held_by: str | None = None  # a protocol run that owns the worker's lifecycle
+        self.last_check: dict[str, Any] | None = None
+        self._operator_read_write = asyncio.Event()
+        self.engine = Engine(self, self.settings.data_dir / "protocols",
+                             {corruption.SPEC.name: corruption.SPEC})
+        self.scheduler: AsyncIOScheduler | None = None
 
     def _policy(self) -> Policy:
         s = self.settings
@@ -116,9 +130,11 @@ class Supervisor:
         log.info("supervisor.started", pid=os.getpid(), host=settings.host,
                  port=self._sock.getsockname()[1], data_dir=str(settings.data_dir),
                  systemd=self.notifier.enabled)
+        self._resume_protocols()
         if unclean_pid is not None:
             await self._check_after_unclean_stop(unclean_pid)
         self._tasks.append(asyncio.create_task(self._watchdog_pings()))
+        self._start_scheduler()
         while not self._stopping:
             await self._reap()
             await self._probe()
@@ -156,9 +172,9 @@ class Supervisor:
         uptime = round(now - worker.started_at, 3)
         log.error("worker.crashed", pid=worker.pid, code=code, reason=reason, uptime_s=uptime)
         if code == EXIT_DB_CORRUPT:
-            # Hook of the Database Corruption protocol: restore arrives with the backups issue.
-            self._record_event("db_corruption", "critical", "Database corruption reported",
-                               f"worker {worker.pid} exited with the database-corrupt code")
+            self.start_corruption_protocol(
+                f"worker {worker.pid} exited with the database-corrupt code")
+            return
         delay = self.restarts.crashed(now)
         # Hook of the Server Crash Recovery protocol: every crash is a server_down event.
         crash = self._record_event(
@@ -268,8 +284,11 @@ class Supervisor:
     async def _spawn_if_due(self) -> None:
         if self.worker is not None or self._stopping or self.state == State.CRASH_LOOP:
             return
-        if time.monotonic() < self.next_start:
+        if self.held_by is not None or time.monotonic() < self.next_start:
             return
+        await self._spawn()
+
+    async def _spawn(self) -> None:
         await self._stop_fallback()
         env = dict(os.environ)
         env.update(MESHD_WORKER_SETTINGS=config.to_json(self.settings),
@@ -360,7 +379,11 @@ class Supervisor:
         if self.state != State.SERVING:
             return f"{self.state}: {self.reason or ''}".strip()
         ws = self.worker_status
-        return f"serving {ws.get('mode', 'read-write')}, {ws.get('agents', '?')} agents"
+        line = f"serving {ws.get('mode', 'read-write')}, {ws.get('agents', '?')} agents"
+        last = self._last_backup()
+        if last:
+            line += f", last backup {last['age_s'] // 60:.0f} min ago"
+        return line
 
     def status(self) -> dict[str, Any]:
         worker = self.worker
@@ -378,7 +401,10 @@ class Supervisor:
             "reason": self.reason,
             "mode": ws.get("mode") or ("unavailable" if self.state != State.SERVING
                                        else "read-write"),
-            "last_backup": None,
+            "last_backup": self._last_backup(),
+            "last_check": self.last_check,
+            "protocol_runs": [r.public() | {"steps": len(r.steps)} for r in
+                              self.engine.runs.values() if r.outcome == "running"],
             "open_events": (open_events or 0) + pending_open if open_events is not None
             else pending_open,
             "pending_records": len(self.pending),
@@ -420,6 +446,12 @@ class Supervisor:
         app = web.Application()
         app.router.add_get("/status", self._control_status)
         app.router.add_post("/control/corruption", self._control_corruption)
+        app.router.add_post("/control/backup", self._control_backup)
+        app.router.add_get("/control/backups", self._control_backups)
+        app.router.add_post("/control/check", self._control_check)
+        app.router.add_post("/control/restore", self._control_restore)
+        app.router.add_post("/control/mode", self._control_mode)
+        app.router.add_get("/control/runs/{run_id}", self._control_run)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         path = self.settings.control_socket
@@ -434,11 +466,9 @@ class Supervisor:
 
     async def _control_corruption(self, request: web.Request) -> web.Response:
         detail = (await request.json()).get("detail", "")
-        # Hook of the Database Corruption protocol (restore arrives with the backups issue).
         log.error("supervisor.corruption_reported", detail=detail)
-        self._record_event("db_corruption", "critical", "Database corruption detected", detail)
-        self._wake.set()
-        return web.json_response({"accepted": True})
+        run = self.start_corruption_protocol(f"the worker met corruption: {detail}")
+        return web.json_response({"accepted": True, "run_id": run.id})
 
     # -- start-up check, signals, reload, shutdown -------------------------------------------
 
@@ -460,9 +490,8 @@ class Supervisor:
             f"the previous meshd (pid {old_pid}) stopped without a clean shutdown; "
             f"quick_check: {'ok' if not problems else '; '.join(problems[:5])}")
         if problems:
-            self._record_event("db_corruption", "critical", "Database failed quick_check",
-                               "; ".join(problems[:5]))
-            self.read_only_reason = "the database failed quick_check at start"
+            self.start_corruption_protocol(
+                f"quick_check failed at start after an unclean stop: {'; '.join(problems[:3])}")
         else:
             event.update(status="resolved", resolved_at=db_time(),
                          resolution_notes="quick_check ok; serving")
@@ -523,6 +552,8 @@ class Supervisor:
         self.state = State.STOPPING
         self.notifier.stopping()
         log.info("supervisor.stopping")
+        if self.scheduler:
+            self.scheduler.shutdown(wait=False)
         await self._stop_fallback()
         await self._stop_worker()
         for task in self._tasks:
@@ -536,6 +567,247 @@ class Supervisor:
         self._lock.release()
         self.notifier.close()
         log.info("supervisor.stopped", pending_records=len(self.pending))
+
+    # -- protocols: the engine's host --------------------------------------------------------
+
+    def queue_record(self, record: dict[str, Any]) -> None:
+        self._queue(record)
+        self._wake.set()
+
+    async def publish(self, event: dict[str, Any]) -> None:
+        if self.worker is not None and self.worker.healthy_at is not None:
+            await self._worker_call("POST", "/internal/publish", {"event": event})
+
+    def _resume_protocols(self) -> None:
+        for run in self.engine.resume_unfinished():
+            if run.protocol != corruption.SPEC.name:
+                continue
+            order = list(corruption.Corruption)
+            if order.index(run.state) < order.index(corruption.Corruption.READ_ONLY):
+                self.held_by = run.id  # restore not finished: no worker until it is
+            else:
+                self.read_only_reason = "restored from backup; self-test pending"
+
+    def start_corruption_protocol(self, reason: str, **context: Any) -> Run:
+        run = self.engine.start(corruption.SPEC.name, reason, context,
+                                title=context.pop("title", None) if context else None)
+        self._wake.set()
+        return run
+
+    def hold_worker(self, run_id: str) -> None:
+        self.held_by = run_id
+
+    def release_worker(self, run_id: str) -> None:
+        if self.held_by == run_id:
+            self.held_by = None
+
+    async def stop_worker_for(self, run_id: str) -> str:
+        self.hold_worker(run_id)
+        self.state = State.RESTORING
+        await self._start_fallback("restoring the database")
+        if self.worker is None:
+            return "no worker was running"
+        pid = self.worker.pid
+        await self._stop_worker()
+        return f"worker {pid} stopped"
+
+    async def restore_database(self, run: Run):
+        lock = FileLock(self.settings.data_dir / "writer.lock")
+        await asyncio.to_thread(lock.acquire, 30)
+        try:
+            to_time = run.context.get("to_time")
+            return await asyncio.to_thread(
+                restore_mod.restore, self.settings.database, self.settings.data_dir / "journal",
+                self.settings.backup_dir, self.settings.data_dir,
+                backup_name=run.context.get("backup"),
+                to_time=datetime.fromisoformat(to_time) if to_time else None)
+        finally:
+            lock.release()
+
+    async def verify_database(self) -> str:
+        problems = await asyncio.to_thread(backups.integrity, self.settings.database, True)
+        if problems:
+            raise RuntimeError(f"integrity_check failed: {problems[:3]}")
+        return "integrity_check ok"
+
+    async def start_worker_read_only(self, run_id: str, reason: str) -> str:
+        self.read_only_reason = reason
+        self.release_worker(run_id)
+        if self.worker is None:
+            self.state = State.STARTING
+            self.next_start = 0.0
+            await self._spawn()
+        worker = self.worker
+        if not await self._get_health(STARTUP_GRACE):
+            raise RuntimeError("the restarted worker did not answer /health")
+        if worker.healthy_at is None:
+            await self._worker_up(worker)
+        await self._worker_call("POST", "/internal/mode",
+                                {"mode": "read-only", "reason": reason})
+        return f"worker {worker.pid} serving read-only"
+
+    async def self_test(self) -> str:
+        """Critical endpoints over HTTP with the agents' key, then the write path in a
+        transaction that is rolled back."""
+        host = probe_host(self.settings.host)
+        port = self._sock.getsockname()[1]
+        headers = {"X-API-Key": self.settings.api_key}
+        expected = {"/health": 200, "/readyz": 503, "/api/agents?limit=1": 200,
+                    "/api/catastrophe?limit=1": 200, "/api/health/dashboard?limit=1": 200}
+        async with aiohttp.ClientSession(headers=headers) as session:
+            for path, status in expected.items():
+                async with session.get(f"http://{host}:{port}{path}",
+                                       timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    if resp.status != status:
+                        raise RuntimeError(f"GET {path} answered {resp.status}, not {status}")
+        result = await self._worker_call("POST", "/internal/selftest")
+        return f"{len(expected)} endpoints and write path ({', '.join(result['checks'])}) ok"
+
+    async def enable_writes(self, run_id: str) -> str:
+        if not self.settings.auto_read_write and self.read_only_reason:
+            log.warning("protocol.waiting_for_operator", run_id=run_id,
+                        detail="run `meshd mode read-write` to take writes again")
+            self._operator_read_write.clear()
+            await self._operator_read_write.wait()
+        await self.set_mode(None)
+        return "read-write"
+
+    async def set_mode(self, read_only_reason: str | None) -> None:
+        self.read_only_reason = read_only_reason
+        if self.worker is not None and self.worker.healthy_at is not None:
+            body = ({"mode": "read-only", "reason": read_only_reason} if read_only_reason
+                    else {"mode": "read-write"})
+            await self._worker_call("POST", "/internal/mode", body)
+        if read_only_reason is None:
+            self._operator_read_write.set()
+        log.info("supervisor.mode", mode="read-only" if read_only_reason else "read-write",
+                 reason=read_only_reason)
+
+    # -- scheduled maintenance: backups and integrity checks ---------------------------------
+
+    def _start_scheduler(self) -> None:
+        s = self.settings
+        scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": 60})
+        backup_trigger = (CronTrigger.from_crontab(s.backup_cron, timezone="UTC")
+                          if s.backup_cron else IntervalTrigger(seconds=s.backup_interval))
+        scheduler.add_job(self.scheduled_backup, backup_trigger, id="backup")
+        scheduler.add_job(self.scheduled_check, IntervalTrigger(seconds=s.quick_check_interval),
+                          id="quick_check", kwargs={"full": False})
+        scheduler.add_job(self.scheduled_check,
+                          CronTrigger.from_crontab(s.full_check_cron, timezone="UTC"),
+                          id="full_check", kwargs={"full": True})
+        scheduler.start()
+        self.scheduler = scheduler
+
+    def _maintenance_allowed(self) -> bool:
+        return (self.state == State.SERVING and self.held_by is None
+                and self.engine.active(corruption.SPEC.name) is None
+                and self.settings.database.exists())
+
+    async def scheduled_backup(self) -> None:
+        if self._maintenance_allowed():
+            await self.backup_now("scheduled")
+
+    async def backup_now(self, reason: str) -> dict[str, Any]:
+        s = self.settings
+        try:
+            manifest = await asyncio.to_thread(backups.take_backup, s.database, s.backup_dir,
+                                               reason)
+        except backups.BackupError as exc:
+            log.error("backup.failed", error=str(exc), backup_dir=str(s.backup_dir))
+            self._record_event("backup_failed", "major", "Backup failed", str(exc))
+            raise
+        await asyncio.to_thread(backups.prune, s.backup_dir, s.backup_keep,
+                                s.backup_keep_daily, s.backup_keep_weekly)
+        await asyncio.to_thread(backups.prune_journal, s.data_dir / "journal", s.backup_dir,
+                                s.backup_keep)
+        return asdict(manifest)
+
+    async def scheduled_check(self, full: bool) -> None:
+        if self._maintenance_allowed():
+            await self.check_now(full)
+
+    async def check_now(self, full: bool) -> list[str]:
+        started = time.monotonic()
+        problems = await asyncio.to_thread(backups.integrity, self.settings.database, full)
+        self.last_check = {"kind": "integrity_check" if full else "quick_check",
+                           "at": db_time(), "ok": not problems, "problems": problems[:5],
+                           "seconds": round(time.monotonic() - started, 3)}
+        log.info("check.completed", **self.last_check)
+        if problems and self.engine.active(corruption.SPEC.name) is None:
+            self.start_corruption_protocol(
+                f"{self.last_check['kind']} failed: {'; '.join(problems[:3])}")
+        return problems
+
+    def _last_backup(self) -> dict[str, Any] | None:
+        manifests = backups.list_backups(self.settings.backup_dir)
+        if not manifests:
+            return None
+        m = manifests[0]
+        age = (datetime.now(UTC) - m.created).total_seconds()
+        return {"file": m.file, "created_at": m.created_at, "age_s": round(age),
+                "size": m.size, "journal_seq": m.journal_seq, "verified": m.verified}
+
+    # -- operator commands -------------------------------------------------------------------
+
+    async def _control_backup(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await self.backup_now("operator"))
+        except backups.BackupError as exc:
+            return web.json_response({"error": str(exc)}, status=500)
+
+    async def _control_backups(self, request: web.Request) -> web.Response:
+        return web.json_response(backup_listing(self.settings.backup_dir))
+
+    async def _control_check(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        problems = await self.check_now(bool(body.get("full")))
+        return web.json_response({"ok": not problems, "problems": problems,
+                                  "check": self.last_check})
+
+    async def _control_restore(self, request: web.Request) -> web.Response:
+        body = await request.json() if request.can_read_body else {}
+        if self.engine.active(corruption.SPEC.name):
+            return web.json_response({"error": "a restore is already under way"}, status=409)
+        try:
+            restore_mod.choose_backup(self.settings.backup_dir, body.get("backup"))
+        except restore_mod.RestoreError as exc:
+            return web.json_response({"error": str(exc)}, status=409)
+        context = {k: body[k] for k in ("backup", "to_time") if body.get(k)}
+        run = self.start_corruption_protocol(
+            "operator requested a restore" + (f" of {body['backup']}" if body.get("backup")
+                                              else "") +
+            (f" to {body['to_time']}" if body.get("to_time") else ""),
+            title="Database restore (operator)", **context)
+        if body.get("wait", True):
+            run = await self.engine.wait(run.id)
+        return web.json_response(run.public(), status=200 if run.outcome != "failed" else 500)
+
+    async def _control_mode(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        mode = body.get("mode")
+        if mode not in ("read-only", "read-write"):
+            return web.json_response({"error": "mode must be read-only or read-write"},
+                                     status=400)
+        await self.set_mode("set by the operator" if mode == "read-only" else None)
+        return web.json_response({"mode": mode})
+
+    async def _control_run(self, request: web.Request) -> web.Response:
+        run = self.engine.runs.get(request.match_info["run_id"])
+        if run is None:
+            return web.json_response({"error": "no such run"}, status=404)
+        return web.json_response(run.public())
+
+
+
+def backup_listing(backup_dir: Path) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    return [{"file": m.file, "created_at": m.created_at,
+             "age_s": round((now - m.created).total_seconds()), "size": m.size,
+             "journal_seq": m.journal_seq, "journal_epoch": m.journal_epoch,
+             "verified": m.verified, "reason": m.reason}
+            for m in backups.list_backups(backup_dir)]
 
 
 def describe_exit(code: int) -> str:

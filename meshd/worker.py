@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from meshd import jobs
+from meshd import backups, jobs
 from meshd import log as logging
 from meshd.api.app import make_app
 from meshd.config import Settings
 from meshd.internal import make_internal_app
 from meshd.locks import FileLock
-from meshd.store.sqlite import SqliteStorage
+from meshd.store.sqlite import SqliteStorage, is_corruption
 from meshd.ws import Hub
 
 log = logging.get("meshd.worker")
@@ -74,15 +74,34 @@ async def report_corruption(settings: Settings, detail: str) -> None:
     reached, exit with the reserved code so it learns from the exit status instead."""
     try:
         connector = aiohttp.UnixConnector(path=str(settings.control_socket))
-        async with aiohttp.ClientSession(connector=connector) as session:
-            async with session.post("http://meshd/control/corruption", json={"detail": detail},
-                                    timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                if resp.status < 300:
-                    return
+        async with aiohttp.ClientSession(connector=connector) as session, session.post(
+            "http://meshd/control/corruption", json={"detail": detail},
+            timeout=aiohttp.ClientTimeout(total=2),
+        ) as resp:
+            if resp.status < 300:
+                return
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         log.error("worker.corruption_report_failed", error=str(exc))
     log.error("worker.exit_db_corrupt", code=EXIT_DB_CORRUPT)
     os._exit(EXIT_DB_CORRUPT)
+
+
+async def take_baseline_backup(settings: Settings, storage: SqliteStorage) -> None:
+    """Before the first write is accepted (and after a migration), make sure a verified
+    backup of this journal epoch exists, so the journal always has a base to replay onto."""
+    epoch = storage.journal_epoch
+    has_base = any(m.verified and m.journal_epoch == epoch
+                   for m in backups.list_backups(settings.backup_dir))
+    migrated = storage.migration is not None and storage.migration.migrated
+    if has_base and not migrated:
+        return
+    try:
+        await asyncio.to_thread(backups.take_backup, settings.database, settings.backup_dir,
+                                "baseline after migration" if migrated else "baseline")
+    except backups.BackupError as exc:
+        # Serving without a base is worse than refusing: the journal alone cannot restore.
+        log.error("backup.baseline_failed", error=str(exc))
+        raise
 
 
 async def serve(
@@ -111,6 +130,7 @@ async def serve(
     storage = open_storage(settings, on_corruption)
     await storage.start()
     storage.set_read_only(read_only_reason)
+    await take_baseline_backup(settings, storage)
     hub = Hub()
     app = make_app(settings, storage, hub)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -164,9 +184,9 @@ def run_supervised() -> int:
     reason = os.environ.get("MESHD_READ_ONLY") or None
     try:
         asyncio.run(serve(settings, sock, supervised=True, read_only_reason=reason))
-    except Exception:
+    except Exception as exc:
         log.exception("worker.failed")
-        return 1
+        return EXIT_DB_CORRUPT if is_corruption(exc) else 1
     return 0
 
 

@@ -18,7 +18,8 @@ from meshd import log as logging
 from meshd.api.keys import HUB, SETTINGS, STORAGE
 from meshd.api.middleware import key_matches, presented_key
 from meshd.clock import db_time, new_id
-from meshd.store import agents as agents_store
+from meshd.errors import NotFound
+from meshd.store import health as health_store
 
 log = logging.get("meshd.ws")
 
@@ -131,6 +132,14 @@ async def _on_client_message(request: web.Request, client: Client, data: str) ->
         if storage.read_only_reason:
             return
         try:
-            await storage.write(agents_store.touch, client.agent_id, db_time())
+            # Like the HTTP heartbeat: refresh last_seen and revive an agent marked offline.
+            old, new = await storage.write(health_store.record, client.agent_id, {},
+                                           db_time(), False)
+        except NotFound:
+            return
         except Exception as exc:  # noqa: BLE001 - a heartbeat frame never closes the socket
             log.warning("ws.heartbeat_failed", agent_id=client.agent_id, error=str(exc))
+            return
+        if new is not None and new != old:
+            request.app[HUB].publish({"type": "agent_health_change",
+                                      "agentId": client.agent_id, "status": new, "metrics": {}})

@@ -1,5 +1,128 @@
-"""health routes (being written)."""
+"""Health routes: heartbeat and health posts (shared metric rules), agent health, dashboard."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from aiohttp import web
 
+from meshd.api.http import dumps, json_response, paging, parse_json_column, read_body
+from meshd.api.keys import SETTINGS, hub, storage
+from meshd.clock import db_time, db_time_ago
+from meshd.errors import Invalid, NotFound
+from meshd.store import health as store
+
 routes = web.RouteTableDef()
+
+NUMERIC_METRICS = ("uptimeSeconds", "cpuUsage", "memoryUsage")
+_INT64 = 1 << 63
+
+
+def health_fields(body: dict) -> dict[str, Any]:
+    """The health columns the body sets, validated; fields it leaves out are not included, so
+    their stored values stay. A metric of 0 is a value, not a missing one (RB-12)."""
+    fields: dict[str, Any] = {}
+    status = body.get("status")
+    if status is not None:
+        if status not in store.STATUSES:
+            raise Invalid(f"status must be one of {', '.join(store.STATUSES)}")
+        fields["status"] = status
+    for key in NUMERIC_METRICS:
+        if key not in body:
+            continue
+        value = body[key]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+            or (isinstance(value, int) and not -_INT64 <= value < _INT64)
+        ):
+            raise Invalid(f"{key} must be a number or null")
+        fields[store.METRIC_COLUMNS[key]] = value
+    if "customMetrics" in body:
+        custom = body["customMetrics"]
+        if custom is None:
+            custom = {}
+        if not isinstance(custom, dict):
+            raise Invalid("customMetrics must be an object")
+        fields["custom_metrics"] = dumps(custom).decode()
+    return fields
+
+
+def _health_change(agent_id: str, status: str, body: dict) -> dict:
+    metrics = {k: body[k] for k in store.METRIC_COLUMNS if k in body}
+    return {"type": "agent_health_change", "agentId": agent_id, "status": status,
+            "metrics": metrics}
+
+
+def _number(value: Any) -> Any:
+    """REAL columns give 45.0 where the Node server printed 45."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+@routes.post("/api/agents/{id}/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    """Refreshes last_seen; metrics in the body update the health row. Broadcasts only when
+    the agent's health status changes (a first report, or coming back from offline)."""
+    agent_id = request.match_info["id"]
+    body = await read_body(request)
+    fields = health_fields(body)
+    old, new = await storage(request).write(store.record, agent_id, fields, db_time(), False)
+    if new is not None and new != old:
+        hub(request).publish(_health_change(agent_id, new, body))
+    return json_response({"success": True})
+
+
+@routes.post("/api/agents/{id}/health")
+async def post_health(request: web.Request) -> web.Response:
+    agent_id = request.match_info["id"]
+    body = await read_body(request)
+    fields = health_fields(body)
+    _old, new = await storage(request).write(store.record, agent_id, fields, db_time(), True)
+    hub(request).publish(_health_change(agent_id, new, body))
+    return json_response({"success": True, "message": "Health status updated"})
+
+
+@routes.get("/api/agents/{id}/health")
+async def get_health(request: web.Request) -> web.Response:
+    row = await storage(request).read(store.get, request.match_info["id"])
+    if row is None:
+        raise NotFound("Health status not found")
+    return json_response({
+        "agentId": row["agent_id"],
+        "status": row["status"],
+        "lastHeartbeat": row["last_heartbeat"],
+        "uptimeSeconds": _number(row["uptime_seconds"]),
+        "cpuUsage": _number(row["cpu_usage"]),
+        "memoryUsage": _number(row["memory_usage"]),
+        "customMetrics": parse_json_column(row["custom_metrics"]),
+        "lastUpdated": row["last_updated"],
+    })
+
+
+@routes.get("/api/health/dashboard")
+async def dashboard(request: web.Request) -> web.Response:
+    limit, offset = paging(request)
+    cutoff = db_time_ago(request.app[SETTINGS].heartbeat_timeout)
+    data = await storage(request).read(store.dashboard, cutoff, limit, offset)
+    counts = data["counts"]
+    last = data["last_catastrophe"]
+    return json_response({
+        "totalAgents": sum(counts.values()),
+        **{status: counts.get(status, 0) for status in store.STATUSES},
+        "unknown": counts.get("unknown", 0),
+        "criticalEvents": data["critical_events"],
+        "lastCatastrophe": (
+            {**last, "affectedAgents": parse_json_column(last["affected_agents"])}
+            if last else None
+        ),
+        "agentList": [{
+            "agentId": r["agent_id"],
+            "name": r["name"],
+            "endpoint": r["endpoint"],
+            "status": r["status"],
+            "uptimeSeconds": _number(r["uptime_seconds"]),
+            "cpuUsage": _number(r["cpu_usage"]),
+            "memoryUsage": _number(r["memory_usage"]),
+            "lastSeen": r["last_seen"],
+            "lastUpdated": r["last_updated"],
+        } for r in data["agents"]],
+    })

@@ -1,5 +1,189 @@
-"""messages routes (being written)."""
+"""Messaging routes: send (idempotent by client id), inbox, read, status, failed, retry, and
+the global broadcast."""
+
+from __future__ import annotations
+
+from typing import Any
 
 from aiohttp import web
 
+from meshd import log as logging
+from meshd.api.http import (
+    MISSING,
+    dumps,
+    js_string,
+    json_response,
+    optional_text,
+    paging,
+    query_flag,
+    query_text,
+    read_body,
+    text,
+    truthy,
+)
+from meshd.api.keys import AGENT_ID, hub, storage
+from meshd.clock import db_time, iso_time, normalize_since, parse_time, utcnow
+from meshd.errors import Invalid
+from meshd.store import messages as store
+
+log = logging.get("meshd.messages")
+
 routes = web.RouteTableDef()
+
+STATUSES = ("pending", "delivered", "processing", "completed", "failed", "timeout")
+FAILURE_STATUSES = ("failed", "timeout")
+DEFAULT_FAILURE = "Message processing failed"
+FAILED_LIST_LIMIT = 50
+CLIENT_ID_MAX = 200
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def stored_content(value: Any) -> str:
+    """Message content as the TEXT column holds it. Strings are kept; numbers and booleans
+    become their JavaScript text; objects and arrays their JSON text (the Node server stored
+    "[object Object]", RB-10). Echoes and events keep the value as sent."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return js_string(value)
+    return dumps(value).decode()
+
+
+def timeout_ms(body: dict) -> int | None:
+    """The optional `timeoutMs` extension (RB-04): a positive whole number of milliseconds."""
+    value = body.get("timeoutMs")
+    if value is None:
+        return None
+    whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or not 0 < value <= MAX_SAFE_INTEGER:
+        raise Invalid("timeoutMs must be a positive integer")
+    return int(value)
+
+
+def client_id(request: web.Request, body: dict) -> str | None:
+    """The sender's idempotency key: body `clientId`, else the `Idempotency-Key` header."""
+    value, source = body.get("clientId"), "clientId"
+    if value is None:
+        value, source = request.headers.get("Idempotency-Key"), "Idempotency-Key"
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= CLIENT_ID_MAX:
+        raise Invalid(f"{source} must be a string of 1 to {CLIENT_ID_MAX} characters")
+    return value
+
+
+def echo_of_row(row: dict) -> dict:
+    """The `message` echo of an already stored message, for an idempotent replay."""
+    moment = parse_time(row["created_at"])
+    echo = {"id": row["id"], "from": row["from_agent"], "to": row["to_agent"],
+            "content": row["content"], "messageType": row["message_type"],
+            "createdAt": iso_time(moment) if moment else row["created_at"]}
+    if row["client_id"] is not None:
+        echo["clientId"] = row["client_id"]
+    return echo
+
+
+@routes.post("/api/messages")
+async def send(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    if not (truthy(body.get("from")) and truthy(body.get("to")) and truthy(body.get("content"))):
+        raise Invalid("from, to, and content are required")
+    message_type = body.get("messageType", MISSING)
+    outgoing = store.Outgoing(
+        from_agent=text(body["from"], "from"),
+        to_agent=text(body["to"], "to"),
+        content=stored_content(body["content"]),
+        message_type=optional_text(body, "messageType", "direct"),
+        timeout_ms=timeout_ms(body),
+        client_id=client_id(request, body),
+    )
+    request[AGENT_ID] = outgoing.from_agent
+    moment = utcnow()
+    row, replayed = await storage(request).write(store.send, outgoing, db_time(moment))
+    if replayed:
+        log.info("messages.replayed", message_id=row["id"], from_agent=row["from_agent"],
+                 client_id=row["client_id"])
+        return json_response({"success": True, "messageId": row["id"],
+                              "message": echo_of_row(row)})
+    message = {"id": row["id"], "from": body["from"], "to": body["to"],
+               "content": body["content"],
+               "messageType": "direct" if message_type is MISSING else message_type,
+               "createdAt": iso_time(moment)}
+    if outgoing.client_id is not None:
+        message["clientId"] = outgoing.client_id
+    hub(request).publish({"type": "new_message", "message": message},
+                         audience=[outgoing.to_agent, outgoing.from_agent])
+    return json_response({"success": True, "messageId": row["id"], "message": message})
+
+
+@routes.get("/api/messages/{agentId}")
+async def inbox(request: web.Request) -> web.Response:
+    raw_since = query_text(request, "since")
+    # Normalized to the stored format: the Node server compared ISO text with it (RB-03).
+    since = normalize_since(raw_since) if raw_since else None
+    if raw_since and since is None:
+        raise Invalid("since must be a timestamp")
+    limit, offset = paging(request)
+    rows = await storage(request).read(store.inbox, request.match_info["agentId"], since,
+                                       query_flag(request, "unreadOnly"), limit, offset)
+    return json_response(rows)
+
+
+@routes.post("/api/messages/{id}/read")
+async def mark_read(request: web.Request) -> web.Response:
+    await storage(request).write(store.mark_read, request.match_info["id"])
+    return json_response({"success": True})
+
+
+@routes.post("/api/broadcast")
+async def broadcast(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    if not (truthy(body.get("from")) and truthy(body.get("content"))):
+        raise Invalid("from and content are required")
+    from_agent = text(body["from"], "from")
+    request[AGENT_ID] = from_agent
+    ids = await storage(request).write(store.broadcast, from_agent,
+                                       stored_content(body["content"]), db_time())
+    hub(request).publish({"type": "broadcast", "from": body["from"],
+                          "content": body["content"], "recipientCount": len(ids)})
+    return json_response({"success": True, "recipientCount": len(ids), "messageIds": ids})
+
+
+@routes.patch("/api/messages/{id}/status")
+async def set_status(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    status = body.get("status")
+    if not truthy(status):
+        raise Invalid("status is required")
+    if not isinstance(status, str) or status not in STATUSES:
+        raise Invalid(f"Invalid status. Must be one of: {', '.join(STATUSES)}")
+    error = body.get("error")
+    error_text = text(error, "error") if truthy(error) else None
+    message_id = request.match_info["id"]
+    to_agent = await storage(request).write(store.set_status, message_id, status, error_text)
+    if status in FAILURE_STATUSES:
+        event = {"type": "message_failed", "messageId": message_id, "status": status,
+                 "error": error if truthy(error) else DEFAULT_FAILURE, "toAgent": to_agent}
+        hub(request).publish(event, audience=[to_agent])
+    return json_response({"success": True, "status": status})
+
+
+@routes.get("/api/messages/{agentId}/failed")
+async def failed(request: web.Request) -> web.Response:
+    limit, offset = paging(request)
+    if not request.query.get("limit"):
+        limit = FAILED_LIST_LIMIT
+    rows = await storage(request).read(store.failed, request.match_info["agentId"], limit,
+                                       offset)
+    return json_response(rows)
+
+
+@routes.post("/api/messages/{id}/retry")
+async def retry(request: web.Request) -> web.Response:
+    message_id = request.match_info["id"]
+    to_agent = await storage(request).write(store.retry, message_id, db_time())
+    hub(request).publish({"type": "message_retry", "messageId": message_id,
+                          "toAgent": to_agent}, audience=[to_agent])
+    return json_response({"success": True, "message": "Message queued for retry"})

@@ -7,6 +7,7 @@ order onto a backup rebuilds the database exactly, because ids and times are par
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import zlib
@@ -160,10 +161,8 @@ class Journal:
         self.last_seq = max(self.last_seq, records[-1].seq)
 
     def _cut_back(self, offset: int) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._fh.close()
-        except OSError:
-            pass
         path = Path(self._fh.name)
         try:
             with path.open("r+b") as fh:

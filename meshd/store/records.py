@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from meshd.clock import iso_time, parse_time
+from meshd.clock import iso_time, new_id, parse_time
 from meshd.errors import Invalid
 from meshd.store.base import Reader, Tx
 
@@ -20,6 +20,27 @@ def counts(db: Reader) -> dict[str, int]:
         " (SELECT COUNT(*) FROM catastrophe_events WHERE status != 'resolved') AS open_events"
     )
     return dict(row)
+
+
+def self_test(tx: Tx, now: str) -> list[str]:
+    """The critical write path, run by the self-test inside a transaction that is rolled back."""
+    from meshd.store import agents
+
+    agent_id, existed = agents.register(tx, f"meshd-selftest-{new_id()}", None, "[]", now)
+    if existed or not agents.touch(tx, agent_id, now):
+        raise RuntimeError("self-test agent was not written")
+    checks = ["register", "heartbeat"]
+    row = tx.one("SELECT name FROM agents WHERE id = ?", (agent_id,))
+    if row is None:
+        raise RuntimeError("self-test agent cannot be read back")
+    checks.append("read-back")
+    tx.execute(
+        "INSERT INTO messages (id, from_agent, to_agent, content, message_type, read, status,"
+        " created_at) VALUES (?, ?, ?, ?, 'direct', 0, 'pending', ?)",
+        (new_id(), agent_id, agent_id, "self-test", now),
+    )
+    checks.append("message")
+    return checks
 
 
 def alert(row: dict[str, Any]) -> dict[str, Any]:
@@ -56,11 +77,36 @@ def upsert_event(tx: Tx, record: dict[str, Any]) -> dict[str, Any]:
     return tx.one("SELECT * FROM catastrophe_events WHERE id = ?", (record["id"],))
 
 
+def upsert_run(tx: Tx, run: dict[str, Any]) -> None:
+    """A protocol run and its whole step log (the supervisor's run file is the source)."""
+    tx.execute(
+        "INSERT INTO protocol_runs (id, protocol, event_id, state, outcome, reason, dry_run,"
+        " started_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT(id) DO UPDATE SET state = excluded.state, outcome = excluded.outcome,"
+        " reason = excluded.reason, updated_at = excluded.updated_at",
+        (run["id"], run["protocol"], run.get("event_id"), run["state"], run["outcome"],
+         run.get("reason"), int(bool(run.get("dry_run"))), run["started_at"],
+         run["updated_at"]),
+    )
+    tx.execute("DELETE FROM protocol_steps WHERE run_id = ?", (run["id"],))
+    tx.executemany(
+        "INSERT INTO protocol_steps (run_id, seq, state, next_state, outcome, detail, attempts,"
+        " started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [(run["id"], i, st["state"], st.get("next_state"), st["outcome"], st.get("detail"),
+          st.get("attempts", 1), st["started_at"], st.get("finished_at"))
+         for i, st in enumerate(run.get("steps", []))],
+    )
+
+
 def apply_all(tx: Tx, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Apply every record; the WebSocket alerts to publish for them."""
+    """Apply every record; the WebSocket alerts to publish for the events among them."""
     alerts = []
     for item in items:
-        if not isinstance(item, dict) or item.get("kind") != "event":
-            raise Invalid("each record must be an object with kind 'event'")
-        alerts.append(alert(upsert_event(tx, item)))
+        kind = item.get("kind") if isinstance(item, dict) else None
+        if kind == "event":
+            alerts.append(alert(upsert_event(tx, item)))
+        elif kind == "run":
+            upsert_run(tx, item["run"])
+        else:
+            raise Invalid("each record must be an object with kind 'event' or 'run'")
     return alerts

@@ -191,9 +191,27 @@ def _v2_meshd_additions(conn: sqlite3.Connection, report: MigrationReport) -> No
     )
 
 
+PROTOCOL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS protocol_runs (
+  id TEXT PRIMARY KEY, protocol TEXT NOT NULL, event_id TEXT, state TEXT NOT NULL,
+  outcome TEXT NOT NULL, reason TEXT, dry_run INTEGER NOT NULL DEFAULT 0,
+  started_at DATETIME NOT NULL, updated_at DATETIME NOT NULL);
+CREATE INDEX IF NOT EXISTS idx_protocol_runs_event ON protocol_runs(event_id);
+CREATE TABLE IF NOT EXISTS protocol_steps (
+  run_id TEXT NOT NULL, seq INTEGER NOT NULL, state TEXT NOT NULL, next_state TEXT,
+  outcome TEXT NOT NULL, detail TEXT, attempts INTEGER NOT NULL DEFAULT 1,
+  started_at DATETIME NOT NULL, finished_at DATETIME, PRIMARY KEY (run_id, seq));
+"""
+
+
+def _v3_protocol_runs(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    _run_script(conn, PROTOCOL_SCHEMA)
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
+    _v3_protocol_runs,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

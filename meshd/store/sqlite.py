@@ -8,6 +8,7 @@ fsync'd before COMMIT, and futures resolve only after COMMIT: an acknowledged wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
 import threading
@@ -56,6 +57,40 @@ def connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
     if query_only:
         conn.execute("PRAGMA query_only = 1")
     return conn
+
+
+def replay_journal(
+    conn: sqlite3.Connection, journal_dir: Path, epoch: int, after_seq: int,
+    until: str | None = None,
+) -> tuple[int, int]:
+    """Apply the epoch's journal records past `after_seq` (and, for a point-in-time restore,
+    not later than `until`, a DB-format time) in order; (records applied, last seq)."""
+    pending = [r for r in jr.read_all(journal_dir, epoch) if r.seq > after_seq
+               and (until is None or r.time <= until)]
+    pending.sort(key=lambda r: r.seq)
+    for start in range(0, len(pending), REPLAY_CHUNK):
+        chunk = pending[start:start + REPLAY_CHUNK]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for record in chunk:
+                for sql, params in record.statements:
+                    conn.execute(sql, params)
+            conn.execute("UPDATE meshd_meta SET value = ? WHERE key = 'journal_seq'",
+                         (str(chunk[-1].seq),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    if pending:
+        log.info("journal.replayed", records=len(pending), first_seq=pending[0].seq,
+                 last_seq=pending[-1].seq, epoch=epoch)
+    return len(pending), pending[-1].seq if pending else after_seq
+
+
+class _RolledBack(Exception):
+    def __init__(self, result: Any) -> None:
+        super().__init__("rolled back")
+        self.result = result
 
 
 class _Reader:
@@ -120,6 +155,7 @@ class SqliteStorage:
         self._conn: sqlite3.Connection | None = None
         self._journal: jr.Journal | None = None
         self._seq = 0
+        self.journal_epoch = 1
         self._corruption_reported = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -174,6 +210,7 @@ class SqliteStorage:
             log.warning("journal.torn_tail_cut", bytes=self._journal.torn_tail_bytes)
         self.replayed = self._replay(db_seq, epoch)
         self._seq = max(db_seq, self._journal.last_seq)
+        self.journal_epoch = epoch
         log.info("store.opened", path=str(self.path), journal_mode=mode,
                  schema_version=schema.SCHEMA_VERSION, journal_seq=self._seq,
                  replayed=self.replayed)
@@ -195,26 +232,8 @@ class SqliteStorage:
     def _replay(self, after_seq: int, epoch: int) -> int:
         """Apply journal records the database does not have yet (a crash between journal
         fsync and COMMIT, or a restore onto an older backup)."""
-        pending = [r for r in jr.read_all(self.journal_dir, epoch) if r.seq > after_seq]
-        pending.sort(key=lambda r: r.seq)
-        conn = self._conn
-        for start in range(0, len(pending), REPLAY_CHUNK):
-            chunk = pending[start:start + REPLAY_CHUNK]
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for record in chunk:
-                    for sql, params in record.statements:
-                        conn.execute(sql, params)
-                conn.execute("UPDATE meshd_meta SET value = ? WHERE key = 'journal_seq'",
-                             (str(chunk[-1].seq),))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        if pending:
-            log.info("journal.replayed", records=len(pending), first_seq=pending[0].seq,
-                     last_seq=pending[-1].seq)
-        return len(pending)
+        count, _last = replay_journal(self._conn, self.journal_dir, epoch, after_seq)
+        return count
 
     async def close(self) -> None:
         if self._writer_task:
@@ -293,6 +312,19 @@ class SqliteStorage:
         self._queue.put_nowait((fn, args, future))
         return await future
 
+    async def trial(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write function on the writer and roll it back: nothing is committed or
+        journaled. The self-test exercises the write path this way in read-only mode."""
+
+        def rolled_back(tx: _Tx, *inner: Any) -> T:
+            raise _RolledBack(fn(tx, *inner))
+
+        try:
+            await self.write_internal(rolled_back, *args)
+        except _RolledBack as done:
+            return done.result
+        raise RuntimeError("trial write was not rolled back")
+
     async def _writer_loop(self) -> None:
         queue = self._queue
         while True:
@@ -348,6 +380,8 @@ class SqliteStorage:
             except Exception as exc:  # noqa: BLE001 - handed to the request that caused it
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
+                if isinstance(exc, StopIteration):  # a Future refuses to carry one
+                    exc = RuntimeError(f"write function raised StopIteration: {exc}")
                 outcomes.append((False, exc))
                 continue
             if tx.statements:
@@ -372,10 +406,8 @@ class SqliteStorage:
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             self._abort(records[0].seq, last_seq)
-            try:
+            with contextlib.suppress(sqlite3.DatabaseError):
                 conn.execute("ROLLBACK")
-            except sqlite3.DatabaseError:
-                pass
             err = self._storage_error(exc)
             log.error("store.commit_failed", error=str(exc), first_seq=records[0].seq,
                       last_seq=last_seq)
