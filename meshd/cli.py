@@ -20,6 +20,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help=argparse.SUPPRESS)
     status = sub.add_parser("status", help="show the running daemon's state")
     _daemon_arguments(status)
+    backup = sub.add_parser("backup", help="take a verified backup now")
+    _daemon_arguments(backup)
+    listing = sub.add_parser("backups", help="list backups with age, size and verification")
+    _daemon_arguments(listing)
+    check = sub.add_parser("check", help="run PRAGMA quick_check (or integrity_check)")
+    _daemon_arguments(check)
+    check.add_argument("--full", action="store_true", help="full integrity_check")
+    restore = sub.add_parser("restore", help="restore the newest verified backup (or BACKUP) "
+                             "and replay the journal")
+    _daemon_arguments(restore)
+    restore.add_argument("backup", nargs="?", help="backup file name (default: newest verified)")
+    restore.add_argument("--to-time", help="point in time (ISO-8601, UTC if no zone)")
+    mode = sub.add_parser("mode", help="switch the running daemon read-only or read-write")
+    _daemon_arguments(mode)
+    mode.add_argument("mode", choices=["read-only", "read-write"])
     return parser
 
 
@@ -28,6 +43,10 @@ def _daemon_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", dest="data_dir", default=None,
                         help="data directory of the daemon (default: $STATE_DIRECTORY or ./data)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--backup-dir", dest="backup_dir", default=None,
+                        help="backup directory, when no daemon runs (default ./backups)")
+    parser.add_argument("--database", dest="database", default=None,
+                        help="database file, when no daemon runs (default <data dir>/mesh.db)")
 
 
 def load_settings(args: argparse.Namespace) -> config.Settings:
@@ -82,7 +101,127 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_worker, "status": cmd_status}
+def _print(args: argparse.Namespace, data, text: str) -> None:
+    if args.json or not sys.stdout.isatty():
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from meshd import backups, control
+
+    if control.daemon_running(args):
+        data = control.call(args, "POST", "/control/backup", {}, timeout=600)
+    else:
+        paths = control.offline_paths(args)
+        try:
+            data = _asdict(backups.take_backup(paths.database, paths.backup_dir, "operator"))
+        except backups.BackupError as exc:
+            sys.stderr.write(f"meshd: {exc}\n")
+            return 1
+    _print(args, data, f"backup {data['file']}: {data['size']} bytes, journal seq "
+                       f"{data['journal_seq']}, integrity {data['integrity']}")
+    return 0
+
+
+def _asdict(obj) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(obj)
+
+
+def cmd_backups(args: argparse.Namespace) -> int:
+    from meshd import control
+    from meshd.supervisor import backup_listing
+
+    if control.daemon_running(args):
+        rows = control.call(args, "GET", "/control/backups")
+    else:
+        rows = backup_listing(control.offline_paths(args).backup_dir)
+    text = "\n".join(
+        f"{r['file']}  {r['age_s'] // 60:>6.0f} min  {r['size']:>12} B  seq {r['journal_seq']:>8}"
+        f"  {'verified' if r['verified'] else 'NOT VERIFIED'}" for r in rows) or "no backups"
+    _print(args, rows, text)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from meshd import backups, control
+
+    if control.daemon_running(args):
+        data = control.call(args, "POST", "/control/check", {"full": args.full}, timeout=3600)
+    else:
+        database = control.offline_paths(args).database
+        if not database.exists():
+            sys.stderr.write(f"meshd: no database at {database}\n")
+            return 1
+        problems = backups.integrity(database, full=args.full)
+        data = {"ok": not problems, "problems": problems}
+    _print(args, data, "ok" if data["ok"] else "PROBLEMS:\n  " + "\n  ".join(data["problems"]))
+    return 0 if data["ok"] else 1
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from meshd import control
+    from meshd import restore as restore_mod
+
+    body = {"backup": args.backup, "to_time": _iso(args.to_time) if args.to_time else None}
+    if control.daemon_running(args):
+        data = control.call(args, "POST", "/control/restore", body, timeout=3600)
+        _print(args, data, f"restore run {data['id']}: {data['outcome']} ({data['state']})")
+        return 0 if data["outcome"] == "completed" else 1
+    paths = control.offline_paths(args)
+    from meshd.locks import FileLock, LockBusy
+
+    lock = FileLock(paths.data_dir / "writer.lock")
+    try:
+        lock.acquire(timeout=5)
+    except LockBusy:
+        sys.stderr.write("meshd: another process holds the writer lock; stop meshd first\n")
+        return 1
+    try:
+        report = restore_mod.restore(
+            paths.database, paths.data_dir / "journal", paths.backup_dir, paths.data_dir,
+            backup_name=args.backup, to_time=_parse_when(args.to_time))
+    except restore_mod.RestoreError as exc:
+        sys.stderr.write(f"meshd: {exc}\n")
+        return 1
+    finally:
+        lock.release()
+    data = _asdict(report)
+    _print(args, data, f"restored {report.backup}, replayed {report.replayed} journal records "
+                       f"(seq {report.journal_seq}, epoch {report.journal_epoch})")
+    return 0
+
+
+def _parse_when(text: str | None):
+    from meshd.clock import parse_time
+
+    if not text:
+        return None
+    moment = parse_time(text)
+    if moment is None:
+        sys.stderr.write(f"meshd: --to-time {text!r} is not a timestamp\n")
+        raise SystemExit(2)
+    return moment
+
+
+def _iso(text: str) -> str:
+    return _parse_when(text).isoformat()
+
+
+def cmd_mode(args: argparse.Namespace) -> int:
+    from meshd import control
+
+    data = control.call(args, "POST", "/control/mode", {"mode": args.mode})
+    _print(args, data, f"mode: {data['mode']}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "status": cmd_status, "backup": cmd_backup,
+            "backups": cmd_backups, "check": cmd_check, "restore": cmd_restore,
+            "mode": cmd_mode}
 
 
 def main(argv: list[str] | None = None) -> int:

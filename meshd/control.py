@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,28 @@ def data_dir(args: Namespace) -> Path:
         return Path(args.data_dir)
     state = os.environ.get("STATE_DIRECTORY") or os.environ.get("MESHD_DATA_DIR")
     return Path(state.split(":")[0]) if state else Path("data")
+
+
+@dataclass(frozen=True, slots=True)
+class Paths:
+    data_dir: Path
+    database: Path
+    backup_dir: Path
+
+
+def daemon_running(args: Namespace) -> bool:
+    return (data_dir(args) / "meshd.sock").exists()
+
+
+def offline_paths(args: Namespace) -> Paths:
+    """Where the files are when no daemon can tell us: flags, then the usual defaults."""
+    directory = data_dir(args)
+    database = Path(args.database) if getattr(args, "database", None) else (
+        Path(os.environ["MESHD_DATABASE"]) if os.environ.get("MESHD_DATABASE")
+        else directory / "mesh.db")
+    backup_dir = Path(args.backup_dir) if getattr(args, "backup_dir", None) else Path(
+        os.environ.get("MESHD_BACKUP_DIR", "backups"))
+    return Paths(directory, database, backup_dir)
 
 
 def call(args: Namespace, method: str, path: str, body: Any = None,

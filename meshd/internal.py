@@ -14,7 +14,7 @@ from aiohttp import web
 
 from meshd import log as logging
 from meshd.api.http import json_response, read_body
-from meshd.api.keys import HUB, STORAGE
+from meshd.api.keys import HUB, SETTINGS, STORAGE
 from meshd.clock import db_time
 from meshd.errors import Invalid, MeshError
 from meshd.store import records
@@ -96,7 +96,7 @@ async def publish(request: web.Request) -> web.Response:
 
 def make_internal_app(public: web.Application) -> web.Application:
     app = web.Application(middlewares=[_errors])
-    for key in (STORAGE, HUB):
+    for key in (STORAGE, HUB, SETTINGS):
         app[key] = public[key]
     app[STARTED] = time.monotonic()
     app.router.add_routes(routes)
@@ -109,3 +109,6 @@ async def _errors(request: web.Request, handler):
         return await handler(request)
     except MeshError as exc:
         return json_response({"error": exc.message}, status=exc.status)
+    except Exception as exc:
+        log.exception("internal.error", path=request.path)
+        return json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
