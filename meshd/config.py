@@ -129,6 +129,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("full_check_cron", str, "0 3 * * *", "cron schedule (UTC) of PRAGMA integrity_check"),
     Option("auto_read_write", parse_bool, True,
            "after a restore, go read-write by itself once the self-test passes"),
+    Option("admin_key", _optional_str, None,
+           "operator key for /api/admin/* routes (distinct from api_key; unset disables them)"),
+    Option("crash_update_window", parse_duration, 900.0,
+           "a crash this soon after a system update marks the update suspect"),
+    Option("partition_share", float, 0.5,
+           "share of active agents going offline together that opens a network_partition"),
+    Option("partition_min_agents", int, 2, "fewest agents that make a network partition"),
+    Option("partition_window", parse_duration, 60.0,
+           "agents going offline within this window count as going offline together"),
+    Option("update_grace", parse_duration, 600.0,
+           "time after a breaking update before too-old agents are refused"),
+    Option("unknown_version", _choice("deny", "allow"), "deny",
+           "whether an agent of unknown version counts as too old during enforcement"),
+    Option("alert_command", _optional_str, None,
+           "command run with each critical event / protocol transition as JSON on stdin"),
+    Option("alert_webhook", _optional_str, None,
+           "URL POSTed each critical event / protocol transition as JSON"),
+    Option("alert_timeout", parse_duration, 10.0, "time limit of one alert hook"),
     Option("readers", int, 4, "reader connections (threads)"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
@@ -169,6 +187,16 @@ class Settings:
     quick_check_interval: float = 60.0
     full_check_cron: str = "0 3 * * *"
     auto_read_write: bool = True
+    admin_key: str | None = None
+    crash_update_window: float = 900.0
+    partition_share: float = 0.5
+    partition_min_agents: int = 2
+    partition_window: float = 60.0
+    update_grace: float = 600.0
+    unknown_version: str = "deny"
+    alert_command: str | None = None
+    alert_webhook: str | None = None
+    alert_timeout: float = 10.0
     readers: int = 4
     drain_timeout: float = 10.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from meshd import log as logging
@@ -17,6 +19,7 @@ from meshd.clock import db_time, utcnow
 from meshd.config import Settings
 from meshd.store import health as health_store
 from meshd.store import messages as messages_store
+from meshd.supervisor_client import SupervisorClient
 from meshd.ws import Hub
 
 log = logging.get("meshd.jobs")
@@ -33,7 +36,32 @@ async def _every(interval: float, name: str, fn: Callable[[], Awaitable[None]]) 
             log.warning("job.failed", job=name, error=str(exc))
 
 
-def start(settings: Settings, storage, hub: Hub) -> list[asyncio.Task]:
+@dataclass
+class PartitionDetector:
+    """Agents going offline together, not one by one: more than `share` of the active agents
+    (and at least `min_agents`) within `window` seconds is a network partition."""
+
+    share: float
+    min_agents: int
+    window: float
+    recent: deque = field(default_factory=deque)  # (time, agent_id, last_seen)
+
+    def observe(self, now: float, went_offline: list[dict], still_online: int) -> list | None:
+        for row in went_offline:
+            self.recent.append((now, row["agent_id"], row["last_seen"]))
+        while self.recent and now - self.recent[0][0] > self.window:
+            self.recent.popleft()
+        offline = len(self.recent)
+        active = offline + still_online
+        if offline >= self.min_agents and active and offline / active > self.share:
+            fired = list(self.recent)
+            self.recent.clear()
+            return fired
+        return None
+
+
+def start(settings: Settings, storage, hub: Hub,
+          supervisor: SupervisorClient | None = None) -> list[asyncio.Task]:
     async def sweep() -> None:
         if storage.read_only_reason:
             return
@@ -47,6 +75,8 @@ def start(settings: Settings, storage, hub: Hub) -> list[asyncio.Task]:
             log.info("messages.timed_out", count=len(timed_out))
 
     loop = asyncio.get_running_loop()
+    detector = PartitionDetector(settings.partition_share, settings.partition_min_agents,
+                                 settings.partition_window)
     # Agents cannot have reached a server that was down: give them one heartbeat_timeout
     # after a start before reporting any of them offline.
     detect_from = loop.time() + settings.heartbeat_timeout
@@ -63,6 +93,14 @@ def start(settings: Settings, storage, hub: Hub) -> list[asyncio.Task]:
         if went_offline:
             log.info("agents.offline", count=len(went_offline),
                      agent_ids=[r["agent_id"] for r in went_offline])
+        online = await storage.read(health_store.count_online, cutoff)
+        fired = detector.observe(loop.time(), went_offline, online)
+        if fired and supervisor is not None:
+            agents = [agent_id for _t, agent_id, _ls in fired]
+            log.warning("partition.detected", agents=agents, still_online=online)
+            supervisor.start_protocol(
+                "network_partition", f"{len(agents)} agents went offline together",
+                {"agents": agents, "last_seen": {a: ls for _t, a, ls in fired}})
 
     return [
         asyncio.create_task(_every(settings.sweep_interval, "sweep", sweep)),

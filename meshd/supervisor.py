@@ -15,7 +15,7 @@ import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -27,13 +27,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from meshd import backups, config
+from meshd import alerts, backups, config, semver
 from meshd import log as logging
 from meshd import restore as restore_mod
-from meshd.clock import db_time, new_id
+from meshd.clock import db_time, new_id, parse_time
 from meshd.locks import FileLock, LockBusy, write_atomic
-from meshd.recovery import corruption
+from meshd.recovery import corruption, crash
 from meshd.recovery.engine import Engine, Run
+from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
 from meshd.restart import Policy, RestartState
 from meshd.sdnotify import Notifier
 from meshd.worker import EXIT_DB_CORRUPT, bind_socket
@@ -83,7 +84,6 @@ class Supervisor:
         self.next_start: float = 0.0
         self.read_only_reason: str | None = None
         self.pending: list[dict[str, Any]] = []
-        self.unresolved_crashes: list[dict[str, Any]] = []
         self.worker_status: dict[str, Any] = {}
         self.ready_sent = False
         self._wake = asyncio.Event()
@@ -100,8 +100,7 @@ class Supervisor:
         self.held_by: str | None = None  # a protocol run that owns the worker's lifecycle
         self.last_check: dict[str, Any] | None = None
         self._operator_read_write = asyncio.Event()
-        self.engine = Engine(self, self.settings.data_dir / "protocols",
-                             {corruption.SPEC.name: corruption.SPEC})
+        self.engine = Engine(self, self.settings.data_dir / "protocols", PROTOCOLS)
         self.scheduler: AsyncIOScheduler | None = None
 
     def _policy(self) -> Policy:
@@ -176,12 +175,10 @@ class Supervisor:
                 f"worker {worker.pid} exited with the database-corrupt code")
             return
         delay = self.restarts.crashed(now)
-        # Hook of the Server Crash Recovery protocol: every crash is a server_down event.
-        crash = self._record_event(
-            "server_down", "major", "API worker crashed",
+        self._crash_protocol(
             f"worker pid {worker.pid} {reason} after {uptime} s; restart "
-            + ("stopped (crash loop)" if delay is None else f"in {delay:.2f} s"))
-        self.unresolved_crashes.append(crash)
+            + ("stopped (crash loop)" if delay is None else f"in {delay:.2f} s"),
+            {"crashed_at": db_time(), "pid": worker.pid, "code": code})
         if delay is None:
             await self._enter_crash_loop(reason)
             return
@@ -268,13 +265,6 @@ class Supervisor:
         self.reason = None
         log.info("worker.healthy", pid=worker.pid,
                  start_s=round(worker.healthy_at - worker.started_at, 3))
-        if self.unresolved_crashes:
-            now = db_time()
-            for crash in self.unresolved_crashes:
-                crash.update(status="resolved", resolved_at=now,
-                             resolution_notes=f"worker restarted (pid {worker.pid})")
-                self._queue(crash)
-            self.unresolved_crashes.clear()
         if not self.ready_sent:
             self.ready_sent = True
             self.notifier.ready("serving")
@@ -313,7 +303,13 @@ class Supervisor:
                   "affected_agents": [], "recovery_protocol": None, "status": "active",
                   "occurred_at": db_time(), "resolved_at": None}
         self._queue(record)
+        if severity == "critical":
+            self._alert({"type": "catastrophe_event", "event": record})
         return record
+
+    def _alert(self, payload: dict[str, Any]) -> None:
+        if self.settings.alert_command or self.settings.alert_webhook:
+            self._tasks.append(asyncio.create_task(alerts.send(self.settings, payload)))
 
     def _queue(self, record: dict[str, Any]) -> None:
         self.pending = [r for r in self.pending if r["id"] != record["id"]] + [dict(record)]
@@ -451,7 +447,11 @@ class Supervisor:
         app.router.add_post("/control/check", self._control_check)
         app.router.add_post("/control/restore", self._control_restore)
         app.router.add_post("/control/mode", self._control_mode)
+        app.router.add_get("/control/protocols", self._control_protocols)
+        app.router.add_post("/control/protocols/{name}/run", self._control_protocol_run)
+        app.router.add_get("/control/runs", self._control_runs)
         app.router.add_get("/control/runs/{run_id}", self._control_run)
+        app.router.add_post("/control/runs/{run_id}/abort", self._control_abort)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         path = self.settings.control_socket
@@ -575,8 +575,125 @@ class Supervisor:
         self._wake.set()
 
     async def publish(self, event: dict[str, Any]) -> None:
+        """A protocol transition: to the agents on the WebSocket (when a worker serves) and to
+        the operator's alert hooks."""
+        self._alert(event)
         if self.worker is not None and self.worker.healthy_at is not None:
             await self._worker_call("POST", "/internal/publish", {"event": event})
+
+    def _crash_protocol(self, description: str, context: dict[str, Any]) -> None:
+        """Every crash goes through Server Crash Recovery; crashes during a run join it."""
+        run = self.engine.active(crash.SPEC.name)
+        if run is None:
+            self.engine.start(crash.SPEC.name, description, {**context, "crashes": 1})
+            return
+        run.context["crashes"] = run.context.get("crashes", 1) + 1
+        run.event["description"] = f"{run.event.get('description')}; then {description}"
+        self.engine.save(run)
+
+    async def wait_for_healthy_worker(self) -> str:
+        while True:
+            if self.state == State.CRASH_LOOP:
+                raise RuntimeError(self.reason or "crash loop")
+            worker = self.worker
+            if worker is not None and worker.healthy_at is not None:
+                return f"worker {worker.pid} healthy"
+            await asyncio.sleep(0.1)
+
+    async def quick_check(self) -> list[str]:
+        return await asyncio.to_thread(backups.integrity, self.settings.database, False)
+
+    def _read_sql(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+        """Read-only SQL on a connection of its own: allowed while a worker runs (it is the
+        only writer), used to watch what protocols wait for."""
+        conn = sqlite3.connect(f"file:{self.settings.database}?mode=ro", uri=True, timeout=5)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in conn.execute(sql, params).fetchall()]
+        finally:
+            conn.close()
+
+    async def recent_update(self, crashed_at: str | None) -> dict[str, Any] | None:
+        moment = parse_time(crashed_at) if crashed_at else None
+        if moment is None:
+            return None
+        since = db_time(moment - timedelta(seconds=self.settings.crash_update_window))
+        rows = await asyncio.to_thread(
+            self._read_sql, "SELECT id, version, title, created_at FROM system_updates"
+            " WHERE created_at >= ? AND created_at <= ? ORDER BY created_at DESC, rowid DESC"
+            " LIMIT 1", (since, db_time(moment)))
+        return rows[0] if rows else None
+
+    async def wait_for_agents(self, last_seen: dict[str, str]) -> dict[str, str]:
+        """Until every listed agent has been seen after its last heartbeat before the
+        partition; agent -> the time it was back."""
+        returned: dict[str, str] = {}
+        agents = list(last_seen)
+        while len(returned) < len(agents):
+            marks = ",".join("?" * len(agents))
+            rows = await asyncio.to_thread(
+                self._read_sql, f"SELECT id, last_seen FROM agents WHERE id IN ({marks})",
+                tuple(agents))
+            for row in rows:
+                if row["id"] not in returned and (row["last_seen"] or "") > last_seen[row["id"]]:
+                    returned[row["id"]] = row["last_seen"]
+            known = {r["id"] for r in rows}
+            for gone in set(agents) - known:  # an agent no longer registered cannot return
+                returned.setdefault(gone, last_seen[gone])
+            if len(returned) < len(agents):
+                await asyncio.sleep(min(2.0, self.settings.offline_check_interval))
+        return returned
+
+    async def partition_summary(self, returned: dict[str, str],
+                                last_seen: dict[str, str]) -> list[dict[str, Any]]:
+        """Per agent: how long it was away, and how many messages with a client id (queued by
+        the SDK while offline) it delivered since it went silent."""
+        summary = []
+        for agent_id, back_at in returned.items():
+            since = last_seen.get(agent_id, back_at)
+            rows = await asyncio.to_thread(
+                self._read_sql, "SELECT COUNT(*) AS n FROM messages WHERE from_agent = ?"
+                " AND client_id IS NOT NULL AND created_at >= ?", (agent_id, since))
+            start, end = parse_time(since), parse_time(back_at)
+            away = round((end - start).total_seconds()) if start and end else None
+            summary.append({"agentId": agent_id, "awaySeconds": away, "backAt": back_at,
+                            "syncedMessages": rows[0]["n"] if rows else 0})
+        return summary
+
+    async def wait_update_grace(self, created_at: str | None) -> str:
+        created = parse_time(created_at) if created_at else None
+        if created is not None:
+            remaining = (created + timedelta(seconds=self.settings.update_grace)
+                         - datetime.now(UTC)).total_seconds()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+        return f"grace of {self.settings.update_grace:g} s over; enforcing"
+
+    async def wait_for_adoption(self, update_id: str) -> str:
+        """Until every active agent has acknowledged at or above the required version."""
+        while True:
+            rows = await asyncio.to_thread(
+                self._read_sql, "SELECT required_version FROM system_updates WHERE id = ?",
+                (update_id,))
+            if not rows:
+                raise RuntimeError(f"update {update_id} no longer exists")
+            required = rows[0]["required_version"]
+            cutoff = db_time(datetime.now(UTC)
+                             - timedelta(seconds=self.settings.heartbeat_timeout))
+            agents = await asyncio.to_thread(
+                self._read_sql, "SELECT a.id, (SELECT k.agent_version FROM"
+                " update_acknowledgments k WHERE k.agent_id = a.id AND k.agent_version IS NOT"
+                " NULL ORDER BY k.acknowledged_at DESC, k.rowid DESC LIMIT 1) AS version"
+                " FROM agents a WHERE a.last_seen >= ?", (cutoff,))
+            behind = [a["id"] for a in agents
+                      if not a["version"] or semver.compare(a["version"], required) < 0]
+            if not behind:
+                return f"{len(agents)} active agents at or above {required}"
+            await asyncio.sleep(min(2.0, self.settings.offline_check_interval))
+
+    async def complete_update(self, update_id: str) -> None:
+        self.queue_record({"kind": "update_complete", "id": f"update-complete-{update_id}",
+                           "update_id": update_id, "completed_at": db_time()})
 
     def _resume_protocols(self) -> None:
         for run in self.engine.resume_unfinished():
@@ -792,6 +909,43 @@ class Supervisor:
                                      status=400)
         await self.set_mode("set by the operator" if mode == "read-only" else None)
         return web.json_response({"mode": mode})
+
+    async def _control_protocols(self, request: web.Request) -> web.Response:
+        return web.json_response({"protocols": catalog()})
+
+    async def _control_protocol_run(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in PROTOCOLS:
+            return web.json_response(
+                {"error": f"no protocol {name}; one of {', '.join(PROTOCOLS)}"}, status=404)
+        body = await request.json() if request.can_read_body else {}
+        if body.get("dry_run"):
+            return web.json_response({"protocol": name, "dry_run": True,
+                                      "steps": dry_run(name)})
+        reason = str(body.get("reason") or "started by an operator")
+        context = body.get("context") or {}
+        if name == "breaking_api_update" and not context.get("update_id"):
+            return web.json_response({"error": "breaking_api_update needs context.update_id"},
+                                     status=400)
+        if name == corruption.SPEC.name:
+            run = self.start_corruption_protocol(reason, **context)
+        else:
+            run = self.engine.start(name, reason, context)
+        self._wake.set()
+        return web.json_response(run.public())
+
+    async def _control_runs(self, request: web.Request) -> web.Response:
+        runs = sorted(self.engine.runs.values(), key=lambda r: r.started_at, reverse=True)
+        return web.json_response([r.public() for r in runs])
+
+    async def _control_abort(self, request: web.Request) -> web.Response:
+        run_id = request.match_info["run_id"]
+        if run_id not in self.engine.runs:
+            return web.json_response({"error": "no such run"}, status=404)
+        body = await request.json() if request.can_read_body else {}
+        run = await self.engine.abort(run_id, str(body.get("reason") or "operator"))
+        self.release_worker(run_id)
+        return web.json_response(run.public())
 
     async def _control_run(self, request: web.Request) -> web.Response:
         run = self.engine.runs.get(request.match_info["run_id"])

@@ -23,6 +23,7 @@ from aiohttp import web
 from meshd import backups, jobs
 from meshd import log as logging
 from meshd.api.app import make_app
+from meshd.api.keys import SUPERVISOR
 from meshd.config import Settings
 from meshd.internal import make_internal_app
 from meshd.locks import FileLock
@@ -35,6 +36,7 @@ log = logging.get("meshd.worker")
 EXIT_DB_CORRUPT = 86
 PARENT_POLL = 0.5
 _PR_SET_PDEATHSIG = 1
+_M_MMAP_THRESHOLD = -3
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -50,6 +52,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def open_storage(settings: Settings, on_corruption: Callable[[str], None] | None = None):
     return SqliteStorage(settings.database, settings.data_dir / "journal",
                          readers=settings.readers, on_corruption=on_corruption)
+
+
+def return_large_buffers_to_the_os() -> None:
+    """glibc keeps freed multi-megabyte buffers (a 20 MiB upload) in its heap; served from
+    mmap instead they go back to the OS when freed, so RSS does not ratchet up per upload."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 1 << 20)
 
 
 def die_with_parent() -> None:
@@ -132,7 +141,7 @@ async def serve(
     storage.set_read_only(read_only_reason)
     await take_baseline_backup(settings, storage)
     hub = Hub()
-    app = make_app(settings, storage, hub)
+    app = make_app(settings, storage, hub, supervised=supervised)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=settings.drain_timeout)
     await runner.setup()
@@ -148,7 +157,7 @@ async def serve(
         await web.UnixSite(internal_runner, str(settings.worker_socket)).start()
         os.chmod(settings.worker_socket, 0o600)
     port = sock.getsockname()[1]
-    background = jobs.start(settings, storage, hub)
+    background = jobs.start(settings, storage, hub, app[SUPERVISOR])
     if supervised:
         background.append(asyncio.create_task(_watch_parent(os.getppid(), stop)))
     log.info("worker.serving", host=settings.host, port=port, pid=os.getpid(),
@@ -178,6 +187,7 @@ def run_supervised() -> int:
     settings = config.from_json(os.environ["MESHD_WORKER_SETTINGS"])
     logging.configure(settings.log_format, settings.log_level, process="worker")
     die_with_parent()
+    return_large_buffers_to_the_os()
     fd = int(os.environ["MESHD_LISTEN_FD"])
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)

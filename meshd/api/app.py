@@ -18,11 +18,12 @@ from meshd.api import (
     system,
     updates,
 )
-from meshd.api.keys import HUB, SETTINGS, STORAGE
+from meshd.api.keys import HUB, SETTINGS, STORAGE, SUPERVISOR
 from meshd.api.middleware import guard, pipeline
 from meshd.api.routing import TolerantRouter
 from meshd.config import Settings
 from meshd.store.sqlite import SqliteStorage
+from meshd.supervisor_client import SupervisorClient
 from meshd.ws import Hub, websocket_handler
 
 # Declaration order is match precedence among routes of equal specificity, as in Express.
@@ -30,7 +31,8 @@ RESOURCES = (agents, messages, skills, groups, memory, files, updates, catastrop
              system)
 
 
-def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None) -> web.Application:
+def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
+             supervised: bool = False) -> web.Application:
     # aiohttp's own limit must admit the largest upload; each route applies its own limit.
     max_size = max(settings.max_body_size, settings.max_file_size * 4 // 3 + (1 << 20))
     with warnings.catch_warnings():
@@ -42,6 +44,7 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None)
     app[SETTINGS] = settings
     app[STORAGE] = storage
     app[HUB] = hub or Hub()
+    app[SUPERVISOR] = SupervisorClient(settings, supervised)
     for module in RESOURCES:
         app.router.add_routes(module.routes)
     app.router.add_get("/ws", websocket_handler)

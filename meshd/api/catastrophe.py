@@ -20,7 +20,7 @@ from meshd.api.http import (
 from meshd.api.keys import hub, storage
 from meshd.clock import db_time, iso_time, utcnow
 from meshd.errors import Invalid, NotFound
-from meshd.recovery.catalog import runbook_summary
+from meshd.recovery.protocols import catalog
 from meshd.store import catastrophe as store
 
 routes = web.RouteTableDef()
@@ -80,7 +80,7 @@ async def report(request: web.Request) -> web.Response:
 # Declared before /{id} so that "protocols" is never taken for an event id.
 @routes.get("/api/catastrophe/protocols")
 async def protocols(request: web.Request) -> web.Response:
-    return json_response(runbook_summary())
+    return json_response(catalog())
 
 
 @routes.get("/api/catastrophe/{id}")

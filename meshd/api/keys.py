@@ -9,11 +9,13 @@ from aiohttp import web
 if TYPE_CHECKING:
     from meshd.config import Settings
     from meshd.store.sqlite import SqliteStorage
+    from meshd.supervisor_client import SupervisorClient
     from meshd.ws import Hub
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 STORAGE: web.AppKey[SqliteStorage] = web.AppKey("storage")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
+SUPERVISOR: web.AppKey[SupervisorClient] = web.AppKey("supervisor")
 
 
 def storage(request: web.Request) -> SqliteStorage:
@@ -22,6 +24,10 @@ def storage(request: web.Request) -> SqliteStorage:
 
 def hub(request: web.Request) -> Hub:
     return request.app[HUB]
+
+
+def supervisor(request: web.Request) -> SupervisorClient:
+    return request.app[SUPERVISOR]
 
 
 def settings(request: web.Request) -> Settings:

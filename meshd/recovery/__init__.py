@@ -1,4 +1,5 @@
-"""Catastrophe recovery: the four protocols' runbooks (and, later, their state machines).
+"""Catastrophe recovery: the four protocols as state machines, and the engine that runs them.
 
-`catalog` is what `GET /api/catastrophe/protocols` serves.
+`protocols.catalog()` is what `GET /api/catastrophe/protocols` serves; `protocols/*.md` are the
+operator runbooks of the same states.
 """

@@ -141,7 +141,7 @@ class Engine:
                   context=dict(context or {}), event=event)
         self.runs[run.id] = run
         log.warning("protocol.started", run_id=run.id, protocol=protocol, reason=reason)
-        self._persist(run)
+        self.save(run)
         self._tasks[run.id] = asyncio.create_task(self._drive(run))
         return run
 
@@ -173,7 +173,7 @@ class Engine:
         if run.outcome == RUNNING:
             run.outcome = ABORTED
             run.reason = f"aborted: {reason}"
-            self._persist(run)
+            self.save(run)
             log.warning("protocol.aborted", run_id=run.id, reason=reason)
         return run
 
@@ -241,13 +241,13 @@ class Engine:
 
     async def _transition(self, run: Run) -> None:
         run.updated_at = db_time()
-        self._persist(run)
+        self.save(run)
         try:
             await self.host.publish(self.alert(run))
         except Exception as exc:  # noqa: BLE001 - a broadcast never blocks recovery
             log.warning("protocol.broadcast_failed", run_id=run.id, error=str(exc))
 
-    def _persist(self, run: Run) -> None:
+    def save(self, run: Run) -> None:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.runs_dir / f"{run.id}.json", run.to_json())
         self.host.queue_record(dict(run.event))

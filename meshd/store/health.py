@@ -92,6 +92,10 @@ def mark_offline(tx: Tx, cutoff: str, now: str) -> list[Row]:
     return rows
 
 
+def count_online(db: Reader, cutoff: str) -> int:
+    return db.scalar("SELECT COUNT(*) FROM agents WHERE last_seen >= ?", (cutoff,)) or 0
+
+
 _EFFECTIVE_STATUS = (
     "CASE WHEN a.last_seen IS NULL OR a.last_seen < ? THEN 'offline'"
     " ELSE COALESCE(h.status, 'unknown') END"

@@ -54,8 +54,13 @@ def list_segments(directory: Path) -> list[Segment]:
 
 
 def encode(record: Record) -> bytes:
+    return b"".join(frame(record))
+
+
+def frame(record: Record) -> tuple[bytes, bytes]:
+    """Header and payload, kept apart so a large record (a file upload) is not copied again."""
     payload = orjson.dumps([record.seq, record.kind, record.time, record.statements])
-    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+    return _HEADER.pack(len(payload), zlib.crc32(payload)), payload
 
 
 def read_segment(path: Path) -> tuple[list[Record], int, bool]:
@@ -148,16 +153,19 @@ class Journal:
         """Write and fsync; on any error cut the file back so no partial record remains."""
         if self._fh is None or self._size >= SEGMENT_BYTES:
             self._open_segment(self.directory / segment_name(self.epoch, records[0].seq))
-        data = b"".join(encode(r) for r in records)
         start = self._size
+        written = 0
         try:
-            self._fh.write(data)
+            for record in records:
+                for part in frame(record):
+                    self._fh.write(part)
+                    written += len(part)
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError:
             self._cut_back(start)
             raise
-        self._size += len(data)
+        self._size += written
         self.last_seq = max(self.last_seq, records[-1].seq)
 
     def _cut_back(self, offset: int) -> None:

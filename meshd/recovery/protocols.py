@@ -1,0 +1,36 @@
+"""The four protocols by name, and the catalog `GET /api/catastrophe/protocols` serves,
+generated from their state machines (the Node server's shape: trigger + numbered steps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from meshd.recovery import breaking, corruption, crash, partition
+from meshd.recovery.engine import ProtocolSpec
+
+PROTOCOLS: dict[str, ProtocolSpec] = {
+    spec.name: spec for spec in (crash.SPEC, corruption.SPEC, partition.SPEC, breaking.SPEC)
+}
+RUNBOOK_DIR = Path(__file__).resolve().parents[2] / "protocols"
+
+
+def catalog() -> dict[str, Any]:
+    """Key order is the order clients see; `steps` keep the numbered form old clients read."""
+    result = {}
+    for name, spec in PROTOCOLS.items():
+        result[name] = {
+            "trigger": spec.trigger,
+            "steps": [f"{n}. {spec.summaries[s]}" for n, s in enumerate(spec.states, start=1)],
+            "states": list(spec.states),
+            "eventType": spec.event_type,
+            "runbook": f"protocols/{name}.md",
+        }
+    return result
+
+
+def dry_run(name: str) -> list[dict[str, str]]:
+    """The steps a run would take, in order, without taking any."""
+    spec = PROTOCOLS[name]
+    return [{"state": s, "next": spec.table[s].next, "step": spec.table[s].step.__name__,
+             "summary": spec.summaries[s]} for s in spec.states if s in spec.table]

@@ -1,0 +1,78 @@
+"""File queries: content kept as base64 TEXT (the Node server's format) with its decoded size
+and SHA-256. Listings never select the content; a download selects one row only.
+"""
+
+from __future__ import annotations
+
+from meshd.clock import new_id
+from meshd.errors import Forbidden, NotFound
+from meshd.store.base import Reader, Row, Tx
+
+LISTING_COLUMNS = "id, agent_id, filename, file_type, file_size, description, created_at, sha256"
+# The Node server's column order (SELECT *), then meshd's sha256.
+FULL_COLUMNS = (
+    "id, agent_id, filename, file_type, file_size, file_data, description, created_at, sha256"
+)
+INSERT = (
+    "INSERT INTO agent_files (id, agent_id, filename, file_type, file_size, file_data,"
+    " description, created_at, sha256) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE ? = 1"
+)
+
+
+def create(
+    tx: Tx,
+    agent_id: str,
+    filename: str,
+    file_type: str | None,
+    file_size: int,
+    file_data: str,
+    description: str | None,
+    sha256: str,
+    now: str,
+) -> str:
+    """Store a file for an existing agent; its id."""
+    if tx.one("SELECT 1 AS x FROM agents WHERE id = ?", (agent_id,)) is None:
+        raise NotFound("Agent not found")
+    file_id = new_id()
+    tx.execute(INSERT, (file_id, agent_id, filename, file_type, file_size, file_data,
+                        description, now, sha256, 1))
+    # sqlite3 keeps a statement's parameters until the statement runs again, so SQLite would
+    # hold its copy of this file until the next upload; a run that inserts nothing frees it.
+    tx.execute(INSERT, (None,) * 9 + (0,))
+    return file_id
+
+
+def get(db: Reader, file_id: str) -> Row | None:
+    """One file with its content."""
+    return db.one(f"SELECT {FULL_COLUMNS} FROM agent_files WHERE id = ?", (file_id,))
+
+
+def get_meta(db: Reader, file_id: str) -> Row | None:
+    """One file without its content."""
+    return db.one(f"SELECT {LISTING_COLUMNS} FROM agent_files WHERE id = ?", (file_id,))
+
+
+def read_slice(db: Reader, file_id: str, start: int, length: int) -> str | None:
+    """`length` characters of a file's base64 from offset `start` (0-based); None when the
+    file is gone."""
+    return db.scalar("SELECT substr(file_data, ?, ?) AS part FROM agent_files WHERE id = ?",
+                     (start + 1, length, file_id))
+
+
+def list_files(db: Reader, agent_id: str | None, limit: int = -1, offset: int = 0) -> list[Row]:
+    where, params = ("WHERE agent_id = ?", [agent_id]) if agent_id else ("", [])
+    return db.query(
+        f"SELECT {LISTING_COLUMNS} FROM agent_files {where}"
+        " ORDER BY created_at DESC, rowid LIMIT ? OFFSET ?",
+        (*params, limit, offset),
+    )
+
+
+def delete(tx: Tx, file_id: str, agent_id: str) -> None:
+    """Delete a file on behalf of its uploader; anyone else gets Forbidden and it stays."""
+    row = tx.one("SELECT agent_id FROM agent_files WHERE id = ?", (file_id,))
+    if row is None:
+        raise NotFound("File not found")
+    if row["agent_id"] != agent_id:
+        raise Forbidden("You can only delete your own files")
+    tx.execute("DELETE FROM agent_files WHERE id = ?", (file_id,))
