@@ -10,6 +10,7 @@ from typing import Any
 
 class MeshError(Exception):
     status = 500
+    content_type = "application/json"
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None,
                  extra: dict[str, Any] | None = None) -> None:
@@ -44,7 +45,10 @@ class TooLarge(MeshError):
 
 
 class UpgradeRequired(MeshError):
+    """An RFC 9457 problem: the agent must upgrade before it may send (breaking update)."""
+
     status = 426
+    content_type = "application/problem+json"
 
 
 class Unavailable(MeshError):

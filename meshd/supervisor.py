@@ -749,11 +749,11 @@ class Supervisor:
 
     async def start_worker_read_only(self, run_id: str, reason: str) -> str:
         self.read_only_reason = reason
-        self.release_worker(run_id)
         if self.worker is None:
             self.state = State.STARTING
             self.next_start = 0.0
             await self._spawn()
+        self.release_worker(run_id)
         worker = self.worker
         if not await self._get_health(STARTUP_GRACE):
             raise RuntimeError("the restarted worker did not answer /health")

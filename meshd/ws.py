@@ -15,11 +15,13 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from meshd import log as logging
+from meshd.api import enforcement
 from meshd.api.keys import HUB, SETTINGS, STORAGE
 from meshd.api.middleware import key_matches, presented_key
 from meshd.clock import db_time, new_id
-from meshd.errors import NotFound
+from meshd.errors import MeshError, NotFound
 from meshd.store import health as health_store
+from meshd.store import records
 
 log = logging.get("meshd.ws")
 
@@ -99,6 +101,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         client.only_mine = request.query.get("onlyMine") == "true"
     await ws.send_str(orjson.dumps({"type": "connected", "clientId": client.client_id,
                                     "message": "Connected to Agent Mesh"}).decode())
+    # A client that connects (or reconnects after an outage) learns what is still open.
+    try:
+        for row in await request.app[STORAGE].read(records.open_events):
+            await ws.send_str(orjson.dumps(records.alert(row)).decode())
+    except MeshError as exc:
+        log.warning("ws.open_events_failed", error=exc.message)
+    if await _refused(request, client):
+        return ws
     hub.clients.add(client)
     sender = asyncio.create_task(_sender(client))
     log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id)
@@ -111,6 +121,27 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         hub.clients.discard(client)
         log.info("ws.disconnected", client_id=client.client_id, agent_id=client.agent_id)
     return ws
+
+
+async def _refused(request: web.Request, client: Client, version: str | None = None) -> bool:
+    """Close the socket of an agent a breaking update has left behind (code 4426)."""
+    if not client.agent_id:
+        return False
+    state = await enforcement.current(request.app)
+    unknown_ok = request.app[SETTINGS].unknown_version == "allow"
+    too_old = state.too_old(client.agent_id, version or request.headers.get("X-Agent-Version"),
+                            unknown_ok)
+    if too_old is None:
+        return False
+    await close_outdated(client, state.problem(client.agent_id, too_old, "/ws"))
+    return True
+
+
+async def close_outdated(client: Client, problem: dict) -> None:
+    with contextlib.suppress(Exception):
+        await client.ws.send_str(orjson.dumps({"type": "upgrade_required", **problem}).decode())
+        await client.ws.close(code=enforcement.WS_CLOSE_UPGRADE,
+                              message=f"upgrade to {problem['requiredVersion']}".encode()[:120])
 
 
 async def _on_client_message(request: web.Request, client: Client, data: str) -> None:
@@ -127,6 +158,7 @@ async def _on_client_message(request: web.Request, client: Client, data: str) ->
         client.agent_id = frame["agentId"]
         if "onlyMine" in frame:
             client.only_mine = frame["onlyMine"] is True
+        await _refused(request, client, frame.get("version"))
     elif kind == "heartbeat" and client.agent_id:
         storage = request.app[STORAGE]
         if storage.read_only_reason:

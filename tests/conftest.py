@@ -94,5 +94,5 @@ async def no_event(ws, event_type: str, wait: float = 0.3) -> None:
         while True:
             frame = await ws.receive_json(timeout=wait)
             assert frame.get("type") != event_type, frame
-    except (TimeoutError, asyncio.TimeoutError):
+    except TimeoutError:
         return

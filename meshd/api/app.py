@@ -18,7 +18,8 @@ from meshd.api import (
     system,
     updates,
 )
-from meshd.api.keys import HUB, SETTINGS, STORAGE, SUPERVISOR
+from meshd.api.enforcement import Enforcement, enforce
+from meshd.api.keys import ENFORCEMENT, HUB, SETTINGS, STORAGE, SUPERVISOR
 from meshd.api.middleware import guard, pipeline
 from meshd.api.routing import TolerantRouter
 from meshd.config import Settings
@@ -39,12 +40,13 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
         # A custom router is the one hook that resolves before middleware runs; aiohttp 3
         # deprecates the argument but keeps it (docs/decisions.md).
         warnings.simplefilter("ignore", DeprecationWarning)
-        app = web.Application(router=TolerantRouter(), middlewares=[pipeline, guard],
+        app = web.Application(router=TolerantRouter(), middlewares=[pipeline, guard, enforce],
                               client_max_size=max_size)
     app[SETTINGS] = settings
     app[STORAGE] = storage
     app[HUB] = hub or Hub()
     app[SUPERVISOR] = SupervisorClient(settings, supervised)
+    app[ENFORCEMENT] = Enforcement()
     for module in RESOURCES:
         app.router.add_routes(module.routes)
     app.router.add_get("/ws", websocket_handler)

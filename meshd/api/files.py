@@ -21,6 +21,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from meshd import log as logging
+from meshd.api.enforcement import require_current
 from meshd.api.http import (
     JSON_TYPE,
     dumps,
@@ -253,6 +254,7 @@ async def upload(request: web.Request) -> web.Response:
     if not all(truthy(body.get(k)) for k in ("agentId", "filename", "fileData")):
         raise Invalid("agentId, filename, and fileData are required")
     agent_id = text(body["agentId"], "agentId")
+    await require_current(request, request.headers.get("X-Agent-Id") or agent_id)
     filename = text(body["filename"], "filename")
     file_type = optional_text(body, "fileType")
     description = optional_text(body, "description")

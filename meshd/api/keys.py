@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from meshd.api.enforcement import Enforcement
     from meshd.config import Settings
     from meshd.store.sqlite import SqliteStorage
     from meshd.supervisor_client import SupervisorClient
@@ -16,6 +17,7 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 STORAGE: web.AppKey[SqliteStorage] = web.AppKey("storage")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 SUPERVISOR: web.AppKey[SupervisorClient] = web.AppKey("supervisor")
+ENFORCEMENT: web.AppKey[Enforcement] = web.AppKey("enforcement")
 
 
 def storage(request: web.Request) -> SqliteStorage:

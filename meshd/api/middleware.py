@@ -13,7 +13,7 @@ import uuid
 from aiohttp import web
 
 from meshd import log as logging
-from meshd.api.http import json_response
+from meshd.api.http import dumps, json_response
 from meshd.api.keys import AGENT_ID, SETTINGS, STORAGE
 from meshd.errors import MeshError, Unavailable
 
@@ -85,6 +85,9 @@ async def pipeline(request: web.Request, handler):
 
 def error_response(exc: MeshError) -> web.Response:
     body = {"error": exc.message, **exc.extra}
+    if exc.content_type != "application/json":
+        return web.Response(body=dumps(body), status=exc.status, headers=exc.headers or None,
+                            content_type=exc.content_type, charset="utf-8")
     return json_response(body, status=exc.status, headers=exc.headers or None)
 
 

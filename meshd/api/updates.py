@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshd import semver
 from meshd.api.http import (
     json_response,
     optional_text,
@@ -18,7 +19,7 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import AGENT_ID, hub, settings, storage
+from meshd.api.keys import AGENT_ID, ENFORCEMENT, hub, settings, storage, supervisor
 from meshd.clock import db_time, db_time_ago, iso_time, normalize_since, parse_time, utcnow
 from meshd.errors import Invalid, NotFound
 from meshd.store import updates as store
@@ -66,7 +67,16 @@ async def create_update(request: web.Request) -> web.Response:
         "created_at": db_time(now),
         "expires_at": _timestamp(body.get("expiresAt"), "expiresAt"),
     }
+    breaking = row["breaking_change"] and row["required_version"]
+    if breaking and not semver.is_valid(row["required_version"]):
+        raise Invalid("requiredVersion must be a semantic version such as 2.0.0")
     update_id = await storage(request).write(store.create, row)
+    if breaking:
+        supervisor(request).start_protocol(
+            "breaking_api_update", f"breaking update {row['version']} requires "
+            f"{row['required_version']}", {"update_id": update_id,
+                                           "required_version": row["required_version"],
+                                           "created_at": row["created_at"]})
     update = {"id": update_id}
     for key in ("version", "updateType", "title", "description", "requiredVersion",
                 "breakingChange", "announcement"):
@@ -115,6 +125,7 @@ async def acknowledge(request: web.Request) -> web.Response:
                     for key, column in ACK_OPTIONAL.items() if key in body})
     ack_id = await storage(request).write(
         store.acknowledge, request.match_info["id"], agent_id, changes, db_time())
+    request.app[ENFORCEMENT].note_version(agent_id, changes.get("agent_version"))
     return json_response({"success": True, "message": "Update acknowledged",
                           "acknowledgmentId": ack_id})
 

@@ -3,7 +3,6 @@ failure sorted into `Unavailable` (try again later) or `Rejected` (do not)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -29,7 +28,12 @@ class MeshHttp:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers=self.headers, timeout=self._timeout)
+            # No total timeout on the session: it would also end the long-lived WebSocket.
+            # Plain requests pass their own.
+            self._session = aiohttp.ClientSession(
+                headers=self.headers,
+                timeout=aiohttp.ClientTimeout(total=None,
+                                              sock_connect=self._timeout.sock_connect))
         return self._session
 
     async def close(self) -> None:
@@ -44,22 +48,22 @@ class MeshHttp:
                       params: dict[str, str] | None = None) -> Any:
         """The parsed JSON of a 2xx answer; `Unavailable` or `Rejected` otherwise."""
         try:
-            async with self.session.request(method, self.url(path), json=json,
-                                            params=params) as resp:
+            async with self.session.request(method, self.url(path), json=json, params=params,
+                                            timeout=self._timeout) as resp:
                 body = await _body(resp)
                 _raise_for(resp.status, body, method, path)
                 return body
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise Unavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
 
     async def download(self, path: str) -> bytes:
         """The raw bytes of a 2xx answer."""
         try:
-            async with self.session.get(self.url(path)) as resp:
+            async with self.session.get(self.url(path), timeout=self._timeout) as resp:
                 if resp.status >= 300:
                     _raise_for(resp.status, await _body(resp), "GET", path)
                 return await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise Unavailable(f"GET {path}: {type(exc).__name__}: {exc}") from exc
 
     async def healthy(self) -> bool:

@@ -57,6 +57,12 @@ def alert(row: dict[str, Any]) -> dict[str, Any]:
     }}
 
 
+def open_events(db: Reader) -> list[dict[str, Any]]:
+    """Unresolved catastrophe events, oldest first: what a WebSocket client is told first."""
+    return db.query("SELECT * FROM catastrophe_events WHERE status != 'resolved'"
+                    " ORDER BY occurred_at, rowid LIMIT 100")
+
+
 def upsert_event(tx: Tx, record: dict[str, Any]) -> dict[str, Any]:
     missing = [f for f in EVENT_FIELDS if not record.get(f)]
     if missing:

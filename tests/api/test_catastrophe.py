@@ -135,6 +135,9 @@ async def test_list_filters_combine(client):
 async def test_resolve_keeps_notes_and_refuses_twice(client):
     event_id = await report(client)
     ws = await ws_connect(client)
+    # A client that connects is told the open events first.
+    opened = await next_event(ws, "catastrophe_alert")
+    assert (opened["catastrophe"]["id"], opened["catastrophe"]["status"]) == (event_id, "active")
     status, body = await call(client, "POST", f"/api/catastrophe/{event_id}/resolve",
                               {"resolutionNotes": "restarted the box"})
     assert (status, body) == (200, {"success": True, "message": "Catastrophe resolved"})
@@ -187,3 +190,14 @@ async def test_status_moves_forward_for_the_protocol_engine(storage):
 async def test_auth_required(anon):
     assert (await call(anon, "GET", "/api/catastrophe/protocols"))[0] == 401
     assert (await call(anon, "POST", "/api/catastrophe", EVENT))[0] == 401
+
+
+async def test_connecting_client_gets_only_open_events(client):
+    resolved = await report(client, title="old")
+    await call(client, "POST", f"/api/catastrophe/{resolved}/resolve", {})
+    open_id = await report(client, title="still open")
+    ws = await ws_connect(client)
+    event = await next_event(ws, "catastrophe_alert")
+    assert event["catastrophe"]["id"] == open_id
+    await no_event(ws, "catastrophe_alert")
+    await ws.close()
