@@ -35,6 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     mode = sub.add_parser("mode", help="switch the running daemon read-only or read-write")
     _daemon_arguments(mode)
     mode.add_argument("mode", choices=["read-only", "read-write"])
+    protocol = sub.add_parser("protocol", help="list, run, inspect or abort recovery protocols")
+    psub = protocol.add_subparsers(dest="action", required=True)
+    _daemon_arguments(psub.add_parser("list", help="the four protocols and their states"))
+    prun = psub.add_parser("run", help="start a protocol by hand")
+    _daemon_arguments(prun)
+    prun.add_argument("name")
+    prun.add_argument("--dry-run", action="store_true", help="print the steps; change nothing")
+    prun.add_argument("--reason", default="started by an operator")
+    prun.add_argument("--update", help="update id (breaking_api_update)")
+    prun.add_argument("--agents", help="comma-separated agent ids (network_partition)")
+    prun.add_argument("--backup", help="backup file (database_corruption)")
+    pstatus = psub.add_parser("status", help="runs, or one run's step log")
+    _daemon_arguments(pstatus)
+    pstatus.add_argument("run", nargs="?")
+    pabort = psub.add_parser("abort", help="abort a run (its event stays open)")
+    _daemon_arguments(pabort)
+    pabort.add_argument("run")
     return parser
 
 
@@ -219,7 +236,51 @@ def cmd_mode(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_worker, "status": cmd_status, "backup": cmd_backup,
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from meshd import control
+    from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
+
+    if args.action == "list":
+        data = catalog()
+        _print(args, data, "\n".join(f"{name}: {' -> '.join(p['states'])}"
+                                      for name, p in data.items()))
+        return 0
+    if args.action == "run":
+        if args.name not in PROTOCOLS:
+            sys.stderr.write(f"meshd: no protocol {args.name}; one of {', '.join(PROTOCOLS)}\n")
+            return 2
+        if args.dry_run:
+            steps = dry_run(args.name)
+            _print(args, {"protocol": args.name, "dry_run": True, "steps": steps}, "\n".join(
+                f"{s['state']} -> {s['next']}: {s['summary']}" for s in steps))
+            return 0
+        context = {k: v for k, v in (("update_id", args.update), ("backup", args.backup),
+                                     ("agents", args.agents.split(",") if args.agents else None))
+                   if v}
+        data = control.call(args, "POST", f"/control/protocols/{args.name}/run",
+                            {"reason": args.reason, "context": context})
+        _print(args, data, f"run {data['id']} started ({data['protocol']}, {data['state']})")
+        return 0
+    if args.action == "status":
+        if args.run:
+            data = control.call(args, "GET", f"/control/runs/{args.run}")
+            text = "\n".join([f"{data['protocol']} {data['id']}: {data['outcome']} at "
+                              f"{data['state']}" + (f" ({data['reason']})" if data['reason']
+                                                    else "")]
+                             + [f"  {st['state']} -> {st['next_state']}: {st['outcome']}"
+                                f" ({st['detail']})" for st in data["steps"]])
+        else:
+            data = control.call(args, "GET", "/control/runs")
+            text = "\n".join(f"{r['id']}  {r['protocol']:<22} {r['outcome']:<9} {r['state']}"
+                             for r in data) or "no protocol runs"
+        _print(args, data, text)
+        return 0
+    data = control.call(args, "POST", f"/control/runs/{args.run}/abort", {"reason": "operator"})
+    _print(args, data, f"run {data['id']}: {data['outcome']}")
+    return 0
+
+
+COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "status": cmd_status, "backup": cmd_backup,
             "backups": cmd_backups, "check": cmd_check, "restore": cmd_restore,
             "mode": cmd_mode}
 

@@ -139,7 +139,7 @@ async def _refused(request: web.Request, client: Client, version: str | None = N
 
 async def close_outdated(client: Client, problem: dict) -> None:
     with contextlib.suppress(Exception):
-        await client.ws.send_str(orjson.dumps({"type": "upgrade_required", **problem}).decode())
+        await client.ws.send_str(orjson.dumps({**problem, "type": "upgrade_required"}).decode())
         await client.ws.close(code=enforcement.WS_CLOSE_UPGRADE,
                               message=f"upgrade to {problem['requiredVersion']}".encode()[:120])
 

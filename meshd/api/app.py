@@ -7,6 +7,7 @@ import warnings
 from aiohttp import web
 
 from meshd.api import (
+    admin,
     agents,
     catastrophe,
     files,
@@ -29,7 +30,7 @@ from meshd.ws import Hub, websocket_handler
 
 # Declaration order is match precedence among routes of equal specificity, as in Express.
 RESOURCES = (agents, messages, skills, groups, memory, files, updates, catastrophe, health,
-             system)
+             system, admin)
 
 
 def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,

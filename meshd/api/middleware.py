@@ -109,6 +109,8 @@ async def guard(request: web.Request, handler):
     # The matched route decides, not the raw path: `/API/agents/` matches case-insensitively.
     if resource is None or not resource.canonical.startswith("/api/"):
         return await handler(request)
+    if resource.canonical.startswith("/api/admin/"):
+        return await handler(request)  # the operator key, checked by each admin route
     settings = request.app[SETTINGS]
     if not key_matches(presented_key(request), settings.api_key):
         return json_response({"error": AUTH_FAILED}, status=401)

@@ -71,6 +71,7 @@ async def create_update(request: web.Request) -> web.Response:
     if breaking and not semver.is_valid(row["required_version"]):
         raise Invalid("requiredVersion must be a semantic version such as 2.0.0")
     update_id = await storage(request).write(store.create, row)
+    request.app[ENFORCEMENT].refreshed = 0.0  # a new requirement is seen at once
     if breaking:
         supervisor(request).start_protocol(
             "breaking_api_update", f"breaking update {row['version']} requires "

@@ -33,4 +33,5 @@ def dry_run(name: str) -> list[dict[str, str]]:
     """The steps a run would take, in order, without taking any."""
     spec = PROTOCOLS[name]
     return [{"state": s, "next": spec.table[s].next, "step": spec.table[s].step.__name__,
-             "summary": spec.summaries[s]} for s in spec.states if s in spec.table]
+             "summary": spec.summaries[spec.table[s].next]}
+            for s in spec.states if s in spec.table]
