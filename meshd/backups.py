@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 
 from meshd import log as logging
-from meshd.locks import write_atomic
+from meshd.locks import fsync_path, write_atomic
 from meshd.store import journal as jr
 
 log = logging.get("meshd.backups")
@@ -61,14 +61,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def integrity(path: Path, full: bool = True) -> list[str]:
@@ -117,11 +109,11 @@ def take_backup(database: Path, backup_dir: Path, reason: str = "scheduled") -> 
         if problems:
             raise BackupError(f"the copy failed integrity_check: {'; '.join(problems[:3])}")
         epoch, seq = journal_position(tmp)
-        _fsync(tmp)
+        fsync_path(tmp)
         name = f"{now.strftime('%Y%m%dT%H%M%S.%f')[:-3]}Z-e{epoch}-s{seq}.db"
         final = backup_dir / name
         os.replace(tmp, final)
-        _fsync(backup_dir)
+        fsync_path(backup_dir)
         manifest = Manifest(
             file=name, created_at=now.isoformat(), size=final.stat().st_size,
             sha256=sha256_file(final), journal_seq=seq, journal_epoch=epoch,

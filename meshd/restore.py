@@ -18,6 +18,7 @@ from pathlib import Path
 from meshd import backups
 from meshd import log as logging
 from meshd.clock import db_time
+from meshd.locks import fsync_path
 from meshd.store import journal as jr
 from meshd.store.sqlite import replay_journal
 
@@ -105,18 +106,13 @@ def restore(
     problems = backups.integrity(tmp, full=True)
     if problems:
         raise RestoreError(f"the restored file failed integrity_check: {problems[:3]}")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    fsync_path(tmp)
     moved = quarantine(database, data_dir)
     os.replace(tmp, database)
     with contextlib.suppress(FileNotFoundError):
         Path(f"{tmp}-wal").unlink()
         Path(f"{tmp}-shm").unlink()
-    dir_fd = os.open(database.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(database.parent)
     report = RestoreReport(backup=manifest.file, skipped=skipped, replayed=replayed,
                            journal_seq=last_seq, journal_epoch=epoch, quarantined=moved,
                            seconds=round(time.monotonic() - started, 3), to_time=until)

@@ -482,7 +482,8 @@ class Supervisor:
 
     async def _check_after_unclean_stop(self, old_pid: int) -> None:
         database = self.settings.database
-        problems = await asyncio.to_thread(quick_check, database) if database.exists() else []
+        problems = (await asyncio.to_thread(backups.integrity, database, False)
+                    if database.exists() else [])
         log.warning("supervisor.unclean_stop_detected", previous_pid=old_pid,
                     quick_check="ok" if not problems else problems[:5])
         event = self._record_event(
@@ -982,19 +983,6 @@ def probe_host(host: str) -> str:
     if host == "::":
         return "[::1]"
     return f"[{host}]" if ":" in host else host
-
-
-def quick_check(database: Path) -> list[str]:
-    """PRAGMA quick_check on a read-only connection: the problems found, empty when sound."""
-    try:
-        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        return [str(exc)]
-    return [] if rows == ["ok"] else rows
 
 
 async def run_supervisor(settings: config.Settings, flags: dict[str, Any]) -> int:

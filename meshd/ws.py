@@ -99,25 +99,29 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if query_agent:
         client.agent_id = query_agent
         client.only_mine = request.query.get("onlyMine") == "true"
-    await ws.send_str(orjson.dumps({"type": "connected", "clientId": client.client_id,
-                                    "message": "Connected to Agent Mesh"}).decode())
-    # A client that connects (or reconnects after an outage) learns what is still open.
-    try:
-        for row in await request.app[STORAGE].read(records.open_events):
-            await ws.send_str(orjson.dumps(records.alert(row)).decode())
-    except MeshError as exc:
-        log.warning("ws.open_events_failed", error=exc.message)
-    if await _refused(request, client):
-        return ws
+    # Join the hub first: events published from now on wait in the client's queue and are
+    # sent after `connected` and the open events, never lost in between.
     hub.clients.add(client)
-    sender = asyncio.create_task(_sender(client))
-    log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id)
+    sender = None
     try:
+        await ws.send_str(orjson.dumps({"type": "connected", "clientId": client.client_id,
+                                        "message": "Connected to Agent Mesh"}).decode())
+        # A client that connects (or reconnects after an outage) learns what is still open.
+        try:
+            for row in await request.app[STORAGE].read(records.open_events):
+                await ws.send_str(orjson.dumps(records.alert(row)).decode())
+        except MeshError as exc:
+            log.warning("ws.open_events_failed", error=exc.message)
+        if await _refused(request, client):
+            return ws
+        sender = asyncio.create_task(_sender(client))
+        log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 await _on_client_message(request, client, msg.data)
     finally:
-        sender.cancel()
+        if sender:
+            sender.cancel()
         hub.clients.discard(client)
         log.info("ws.disconnected", client_id=client.client_id, agent_id=client.agent_id)
     return ws

@@ -24,6 +24,8 @@ from meshd import log as logging
 from meshd.api.enforcement import require_current
 from meshd.api.http import (
     JSON_TYPE,
+    body_not_json,
+    body_object,
     dumps,
     json_response,
     optional_text,
@@ -104,14 +106,8 @@ async def read_upload(request: web.Request, file_limit: int) -> dict[str, Any]:
     try:
         data = await off_loop(len(raw), orjson.loads, raw)
     except orjson.JSONDecodeError as exc:
-        if JSON_TYPE in request.content_type or request.content_type.endswith("+json"):
-            raise Invalid(f"malformed JSON body: {exc}") from None
-        return {}
-    if isinstance(data, dict):
-        return data
-    if isinstance(data, list):
-        return {}
-    raise Invalid("JSON body must be an object")
+        return body_not_json(request, exc)
+    return body_object(data)
 
 
 def scan_base64(data: Any, limit: int) -> Content:

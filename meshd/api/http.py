@@ -100,9 +100,20 @@ async def read_body(request: web.Request, limit: int | None = None) -> dict[str,
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        if JSON_TYPE in (request.content_type or "") or request.content_type.endswith("+json"):
-            raise Invalid(f"malformed JSON body: {exc}") from None
-        return {}
+        return body_not_json(request, exc)
+    return body_object(data)
+
+
+def body_not_json(request: web.Request, exc: Exception) -> dict[str, Any]:
+    """Malformed JSON is a 400 when the client said it sent JSON; a form or text body that
+    is not JSON reads as `{}`, so the route's own "required" 400 answers."""
+    if JSON_TYPE in (request.content_type or "") or request.content_type.endswith("+json"):
+        raise Invalid(f"malformed JSON body: {exc}") from None
+    return {}
+
+
+def body_object(data: Any) -> dict[str, Any]:
+    """A top-level object is the body; an array reads as `{}` (as body-parser gives)."""
     if isinstance(data, dict):
         return data
     if isinstance(data, list):

@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from meshd.locks import fsync_path
+
 _HEADER = struct.Struct("<II")  # payload length, crc32 of payload
 SEGMENT_BYTES = 64 << 20
 WRITE, ABORT = "w", "a"
@@ -104,14 +106,6 @@ def read_all(directory: Path, epoch: int | None = None) -> Iterator[Record]:
             yield rec
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Journal:
     """Appends records; used only from the writer thread, so it needs no lock."""
 
@@ -147,7 +141,7 @@ class Journal:
         self._fh = path.open("ab")
         self._size = self._fh.tell()
         if created:
-            _fsync_dir(self.directory)
+            fsync_path(self.directory)
 
     def append(self, records: list[Record]) -> None:
         """Write and fsync; on any error cut the file back so no partial record remains."""

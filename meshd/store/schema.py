@@ -159,10 +159,12 @@ def _run_script(conn: sqlite3.Connection, script: str) -> None:
 
 
 def _v1_node_schema(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # Databases from the first Node commits lack these columns (contract RB-22). They are
+    # added before NODE_SCHEMA runs, whose idx_messages_status needs `status`.
+    if _columns(conn, "messages"):
+        _add_column(conn, "messages", "status", "TEXT DEFAULT 'pending'")
+        _add_column(conn, "messages", "timeout_ms", "INTEGER")
     _run_script(conn, NODE_SCHEMA)
-    # Databases from the first Node commits lack these columns (contract RB-22).
-    _add_column(conn, "messages", "status", "TEXT DEFAULT 'pending'")
-    _add_column(conn, "messages", "timeout_ms", "INTEGER")
 
 
 def _v2_meshd_additions(conn: sqlite3.Connection, report: MigrationReport) -> None:
@@ -243,15 +245,23 @@ def migrate(conn: sqlite3.Connection) -> MigrationReport:
             f"({SCHEMA_VERSION}); upgrade meshd or restore a backup made by this version"
         )
     report = MigrationReport(current, SCHEMA_VERSION)
-    for version in range(current + 1, SCHEMA_VERSION + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            MIGRATIONS[version - 1](conn, report)
-            conn.execute(f"PRAGMA user_version = {version}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+    # With foreign keys on, moving a duplicate agent out would cascade and silently delete
+    # the rows that reference it (memberships, memory, files, acknowledgments, health):
+    # they stay where they are. The pragma is a no-op inside a transaction, so set it here.
+    foreign_keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
+    conn.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                MIGRATIONS[version - 1](conn, report)
+                conn.execute(f"PRAGMA user_version = {version}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    finally:
+        conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
     return report
 
 
