@@ -90,16 +90,18 @@ def journal_position(path: Path) -> tuple[int, int]:
 
 def take_backup(database: Path, backup_dir: Path, reason: str = "scheduled") -> Manifest:
     """Copy, verify, rename, describe. Raises BackupError and leaves older backups alone."""
-    backup_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     now = datetime.now(UTC)
     tmp = backup_dir / f".tmp-{os.getpid()}-{now.strftime('%Y%m%dT%H%M%S%f')}.db"
     try:
+        backup_dir.mkdir(parents=True, exist_ok=True)
         source = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
         try:
             target = sqlite3.connect(tmp)
             try:
                 source.backup(target)  # pages=-1: the whole snapshot in one step
+                # A self-contained file: checking or copying it later creates no -wal/-shm.
+                target.execute("PRAGMA journal_mode = DELETE")
                 schema_version = target.execute("PRAGMA user_version").fetchone()[0]
             finally:
                 target.close()
@@ -124,8 +126,9 @@ def take_backup(database: Path, backup_dir: Path, reason: str = "scheduled") -> 
     except (sqlite3.Error, OSError) as exc:
         raise BackupError(f"backup of {database} failed: {exc}") from exc
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm"), Path(f"{tmp}-journal")):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                leftover.unlink()
     log.info("backup.completed", file=manifest.file, bytes=manifest.size,
              journal_seq=seq, seconds=manifest.seconds, reason=reason)
     return manifest
@@ -174,7 +177,7 @@ def prune(backup_dir: Path, keep: int, keep_daily: int, keep_weekly: int) -> lis
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         deleted.append(m.file)
-    for stray in backup_dir.glob(".tmp-*.db"):  # a crash mid-backup leaves only temp names
+    for stray in backup_dir.glob(".tmp-*"):  # a crash mid-backup leaves only temp names
         with contextlib.suppress(OSError):
             if time.time() - stray.stat().st_mtime > 3600:
                 stray.unlink()

@@ -287,6 +287,9 @@ COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "sta
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("run", "worker"):
+        # Operator commands print results on stdout; their log lines go to stderr.
+        logging.configure("auto", "warning", process="cli")
     return COMMANDS[args.command](args)
 
 

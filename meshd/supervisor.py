@@ -282,6 +282,7 @@ class Supervisor:
         await self._stop_fallback()
         env = dict(os.environ)
         env.update(MESHD_WORKER_SETTINGS=config.to_json(self.settings),
+                   MESHD_SUPERVISOR_PID=str(os.getpid()),
                    MESHD_LISTEN_FD=str(self._sock.fileno()),
                    MESHD_READ_ONLY=self.read_only_reason or "")
         proc = await asyncio.create_subprocess_exec(
@@ -532,13 +533,13 @@ class Supervisor:
         log.info("supervisor.reloaded")
         await self._stop_worker()  # the next tick starts a worker with the new settings
 
-    async def _stop_worker(self) -> None:
+    async def _stop_worker(self, kill: bool = False) -> None:
         worker = self.worker
         if worker is None:
             return
         worker.expected_exit = True
         with contextlib.suppress(ProcessLookupError):
-            worker.proc.send_signal(signal.SIGTERM)
+            worker.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
             await asyncio.wait_for(worker.proc.wait(), self.settings.drain_timeout + 5)
         except TimeoutError:
@@ -726,7 +727,10 @@ class Supervisor:
         if self.worker is None:
             return "no worker was running"
         pid = self.worker.pid
-        await self._stop_worker()
+        # Killed, not drained: a clean close would checkpoint the WAL into the corrupt file
+        # and delete the -wal and -shm that forensics need. Every acknowledged write is in
+        # the journal, so nothing acknowledged is lost; requests in flight are not answered.
+        await self._stop_worker(kill=True)
         return f"worker {pid} stopped"
 
     async def restore_database(self, run: Run):
@@ -825,7 +829,8 @@ class Supervisor:
 
     async def scheduled_backup(self) -> None:
         if self._maintenance_allowed():
-            await self.backup_now("scheduled")
+            with contextlib.suppress(backups.BackupError):  # logged and recorded already
+                await self.backup_now("scheduled")
 
     async def backup_now(self, reason: str) -> dict[str, Any]:
         s = self.settings

@@ -121,6 +121,7 @@ async def serve(
     *,
     supervised: bool = False,
     read_only_reason: str | None = None,
+    parent_pid: int | None = None,
 ) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then drain and close the store."""
     stop = stop or asyncio.Event()
@@ -159,7 +160,7 @@ async def serve(
     port = sock.getsockname()[1]
     background = jobs.start(settings, storage, hub, app[SUPERVISOR])
     if supervised:
-        background.append(asyncio.create_task(_watch_parent(os.getppid(), stop)))
+        background.append(asyncio.create_task(_watch_parent(parent_pid or os.getppid(), stop)))
     log.info("worker.serving", host=settings.host, port=port, pid=os.getpid(),
              database=str(settings.database), mode="read-only" if read_only_reason
              else "read-write")
@@ -187,13 +188,19 @@ def run_supervised() -> int:
     settings = config.from_json(os.environ["MESHD_WORKER_SETTINGS"])
     logging.configure(settings.log_format, settings.log_level, process="worker")
     die_with_parent()
+    supervisor_pid = int(os.environ.get("MESHD_SUPERVISOR_PID", os.getppid()))
+    if os.getppid() != supervisor_pid:
+        # The supervisor died before PR_SET_PDEATHSIG was set: we were orphaned already.
+        log.error("worker.parent_gone", parent_pid=supervisor_pid)
+        return 1
     return_large_buffers_to_the_os()
     fd = int(os.environ["MESHD_LISTEN_FD"])
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     reason = os.environ.get("MESHD_READ_ONLY") or None
     try:
-        asyncio.run(serve(settings, sock, supervised=True, read_only_reason=reason))
+        asyncio.run(serve(settings, sock, supervised=True, read_only_reason=reason,
+                          parent_pid=supervisor_pid))
     except Exception as exc:
         log.exception("worker.failed")
         return EXIT_DB_CORRUPT if is_corruption(exc) else 1

@@ -15,6 +15,7 @@ from meshd.api import (
     health,
     memory,
     messages,
+    openapi,
     skills,
     system,
     updates,
@@ -30,7 +31,7 @@ from meshd.ws import Hub, websocket_handler
 
 # Declaration order is match precedence among routes of equal specificity, as in Express.
 RESOURCES = (agents, messages, skills, groups, memory, files, updates, catastrophe, health,
-             system, admin)
+             system, admin, openapi)
 
 
 def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
