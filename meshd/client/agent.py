@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from meshd import log as logging
-from meshd.client.backoff import Backoff
+from meshd.client.backoff import Backoff, Pause
 from meshd.client.dedupe import Delivered
 from meshd.client.errors import Rejected, Unavailable
 from meshd.client.http import MeshHttp
@@ -74,7 +74,7 @@ class MeshClient:
         request_timeout: float = 10.0,
         spool_poll_interval: float = 0.2,
         order_hold: float = 60.0,
-        respool_window: float = 10.0,
+        respool_window: float = 5.0,
         ws_heartbeat: float = 20.0,
     ) -> None:
         self.name = name
@@ -104,11 +104,16 @@ class MeshClient:
         self._sender: Sender | None = None
         self._inbound: Inbound | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._recovery_pause = Pause()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> MeshClient:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -160,6 +165,11 @@ class MeshClient:
     @property
     def online(self) -> bool:
         return self.link.online
+
+    @property
+    def held(self) -> int:
+        """Spooled messages waiting for an earlier message from the same sender."""
+        return self._inbound.held if self._inbound is not None else 0
 
     async def wait_online(self) -> None:
         """Until the server is reachable and every queued message was replayed."""
@@ -276,8 +286,10 @@ class MeshClient:
             await self._save_cursor(db_time(moment))
         reply = await self.http.request("POST", "/api/agents/register", json=body)
         agent_id = reply["agentId"]
-        if self._agent_id is not None and agent_id != self._agent_id:
-            log.error("client.identity_changed", old=self._agent_id, new=agent_id)
+        known = await self._db.get("agent_id")
+        if known is not None and agent_id != known:
+            # The server lost this agent (a restored database): others must learn the new id.
+            log.error("client.identity_changed", old=known, new=agent_id)
         self._agent_id = agent_id
         self._needs_register = False
         await self._db.set("agent_id", agent_id)
@@ -311,7 +323,7 @@ class MeshClient:
             await self.link.wait_offline()
             attempt = 0
             while not self.link.online:
-                await asyncio.sleep(self.backoff.delay(attempt))
+                await self._recovery_pause.sleep(self.backoff.delay(attempt))
                 attempt += 1
                 if not await self.http.healthy():
                     continue
@@ -347,8 +359,14 @@ class MeshClient:
         assert self.spool is not None and self._inbound is not None
         in_flight: set[Path] = set()
         while True:
-            files = await asyncio.to_thread(self.spool.pending, self.agent_id,
-                                            frozenset(in_flight))
+            try:
+                files = await asyncio.to_thread(self.spool.pending, self.agent_id,
+                                                frozenset(in_flight))
+            except OSError as exc:  # the mailbox was removed, or a disk error: try again
+                log.warning("client.spool_unreadable", error=str(exc))
+                with contextlib.suppress(OSError):
+                    self._open_mailbox()
+                files = []
             for found in files:
                 m = found.message
                 if m is None or m.to_agent != self.agent_id:
@@ -377,6 +395,8 @@ class MeshClient:
     async def _catch_up(self) -> None:
         """After each WebSocket connection, before its events: deliver what arrived in the
         inbox while no socket was open (events are never replayed by the server)."""
+        if not self.link.online:
+            self._recovery_pause.wake()  # the server answers: replay now, not after a backoff
         if self._inbound is None:
             return
         params = {}

@@ -5,6 +5,8 @@ Jitter spreads the retries of many agents that lost the same server at the same 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 from dataclasses import dataclass
 
@@ -20,3 +22,19 @@ class Backoff:
         then drawn from its upper half ("equal jitter"), so it never collapses to zero."""
         ceiling = min(self.cap, self.base * self.factor ** min(attempt, 64))
         return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+class Pause:
+    """A backoff wait that news can cut short: another part of the client saw the server
+    answer, so waiting out the rest of a long delay would only add downtime."""
+
+    def __init__(self) -> None:
+        self._news = asyncio.Event()
+
+    def wake(self) -> None:
+        self._news.set()
+
+    async def sleep(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._news.wait(), delay)
+        self._news.clear()

@@ -23,12 +23,13 @@ from meshd.clock import iso_time
 
 log = logging.get("meshd.client.sender")
 
+UPGRADE_REQUIRED = 426
 RECENT_LIMIT = 1000  # online-sent messages remembered per recipient for a respool
 
 
 class Sender:
     def __init__(self, http: MeshHttp, outbox: Outbox, link: Link, spool: Spool | None, *,
-                 respool_window: float = 10.0) -> None:
+                 respool_window: float = 5.0) -> None:
         self._http = http
         self._outbox = outbox
         self._link = link
@@ -85,6 +86,11 @@ class Sender:
                 log.info("client.replay_interrupted", error=str(exc), seq=message.seq)
                 return False
             except Rejected as exc:
+                if exc.status == UPGRADE_REQUIRED:
+                    # Refused for this agent's version, not for the message: keep the queue
+                    # for the upgraded agent to replay.
+                    log.error("client.replay_blocked", status=exc.status, error=str(exc))
+                    return False
                 log.error("client.replay_rejected", client_id=message.client_id,
                           to_agent=message.to_agent, status=exc.status, error=str(exc))
                 await self._outbox.reject(message, exc.status, str(exc))

@@ -4,15 +4,13 @@ successful connection before any event is handled (the caller fills the gap ther
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 
 from meshd import log as logging
-from meshd.client.backoff import Backoff
+from meshd.client.backoff import Backoff, Pause
 from meshd.client.errors import MeshError
 from meshd.client.http import MeshHttp
 
@@ -32,13 +30,13 @@ class EventStream:
         self._on_event = on_event
         self._backoff = backoff
         self._heartbeat = heartbeat
-        self._wake = asyncio.Event()
+        self._pause = Pause()
         self.connected = False
         self.connections = 0  # successful connections so far
 
     def wake(self) -> None:
         """Retry now instead of at the end of the current backoff (the server is back)."""
-        self._wake.set()
+        self._pause.wake()
 
     async def run(self) -> None:
         attempt = 0
@@ -57,12 +55,13 @@ class EventStream:
                     await self._on_open()
                     await self._pump(ws)
                     log.info("client.ws_closed", code=ws.close_code)
-            except (TimeoutError, aiohttp.ClientError, OSError, MeshError, ValueError, TypeError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, MeshError, ValueError,
+                    TypeError) as exc:
                 log.info("client.ws_failed", error=f"{type(exc).__name__}: {exc}",
                          attempt=attempt)
             finally:
                 self.connected = False
-            await self._pause(self._backoff.delay(attempt))
+            await self._pause.sleep(self._backoff.delay(attempt))
             attempt += 1
 
     async def _pump(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -84,8 +83,3 @@ class EventStream:
                 raise  # the server failed under us: reconnect
             except Exception:  # noqa: BLE001 - a bug in handling one event must not end the stream
                 log.exception("client.ws_event_failed", event_type=event.get("type"))
-
-    async def _pause(self, delay: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), delay)
-        self._wake.clear()
