@@ -71,7 +71,13 @@ class Hub:
         asyncio.get_running_loop().create_task(
             client.ws.close(code=1013, message=reason.encode()))
 
-    async def close_all(self) -> None:
+    async def close_all(self, flush_timeout: float = 2.0) -> None:
+        """Shutdown: give every client's queue a bounded time to empty (the events of writes
+        already acknowledged), then close with 1001 Going Away."""
+        deadline = asyncio.get_running_loop().time() + flush_timeout
+        while (any(not c.queue.empty() for c in self.clients)
+               and asyncio.get_running_loop().time() < deadline):
+            await asyncio.sleep(0.01)
         for client in list(self.clients):
             with contextlib.suppress(Exception):
                 await client.ws.close(code=1001, message=b"server shutdown")

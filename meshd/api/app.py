@@ -21,8 +21,8 @@ from meshd.api import (
     updates,
 )
 from meshd.api.enforcement import Enforcement, enforce
-from meshd.api.keys import ENFORCEMENT, HUB, SETTINGS, STORAGE, SUPERVISOR
-from meshd.api.middleware import guard, pipeline
+from meshd.api.keys import ENFORCEMENT, HUB, INFLIGHT, SETTINGS, STORAGE, SUPERVISOR
+from meshd.api.middleware import InFlight, guard, pipeline
 from meshd.api.routing import TolerantRouter
 from meshd.config import Settings
 from meshd.store.sqlite import SqliteStorage
@@ -49,6 +49,7 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
     app[HUB] = hub or Hub()
     app[SUPERVISOR] = SupervisorClient(settings, supervised)
     app[ENFORCEMENT] = Enforcement()
+    app[INFLIGHT] = InFlight()
     for module in RESOURCES:
         app.router.add_routes(module.routes)
     app.router.add_get("/ws", websocket_handler)
@@ -57,4 +58,7 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
 
 
 async def _close_websockets(app: web.Application) -> None:
+    """Shutdown: requests in flight finish (and publish their events) before the sockets
+    close; both bounded by drain_timeout."""
+    await app[INFLIGHT].wait_idle(app[SETTINGS].drain_timeout)
     await app[HUB].close_all()

@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from meshd.api.enforcement import Enforcement
+    from meshd.api.middleware import InFlight
     from meshd.config import Settings
     from meshd.store.sqlite import SqliteStorage
     from meshd.supervisor_client import SupervisorClient
@@ -18,6 +19,7 @@ STORAGE: web.AppKey[SqliteStorage] = web.AppKey("storage")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
 SUPERVISOR: web.AppKey[SupervisorClient] = web.AppKey("supervisor")
 ENFORCEMENT: web.AppKey[Enforcement] = web.AppKey("enforcement")
+INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")
 
 
 def storage(request: web.Request) -> SqliteStorage:

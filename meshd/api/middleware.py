@@ -6,6 +6,7 @@ Every error leaves as `{"error": ...}` JSON with a 4xx/5xx status, framework err
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 import uuid
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from meshd import log as logging
 from meshd.api.http import dumps, json_response
-from meshd.api.keys import AGENT_ID, SETTINGS, STORAGE
+from meshd.api.keys import AGENT_ID, INFLIGHT, SETTINGS, STORAGE
 from meshd.errors import MeshError, Unavailable
 
 log = logging.get("meshd.http")
@@ -52,6 +53,32 @@ def _agent_id(request: web.Request) -> str | None:
             or request.headers.get("X-Agent-Id"))
 
 
+class InFlight:
+    """Requests being handled (WebSocket sessions excluded), so shutdown can wait for them
+    before it closes the sockets their events go to."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
 @web.middleware
 async def pipeline(request: web.Request, handler):
     """CORS on every response, preflight answered without auth, errors as JSON, one log line."""
@@ -63,6 +90,10 @@ async def pipeline(request: web.Request, handler):
             "Access-Control-Max-Age": "600",
         })
     else:
+        inflight = request.app[INFLIGHT]
+        counted = request.path != "/ws"
+        if counted:
+            inflight.enter()
         try:
             response = await handler(request)
         except MeshError as exc:
@@ -75,6 +106,9 @@ async def pipeline(request: web.Request, handler):
                           method=request.method, path=request.path)
             response = json_response(
                 {"error": "internal error", "requestId": request_id}, status=500)
+        finally:
+            if counted:
+                inflight.leave()
     response.headers["Access-Control-Allow-Origin"] = "*"
     if request.app[SETTINGS].access_log:
         log.info("http.request", method=request.method, path=request.path,

@@ -116,3 +116,44 @@ def test_database_with_a_newer_schema_version_is_refused(meshd_proc):
     with sqlite3.connect(proc.database) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 999
     db.close()
+
+
+async def test_sigterm_delivers_the_events_of_every_acknowledged_message(meshd_proc):
+    """Shutdown waits for requests in flight and flushes each socket before closing it, so a
+    listener gets `new_message` for every message that got a 200."""
+    proc = meshd_proc().start(QUIET)
+    await asyncio.to_thread(proc.wait_healthy)
+    acked: set[str] = set()
+    seen: set[str] = set()
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(proc.url.replace("http", "ws") + "/ws")
+
+        async def listen() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    frame = msg.json()
+                    if frame.get("type") == "new_message":
+                        seen.add(frame["message"]["id"])
+
+        async def send(n: int) -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    status, body = await api(session, proc, "POST", "/api/messages",
+                                             {"from": f"s{n}", "to": "r", "content": str(i)})
+                except (aiohttp.ClientError, OSError):
+                    return
+                if status == 200:
+                    acked.add(body["messageId"])
+
+        listener = asyncio.create_task(listen())
+        senders = [asyncio.create_task(send(n)) for n in range(4)]
+        await async_poll(lambda: len(acked) >= 200, 15, "200 acknowledged messages")
+        proc.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait_exit, 15) == 0
+        stop.set()
+        await asyncio.gather(*senders)
+        await asyncio.wait_for(listener, 5)
+    assert acked <= seen, f"{len(acked - seen)} acknowledged messages had no event"
