@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test bench lint clean
+.PHONY: run test test-tools bench lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,19 @@ run: $(STAMP)
 	mkdir -p data backups
 	$(BIN)/meshd run --host 127.0.0.1 --port $${PORT:-4000} --data-dir ./data --backup-dir ./backups
 
-test: $(TEST_STAMP)
+# Commands the process tests call (the unit file check, the seed's curl examples), installed
+# from Debian's packages when missing.
+test-tools:
+	@missing=""; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+test: $(TEST_STAMP) test-tools
 	$(BIN)/python -m pytest -q
 
 bench: $(TEST_STAMP)
