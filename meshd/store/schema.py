@@ -215,11 +215,25 @@ def _v4_update_completion(conn: sqlite3.Connection, report: MigrationReport) -> 
     _add_column(conn, "system_updates", "completed_at", "DATETIME")
 
 
+def _v5_descending_indexes(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # Lists are ordered `x DESC, rowid` (ties in insertion order, as the Node server gave).
+    # An index on (key, x DESC) stores rowid ascending within equal x: exactly that order,
+    # so SQLite walks the index instead of sorting every row of an inbox.
+    _run_script(conn, """
+DROP INDEX IF EXISTS idx_messages_inbox;
+CREATE INDEX IF NOT EXISTS idx_messages_inbox_desc ON messages(to_agent, created_at DESC);
+DROP INDEX IF EXISTS idx_agents_last_seen;
+CREATE INDEX IF NOT EXISTS idx_agents_last_seen_desc ON agents(last_seen DESC);
+CREATE INDEX IF NOT EXISTS idx_agent_files_agent_desc ON agent_files(agent_id, created_at DESC)
+""")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
     _v3_protocol_runs,
     _v4_update_completion,
+    _v5_descending_indexes,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

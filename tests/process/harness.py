@@ -228,12 +228,50 @@ class MeshdProcess:
                     events.append(obj)
         return events
 
+    def status(self) -> dict[str, Any]:
+        """The supervisor's view from `meshd status --json` (a real CLI subprocess)."""
+        done = meshd_status(self.data_dir)
+        assert done.returncode == 0, f"meshd status exited {done.returncode}: {done.stderr}"
+        return json_loads(done.stdout)
+
+    def worker_pid(self) -> int | None:
+        return self.status()["worker_pid"]
+
+    def wait_serving(self, other_than: int | None = None, timeout: float = 15) -> dict[str, Any]:
+        """Poll `meshd status` until a worker (other than pid `other_than`) passed its first
+        probe; that status. Fails early if meshd exits."""
+        def serving() -> dict[str, Any] | None:
+            if not self.running():
+                raise AssertionError(f"meshd exited with {self.popen.returncode}:\n"
+                                     f"{self.log_tail()}")
+            done = meshd_status(self.data_dir)
+            if done.returncode == 3:
+                return None  # the control socket is not up yet
+            assert done.returncode == 0, f"meshd status exited {done.returncode}: {done.stderr}"
+            data = json_loads(done.stdout)
+            if (data["state"] == "serving" and data["worker_pid"] is not None
+                    and data["worker_pid"] != other_than):
+                return data
+            return None
+
+        return poll(serving, timeout, f"a serving worker other than {other_than}", 0.1)
+
     def wait_log_event(self, event: str, timeout: float = 10) -> dict[str, Any]:
         """The first log event named `event` of the current run, polled for."""
         def find() -> dict[str, Any] | None:
             return next((e for e in self.log_events() if e["event"] == event), None)
 
         return poll(find, timeout, f"log event {event!r}", interval=0.05)
+
+
+def meshd_status(data_dir: Path, *, as_json: bool = True, timeout: float = 15
+                 ) -> subprocess.CompletedProcess:
+    """`meshd status --data-dir D [--json]` in a subprocess (stdout is a pipe, not a TTY)."""
+    args = [sys.executable, "-m", "meshd", "status", "--data-dir", str(data_dir)]
+    if as_json:
+        args.append("--json")
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                          env=clean_env(), stdin=subprocess.DEVNULL)
 
 
 async def api(session: aiohttp.ClientSession, proc: MeshdProcess, method: str, path: str,

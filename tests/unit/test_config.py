@@ -1,0 +1,205 @@
+"""Settings: value parsing, precedence (flag > env > TOML > default), the Node server's
+variables, systemd's STATE_DIRECTORY, and the refusal of the default key on a network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshd import config
+from meshd.config import (
+    DEFAULT_API_KEY,
+    ConfigError,
+    load,
+    parse_bool,
+    parse_duration,
+    parse_size,
+    refuse_unsafe,
+)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("500ms", 0.5), ("10s", 10.0), ("5m", 300.0), ("1h", 3600.0), ("1d", 86400.0),
+    ("1.5s", 1.5), ("250 ms", 0.25), ("2", 2.0), (" 3s ", 3.0), (7, 7.0), (0.2, 0.2),
+    ("0s", 0.0),
+])
+def test_durations(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "10x", "-1s", "s", "1.s", "5 minutes", "1e3",
+                                  True])
+def test_bad_durations(text):
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("512", 512), (512, 512), ("1b", 1), ("100KiB", 100 * 1024), ("1k", 1024),
+    ("1kb", 1000), ("25MiB", 25 << 20), ("1m", 1 << 20), ("2MB", 2_000_000),
+    ("1GiB", 1 << 30), ("1.5KiB", 1536),
+])
+def test_sizes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "big", "1tb", "-1k", "KiB", True])
+def test_bad_sizes(text):
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text", ["1", "true", "TRUE", "yes", "on", " On ", True])
+def test_true_values(text):
+    assert parse_bool(text) is True
+
+
+@pytest.mark.parametrize("text", ["0", "false", "no", "off", "", False])
+def test_false_values(text):
+    assert parse_bool(text) is False
+
+
+@pytest.mark.parametrize("text", ["maybe", "2", "enabled"])
+def test_bad_bools(text):
+    with pytest.raises(ValueError, match="not a boolean"):
+        parse_bool(text)
+
+
+def test_defaults():
+    s = load({}, environ={})
+    assert (s.host, s.port, s.api_key) == ("127.0.0.1", 4000, DEFAULT_API_KEY)
+    assert s.data_dir == Path("data") and s.database == Path("data/mesh.db")
+    assert (s.probe_interval, s.probe_timeout, s.probe_failures) == (1.0, 2.0, 3)
+    assert (s.restart_backoff_max, s.crash_loop_limit, s.crash_loop_window) == (30.0, 5, 60.0)
+    assert s.drain_timeout == 10.0
+    assert set(s.sources.values()) == {"default"}
+
+
+def write_toml(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "meshd.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_precedence_flag_over_env_over_toml_over_default(tmp_path):
+    toml = write_toml(tmp_path, 'probe_interval = "5s"\nprobe_failures = 7\n'
+                                'drain_timeout = "20s"\ncrash_loop_limit = 9\n')
+    env = {"MESHD_PROBE_INTERVAL": "3s", "MESHD_PROBE_FAILURES": "4",
+           "MESHD_DRAIN_TIMEOUT": "15s"}
+    flags = {"config": toml, "probe_interval": "200ms", "probe_failures": None}
+
+    s = load(flags, environ=env)
+
+    assert s.probe_interval == 0.2 and s.sources["probe_interval"] == "flag --probe-interval"
+    assert s.probe_failures == 4 and s.sources["probe_failures"] == "env MESHD_PROBE_FAILURES"
+    assert s.drain_timeout == 15.0
+    assert s.crash_loop_limit == 9 and s.sources["crash_loop_limit"] == "config file"
+    assert s.crash_loop_window == 60.0 and s.sources["crash_loop_window"] == "default"
+
+
+def test_the_config_file_can_come_from_the_environment(tmp_path):
+    toml = write_toml(tmp_path, "probe_failures = 6\n")
+    assert load({}, environ={"MESHD_CONFIG": toml}).probe_failures == 6
+
+
+def test_a_meshd_table_in_the_toml_file_is_read(tmp_path):
+    toml = write_toml(tmp_path, '[meshd]\nport = 4100\nprobe_timeout = "300ms"\n')
+    s = load({"config": toml}, environ={})
+    assert (s.port, s.probe_timeout) == (4100, 0.3)
+
+
+def test_an_unknown_toml_key_is_rejected(tmp_path):
+    toml = write_toml(tmp_path, "port = 4100\nprobe_intervall = 1\n")
+    with pytest.raises(ConfigError, match="unknown setting.*probe_intervall"):
+        load({"config": toml}, environ={})
+
+
+def test_a_bad_value_names_the_setting_and_where_it_came_from(tmp_path):
+    toml = write_toml(tmp_path, 'probe_interval = "often"\n')
+    with pytest.raises(ConfigError, match=r"probe_interval \(config file\)"):
+        load({"config": toml}, environ={})
+    with pytest.raises(ConfigError, match=r"probe_timeout \(env MESHD_PROBE_TIMEOUT\)"):
+        load({}, environ={"MESHD_PROBE_TIMEOUT": "2 parsecs"})
+    with pytest.raises(ConfigError, match=r"crash_loop_limit \(flag --crash-loop-limit\)"):
+        load({"crash_loop_limit": "five"}, environ={})
+
+
+def test_a_missing_or_invalid_toml_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load({"config": str(tmp_path / "nope.toml")}, environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load({"config": write_toml(tmp_path, "port = = 1\n")}, environ={})
+
+
+def test_port_honours_the_node_variable():
+    assert load({}, environ={"PORT": "5001"}).port == 5001
+    assert load({}, environ={"PORT": "5001", "MESHD_PORT": "5002"}).port == 5002
+    assert load({"port": "5003"}, environ={"PORT": "5001"}).port == 5003
+
+
+def test_a_bad_port_is_rejected():
+    with pytest.raises(ConfigError, match="port"):
+        load({}, environ={"PORT": "70000"})
+    with pytest.raises(ConfigError, match="port"):
+        load({}, environ={"PORT": "http"})
+
+
+def test_api_key_honours_the_node_variable():
+    s = load({}, environ={"AGENT_MESH_API_KEY": "s3cret"})
+    assert s.api_key == "s3cret" and s.sources["api_key"] == "env AGENT_MESH_API_KEY"
+    assert load({"api_key": "flag-key"}, environ={"AGENT_MESH_API_KEY": "s3cret"}).api_key \
+        == "flag-key"
+
+
+def test_an_empty_api_key_falls_back_to_the_default():
+    assert load({}, environ={"AGENT_MESH_API_KEY": ""}).api_key == DEFAULT_API_KEY
+    assert load({}, environ={"MESHD_API_KEY": ""}).api_key == DEFAULT_API_KEY
+
+
+def test_state_directory_is_the_data_dir():
+    s = load({}, environ={"STATE_DIRECTORY": "/var/lib/meshd"})
+    assert s.data_dir == Path("/var/lib/meshd")
+    assert s.database == Path("/var/lib/meshd/mesh.db")
+    # systemd lists several directories separated by colons: the first is ours.
+    assert load({}, environ={"STATE_DIRECTORY": "/var/lib/a:/var/lib/b"}).data_dir \
+        == Path("/var/lib/a")
+    assert load({"data_dir": "/srv/mesh"}, environ={"STATE_DIRECTORY": "/var/lib/meshd"}
+                ).data_dir == Path("/srv/mesh")
+
+
+def test_an_explicit_database_is_kept():
+    s = load({"data_dir": "/srv/mesh", "database": "/old/agent-mesh.db"}, environ={})
+    assert s.database == Path("/old/agent-mesh.db")
+
+
+def test_unset_argparse_flags_do_not_override():
+    s = load({"port": None, "host": None, "command": "run"},
+             environ={"MESHD_HOST": "127.0.0.2"})
+    assert s.host == "127.0.0.2" and s.port == 4000
+
+
+def test_settings_travel_to_the_worker_as_json(tmp_path):
+    s = load({"data_dir": str(tmp_path), "probe_interval": "200ms"}, environ={})
+    back = config.from_json(config.to_json(s))
+    assert back == s
+    assert isinstance(back.data_dir, Path)
+
+
+@pytest.mark.parametrize(("host", "key", "allow", "refused"), [
+    ("0.0.0.0", None, None, True),
+    ("::", None, None, True),
+    ("192.168.1.5", None, None, True),
+    ("127.0.0.1", None, None, False),
+    ("::1", None, None, False),
+    ("localhost", None, None, False),
+    ("0.0.0.0", None, "true", False),
+    ("0.0.0.0", "a-real-key", None, False),
+])
+def test_the_default_key_is_refused_beyond_loopback(host, key, allow, refused):
+    s = load({"host": host, "api_key": key, "allow_default_key": allow}, environ={})
+    reason = refuse_unsafe(s)
+    if refused:
+        assert reason and "--allow-default-key" in reason and host in reason
+    else:
+        assert reason is None
