@@ -143,6 +143,10 @@ class MeshClient:
         self._spawn(self.events.run(), "websocket")
 
     async def close(self) -> None:
+        if self._inbound is not None:
+            # A message already handed to the handler must be recorded as delivered first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._inbound.settled(), 5)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -48,6 +48,9 @@ class Inbound:
         self._clock = clock
         self._lock = asyncio.Lock()  # one delivery at a time: the order is the handler's
         self._held: dict[tuple[str, str], list[_Held]] = {}  # by (sender, predecessor)
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def held(self) -> int:
@@ -93,7 +96,23 @@ class Inbound:
                     self._held.pop(waiting_for, None)
         return released
 
+    async def settled(self) -> None:
+        """Until no delivery is in progress: closing waits for this, so a message handed to
+        the handler is also recorded as delivered (or it would come again after a restart)."""
+        while self._active:
+            await self._idle.wait()
+
     async def _deliver(self, message: Message, settle: Settle | None) -> None:
+        self._active += 1
+        self._idle.clear()
+        try:
+            await self._deliver_in_order(message, settle)
+        finally:
+            self._active -= 1
+            if not self._active:
+                self._idle.set()
+
+    async def _deliver_in_order(self, message: Message, settle: Settle | None) -> None:
         """Hand one message to the handler, then everything that was held behind it."""
         queue = [(message, settle)]
         while queue:
