@@ -63,9 +63,33 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def header_problems(path: Path) -> list[str]:
+    """What SQLite's checks miss: a zero-byte file is an empty database to SQLite (and opening
+    it deletes its -wal), and a file cut short below the page count in its header."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            header = fh.read(100)
+    except OSError as exc:
+        return [str(exc)]
+    if size == 0:
+        return [f"{path.name} is empty (0 bytes)"]
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return [f"{path.name} is not a database (bad header)"]
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if pages and size < page_size * pages:
+        return [f"{path.name} is {size} bytes, shorter than its {pages} pages of {page_size}"]
+    return []
+
+
 def integrity(path: Path, full: bool = True) -> list[str]:
     """integrity_check (or quick_check) of a file: the problems, empty when sound."""
     pragma = "integrity_check" if full else "quick_check"
+    problems = header_problems(path)
+    if problems:
+        return problems
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from argparse import Namespace
@@ -62,7 +63,11 @@ def call(args: Namespace, method: str, path: str, body: Any = None,
             method, f"http://meshd{path}", json=body,
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
-            data = await resp.json(content_type=None)
+            text = await resp.text()
+            try:
+                data = json.loads(text)
+            except ValueError:
+                data = {"error": f"the daemon answered {resp.status}: {text[:500]}"}
             if resp.status >= 400:
                 sys.stderr.write(f"meshd: {data.get('error', data)}\n")
                 raise SystemExit(1)

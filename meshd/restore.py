@@ -41,9 +41,15 @@ class RestoreReport:
     to_time: str | None = None
 
 
-def choose_backup(backup_dir: Path, name: str | None = None) -> tuple[backups.Manifest, list[str]]:
-    """The named backup, or the newest one that still verifies; (manifest, skipped reasons)."""
+def choose_backup(backup_dir: Path, name: str | None = None,
+                  before: datetime | None = None) -> tuple[backups.Manifest, list[str]]:
+    """The named backup, or the newest one (taken before `before`, for a point in time)
+    that still verifies; (manifest, skipped reasons)."""
     manifests = backups.list_backups(backup_dir)
+    if before is not None and not name:
+        manifests = [m for m in manifests if m.created <= before.astimezone(UTC)]
+        if not manifests:
+            raise RestoreError(f"no backup in {backup_dir} was taken before {db_time(before)}")
     if name:
         manifests = [m for m in manifests if m.file == name or m.file == Path(name).name]
         if not manifests:
@@ -80,7 +86,7 @@ def restore(
     *, backup_name: str | None = None, to_time: datetime | None = None,
 ) -> RestoreReport:
     started = time.monotonic()
-    manifest, skipped = choose_backup(backup_dir, backup_name)
+    manifest, skipped = choose_backup(backup_dir, backup_name, to_time)
     until = db_time(to_time) if to_time else None
     if until and manifest.created.astimezone(UTC) > to_time.astimezone(UTC):
         raise RestoreError(f"backup {manifest.file} is newer than {until}; name an older one")

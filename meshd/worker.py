@@ -24,9 +24,11 @@ from meshd import backups, jobs
 from meshd import log as logging
 from meshd.api.app import make_app
 from meshd.api.keys import SUPERVISOR
+from meshd.clock import db_time, new_id
 from meshd.config import Settings
 from meshd.internal import make_internal_app
 from meshd.locks import FileLock
+from meshd.store import records
 from meshd.store.sqlite import SqliteStorage, is_corruption
 from meshd.ws import Hub
 
@@ -95,22 +97,50 @@ async def report_corruption(settings: Settings, detail: str) -> None:
     os._exit(EXIT_DB_CORRUPT)
 
 
-async def take_baseline_backup(settings: Settings, storage: SqliteStorage) -> None:
+BASELINE_RETRY = float(os.environ.get("MESHD_BASELINE_RETRY", "10"))
+
+
+async def take_baseline_backup(settings: Settings, storage: SqliteStorage) -> str | None:
     """Before the first write is accepted (and after a migration), make sure a verified
-    backup of this journal epoch exists, so the journal always has a base to replay onto."""
+    backup of this journal epoch exists, so the journal always has a base to replay onto.
+    The error when none could be written, else None."""
     epoch = storage.journal_epoch
-    has_base = any(m.verified and m.journal_epoch == epoch
-                   for m in backups.list_backups(settings.backup_dir))
+    try:
+        has_base = any(m.verified and m.journal_epoch == epoch
+                       for m in backups.list_backups(settings.backup_dir))
+    except OSError:
+        has_base = False
     migrated = storage.migration is not None and storage.migration.migrated
     if has_base and not migrated:
-        return
+        return None
     try:
         await asyncio.to_thread(backups.take_backup, settings.database, settings.backup_dir,
                                 "baseline after migration" if migrated else "baseline")
     except backups.BackupError as exc:
-        # Serving without a base is worse than refusing: the journal alone cannot restore.
         log.error("backup.baseline_failed", error=str(exc))
-        raise
+        return str(exc)
+    return None
+
+
+async def _serve_read_only_until_baseline(settings: Settings, storage: SqliteStorage,
+                                          problem: str) -> None:
+    """Without a base the journal alone cannot restore anything, so writes wait: reads are
+    served, writes get 503, and the backup is retried until it works (space came back, the
+    directory was fixed); then writes resume by themselves."""
+    reason = f"no verified baseline backup could be written ({problem})"
+    storage.set_read_only(reason)
+    event = {"kind": "event", "id": new_id(), "event_type": "backup_failed",
+             "severity": "critical", "title": "Baseline backup failed: writes refused",
+             "description": reason, "status": "active", "occurred_at": db_time()}
+    await storage.write_internal(records.upsert_event, event)
+    while (problem := await take_baseline_backup(settings, storage)) is not None:
+        await asyncio.sleep(BASELINE_RETRY)
+    if storage.read_only_reason == reason:
+        storage.set_read_only(None)
+        log.info("backup.baseline_recovered", detail="writes resume")
+    await storage.write_internal(records.upsert_event, {
+        **event, "status": "resolved", "resolved_at": db_time(),
+        "resolution_notes": "baseline backup written; writes resumed"})
 
 
 async def serve(
@@ -140,7 +170,7 @@ async def serve(
     storage = open_storage(settings, on_corruption)
     await storage.start()
     storage.set_read_only(read_only_reason)
-    await take_baseline_backup(settings, storage)
+    baseline_problem = await take_baseline_backup(settings, storage)
     hub = Hub()
     app = make_app(settings, storage, hub, supervised=supervised)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -159,6 +189,9 @@ async def serve(
         os.chmod(settings.worker_socket, 0o600)
     port = sock.getsockname()[1]
     background = jobs.start(settings, storage, hub, app[SUPERVISOR])
+    if baseline_problem:
+        background.append(asyncio.create_task(
+            _serve_read_only_until_baseline(settings, storage, baseline_problem)))
     if supervised:
         background.append(asyncio.create_task(_watch_parent(parent_pid or os.getppid(), stop)))
     log.info("worker.serving", host=settings.host, port=port, pid=os.getpid(),

@@ -289,10 +289,6 @@ async def test_truncated_database_under_write_load_restores_and_loses_nothing(me
     assert timings["damaged_to_read_write_s"] < 15, timings
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a zero-byte database file passes PRAGMA quick_check: SQLite takes it for an empty "
-    "database (and the check's own connection deletes the -wal); only the worker's next "
-    "query notices"))
 async def test_meshd_check_reports_a_database_truncated_to_zero(meshd_proc):
     proc = meshd_proc()
     await start(proc)
@@ -621,3 +617,30 @@ async def test_an_unwritable_backup_dir_fails_the_backup_clearly_and_keeps_servi
     assert done.returncode == 0, done.stderr
     assert len(backup_files(real)) == 6
     assert {"bk-1", "bk-2"} <= await agent_names(proc)
+
+
+async def test_an_unwritable_backup_dir_at_start_serves_read_only_until_a_baseline_exists(
+        meshd_proc):
+    """Without a baseline backup the journal cannot restore anything, so writes wait (503)
+    while reads work; once the directory can be written, writes resume by themselves."""
+    proc = meshd_proc()
+    blocker = proc.root / "afile"
+    blocker.write_text("a regular file: nothing can be created below it")
+    proc.start((*FAST, "--backup-dir", str(blocker / "backups")),
+               env=clean_env({"MESHD_BASELINE_RETRY": "0.2"}))
+    await asyncio.to_thread(proc.wait_healthy)
+    async with aiohttp.ClientSession() as session:
+        status, body = await api(session, proc, "POST", "/api/agents/register", {"name": "x"})
+        assert status == 503 and "baseline backup" in body["error"]
+        assert (await api(session, proc, "GET", "/api/agents"))[0] == 200
+        status, events = await api(session, proc, "GET", "/api/catastrophe")
+        assert [e["event_type"] for e in events] == ["backup_failed"]
+        blocker.unlink()
+
+        async def writable():
+            return (await api(session, proc, "POST", "/api/agents/register",
+                              {"name": "x"}))[0] == 200
+
+        await async_poll(writable, 15, "writes to resume once a baseline backup is written")
+        _, events = await api(session, proc, "GET", "/api/catastrophe")
+        assert events[0]["status"] == "resolved"
