@@ -19,7 +19,7 @@ log = logging.get("meshd.alerts")
 
 
 async def send(settings: Settings, payload: dict[str, Any]) -> None:
-    data = orjson.dumps(payload)
+    data = orjson.dumps(payload, option=orjson.OPT_APPEND_NEWLINE)  # one JSON line each
     if settings.alert_command:
         await _run_command(settings.alert_command, data, settings.alert_timeout)
     if settings.alert_webhook:

@@ -96,7 +96,7 @@ class Supervisor:
         self._fallback: web.AppRunner | None = None
         self._control: web.AppRunner | None = None
         self._status_at = 0.0
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: set[asyncio.Task] = set()
         self.held_by: str | None = None  # a protocol run that owns the worker's lifecycle
         self.last_check: dict[str, Any] | None = None
         self._operator_read_write = asyncio.Event()
@@ -132,7 +132,7 @@ class Supervisor:
         self._resume_protocols()
         if unclean_pid is not None:
             await self._check_after_unclean_stop(unclean_pid)
-        self._tasks.append(asyncio.create_task(self._watchdog_pings()))
+        self._spawn_task(self._watchdog_pings())
         self._start_scheduler()
         while not self._stopping:
             await self._reap()
@@ -288,7 +288,7 @@ class Supervisor:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "meshd", "worker", env=env, pass_fds=(self._sock.fileno(),))
         self.worker = Worker(proc, time.monotonic())
-        self._tasks.append(asyncio.create_task(self._wait_exit(self.worker)))
+        self._spawn_task(self._wait_exit(self.worker))
         log.info("worker.started", pid=proc.pid, restarts=self.restarts.restarts)
 
     async def _wait_exit(self, worker: Worker) -> None:
@@ -308,9 +308,18 @@ class Supervisor:
             self._alert({"type": "catastrophe_event", "event": record})
         return record
 
+    def _spawn_task(self, coro) -> asyncio.Task:
+        """A background task kept until it ends (then forgotten: no pile-up)."""
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def _alert(self, payload: dict[str, Any]) -> None:
+        """Each hook call runs on its own, bounded by alert_timeout, so one slow hook delays
+        neither recovery nor the next alert (payloads carry the run state to order them)."""
         if self.settings.alert_command or self.settings.alert_webhook:
-            self._tasks.append(asyncio.create_task(alerts.send(self.settings, payload)))
+            self._spawn_task(alerts.send(self.settings, payload))
 
     def _queue(self, record: dict[str, Any]) -> None:
         self.pending = [r for r in self.pending if r["id"] != record["id"]] + [dict(record)]
@@ -558,7 +567,7 @@ class Supervisor:
             self.scheduler.shutdown(wait=False)
         await self._stop_fallback()
         await self._stop_worker()
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
         if self._control:
             await self._control.cleanup()
