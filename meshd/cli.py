@@ -150,7 +150,7 @@ def _asdict(obj) -> dict:
 
 def cmd_backups(args: argparse.Namespace) -> int:
     from meshd import control
-    from meshd.supervisor import backup_listing
+    from meshd.maintenance import backup_listing
 
     if control.daemon_running(args):
         rows = control.call(args, "GET", "/control/backups")

@@ -11,30 +11,27 @@ import asyncio
 import contextlib
 import os
 import signal
-import sqlite3
 import sys
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
-from meshd import alerts, backups, config, semver
+from meshd import alerts, backups, config
 from meshd import log as logging
 from meshd import restore as restore_mod
-from meshd.clock import db_time, new_id, parse_time
+from meshd.clock import db_time, new_id
+from meshd.control_server import make_control_app
 from meshd.locks import FileLock, LockBusy, write_atomic
+from meshd.maintenance import Maintenance, last_backup
 from meshd.recovery import corruption, crash
 from meshd.recovery.engine import Engine, Run
-from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
+from meshd.recovery.protocols import PROTOCOLS
 from meshd.restart import Policy, RestartState
 from meshd.sdnotify import Notifier
 from meshd.worker import EXIT_DB_CORRUPT, bind_socket
@@ -101,7 +98,7 @@ class Supervisor:
         self.last_check: dict[str, Any] | None = None
         self._operator_read_write = asyncio.Event()
         self.engine = Engine(self, self.settings.data_dir / "protocols", PROTOCOLS)
-        self.scheduler: AsyncIOScheduler | None = None
+        self.maintenance = Maintenance(self)
 
     def _policy(self) -> Policy:
         s = self.settings
@@ -133,7 +130,7 @@ class Supervisor:
         if unclean_pid is not None:
             await self._check_after_unclean_stop(unclean_pid)
         self._spawn_task(self._watchdog_pings())
-        self._start_scheduler()
+        self.maintenance.start()
         while not self._stopping:
             await self._reap()
             await self._probe()
@@ -195,7 +192,7 @@ class Supervisor:
                        f"{window:g} s (last: {last_reason}); restarting stopped")
         log.critical("supervisor.crash_loop", reason=self.reason,
                      systemd_takes_over=self.notifier.watchdog_interval is not None)
-        self._record_event("server_down", "critical", "Crash loop: restarting stopped",
+        self.record_event("server_down", "critical", "Crash loop: restarting stopped",
                            self.reason)
         self.notifier.status(self.reason)
         await self._start_fallback(self.reason)
@@ -297,7 +294,7 @@ class Supervisor:
 
     # -- records the worker writes for us ----------------------------------------------------
 
-    def _record_event(self, event_type: str, severity: str, title: str,
+    def record_event(self, event_type: str, severity: str, title: str,
                       description: str) -> dict[str, Any]:
         record = {"kind": "event", "id": new_id(), "event_type": event_type,
                   "severity": severity, "title": title, "description": description,
@@ -386,7 +383,7 @@ class Supervisor:
             return f"{self.state}: {self.reason or ''}".strip()
         ws = self.worker_status
         line = f"serving {ws.get('mode', 'read-write')}, {ws.get('agents', '?')} agents"
-        last = self._last_backup()
+        last = last_backup(self.settings.backup_dir)
         if last:
             line += f", last backup {last['age_s'] // 60:.0f} min ago"
         return line
@@ -407,8 +404,8 @@ class Supervisor:
             "reason": self.reason,
             "mode": ws.get("mode") or ("unavailable" if self.state != State.SERVING
                                        else "read-write"),
-            "last_backup": self._last_backup(),
-            "last_check": self.last_check,
+            "last_backup": last_backup(self.settings.backup_dir),
+            "last_check": self.maintenance.last_check,
             "protocol_runs": [r.public() | {"steps": len(r.steps)} for r in
                               self.engine.runs.values() if r.outcome == "running"],
             "open_events": (open_events or 0) + pending_open if open_events is not None
@@ -449,20 +446,7 @@ class Supervisor:
     # -- control socket ----------------------------------------------------------------------
 
     async def _start_control(self) -> None:
-        app = web.Application()
-        app.router.add_get("/status", self._control_status)
-        app.router.add_post("/control/corruption", self._control_corruption)
-        app.router.add_post("/control/backup", self._control_backup)
-        app.router.add_get("/control/backups", self._control_backups)
-        app.router.add_post("/control/check", self._control_check)
-        app.router.add_post("/control/restore", self._control_restore)
-        app.router.add_post("/control/mode", self._control_mode)
-        app.router.add_get("/control/protocols", self._control_protocols)
-        app.router.add_post("/control/protocols/{name}/run", self._control_protocol_run)
-        app.router.add_get("/control/runs", self._control_runs)
-        app.router.add_get("/control/runs/{run_id}", self._control_run)
-        app.router.add_post("/control/runs/{run_id}/abort", self._control_abort)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(make_control_app(self), access_log=None, handle_signals=False)
         await runner.setup()
         path = self.settings.control_socket
         with contextlib.suppress(FileNotFoundError):
@@ -470,15 +454,6 @@ class Supervisor:
         await web.UnixSite(runner, str(path)).start()
         os.chmod(path, 0o600)
         self._control = runner
-
-    async def _control_status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status())
-
-    async def _control_corruption(self, request: web.Request) -> web.Response:
-        detail = (await request.json()).get("detail", "")
-        log.error("supervisor.corruption_reported", detail=detail)
-        run = self.start_corruption_protocol(f"the worker met corruption: {detail}")
-        return web.json_response({"accepted": True, "run_id": run.id})
 
     # -- start-up check, signals, reload, shutdown -------------------------------------------
 
@@ -496,7 +471,7 @@ class Supervisor:
                     if database.exists() else [])
         log.warning("supervisor.unclean_stop_detected", previous_pid=old_pid,
                     quick_check="ok" if not problems else problems[:5])
-        event = self._record_event(
+        event = self.record_event(
             "server_down", "major", "Unclean shutdown detected",
             f"the previous meshd (pid {old_pid}) stopped without a clean shutdown; "
             f"quick_check: {'ok' if not problems else '; '.join(problems[:5])}")
@@ -513,6 +488,16 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+
+    def wake(self) -> None:
+        """Run the next tick now (a protocol or an operator changed something)."""
+        self._wake.set()
+
+    def idle_for_maintenance(self) -> bool:
+        """Backups and checks run while a worker serves and no restore owns it."""
+        return (self.state == State.SERVING and self.held_by is None
+                and self.engine.active(corruption.SPEC.name) is None
+                and self.settings.database.exists())
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -563,8 +548,7 @@ class Supervisor:
         self.state = State.STOPPING
         self.notifier.stopping()
         log.info("supervisor.stopping")
-        if self.scheduler:
-            self.scheduler.shutdown(wait=False)
+        self.maintenance.stop()
         await self._stop_fallback()
         await self._stop_worker()
         for task in list(self._tasks):
@@ -613,94 +597,6 @@ class Supervisor:
 
     async def quick_check(self) -> list[str]:
         return await asyncio.to_thread(backups.integrity, self.settings.database, False)
-
-    def _read_sql(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-        """Read-only SQL on a connection of its own: allowed while a worker runs (it is the
-        only writer), used to watch what protocols wait for."""
-        conn = sqlite3.connect(f"file:{self.settings.database}?mode=ro", uri=True, timeout=5)
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in conn.execute(sql, params).fetchall()]
-        finally:
-            conn.close()
-
-    async def recent_update(self, crashed_at: str | None) -> dict[str, Any] | None:
-        moment = parse_time(crashed_at) if crashed_at else None
-        if moment is None:
-            return None
-        since = db_time(moment - timedelta(seconds=self.settings.crash_update_window))
-        rows = await asyncio.to_thread(
-            self._read_sql, "SELECT id, version, title, created_at FROM system_updates"
-            " WHERE created_at >= ? AND created_at <= ? ORDER BY created_at DESC, rowid DESC"
-            " LIMIT 1", (since, db_time(moment)))
-        return rows[0] if rows else None
-
-    async def wait_for_agents(self, last_seen: dict[str, str]) -> dict[str, str]:
-        """Until every listed agent has been seen after its last heartbeat before the
-        partition; agent -> the time it was back."""
-        returned: dict[str, str] = {}
-        agents = list(last_seen)
-        while len(returned) < len(agents):
-            marks = ",".join("?" * len(agents))
-            rows = await asyncio.to_thread(
-                self._read_sql, f"SELECT id, last_seen FROM agents WHERE id IN ({marks})",
-                tuple(agents))
-            for row in rows:
-                if row["id"] not in returned and (row["last_seen"] or "") > last_seen[row["id"]]:
-                    returned[row["id"]] = row["last_seen"]
-            known = {r["id"] for r in rows}
-            for gone in set(agents) - known:  # an agent no longer registered cannot return
-                returned.setdefault(gone, last_seen[gone])
-            if len(returned) < len(agents):
-                await asyncio.sleep(min(2.0, self.settings.offline_check_interval))
-        return returned
-
-    async def partition_summary(self, returned: dict[str, str],
-                                last_seen: dict[str, str]) -> list[dict[str, Any]]:
-        """Per agent: how long it was away, and how many messages with a client id (queued by
-        the SDK while offline) it delivered since it went silent."""
-        summary = []
-        for agent_id, back_at in returned.items():
-            since = last_seen.get(agent_id, back_at)
-            rows = await asyncio.to_thread(
-                self._read_sql, "SELECT COUNT(*) AS n FROM messages WHERE from_agent = ?"
-                " AND client_id IS NOT NULL AND created_at >= ?", (agent_id, since))
-            start, end = parse_time(since), parse_time(back_at)
-            away = round((end - start).total_seconds()) if start and end else None
-            summary.append({"agentId": agent_id, "awaySeconds": away, "backAt": back_at,
-                            "syncedMessages": rows[0]["n"] if rows else 0})
-        return summary
-
-    async def wait_update_grace(self, created_at: str | None) -> str:
-        created = parse_time(created_at) if created_at else None
-        if created is not None:
-            remaining = (created + timedelta(seconds=self.settings.update_grace)
-                         - datetime.now(UTC)).total_seconds()
-            if remaining > 0:
-                await asyncio.sleep(remaining)
-        return f"grace of {self.settings.update_grace:g} s over; enforcing"
-
-    async def wait_for_adoption(self, update_id: str) -> str:
-        """Until every active agent has acknowledged at or above the required version."""
-        while True:
-            rows = await asyncio.to_thread(
-                self._read_sql, "SELECT required_version FROM system_updates WHERE id = ?",
-                (update_id,))
-            if not rows:
-                raise RuntimeError(f"update {update_id} no longer exists")
-            required = rows[0]["required_version"]
-            cutoff = db_time(datetime.now(UTC)
-                             - timedelta(seconds=self.settings.heartbeat_timeout))
-            agents = await asyncio.to_thread(
-                self._read_sql, "SELECT a.id, (SELECT k.agent_version FROM"
-                " update_acknowledgments k WHERE k.agent_id = a.id AND k.agent_version IS NOT"
-                " NULL ORDER BY k.acknowledged_at DESC, k.rowid DESC LIMIT 1) AS version"
-                " FROM agents a WHERE a.last_seen >= ?", (cutoff,))
-            behind = [a["id"] for a in agents
-                      if not a["version"] or semver.compare(a["version"], required) < 0]
-            if not behind:
-                return f"{len(agents)} active agents at or above {required}"
-            await asyncio.sleep(min(2.0, self.settings.offline_check_interval))
 
     async def complete_update(self, update_id: str) -> None:
         self.queue_record({"kind": "update_complete", "id": f"update-complete-{update_id}",
@@ -814,169 +710,6 @@ class Supervisor:
         log.info("supervisor.mode", mode="read-only" if read_only_reason else "read-write",
                  reason=read_only_reason)
 
-    # -- scheduled maintenance: backups and integrity checks ---------------------------------
-
-    def _start_scheduler(self) -> None:
-        s = self.settings
-        scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={
-            "coalesce": True, "max_instances": 1, "misfire_grace_time": 60})
-        backup_trigger = (CronTrigger.from_crontab(s.backup_cron, timezone="UTC")
-                          if s.backup_cron else IntervalTrigger(seconds=s.backup_interval))
-        scheduler.add_job(self.scheduled_backup, backup_trigger, id="backup")
-        scheduler.add_job(self.scheduled_check, IntervalTrigger(seconds=s.quick_check_interval),
-                          id="quick_check", kwargs={"full": False})
-        scheduler.add_job(self.scheduled_check,
-                          CronTrigger.from_crontab(s.full_check_cron, timezone="UTC"),
-                          id="full_check", kwargs={"full": True})
-        scheduler.start()
-        self.scheduler = scheduler
-
-    def _maintenance_allowed(self) -> bool:
-        return (self.state == State.SERVING and self.held_by is None
-                and self.engine.active(corruption.SPEC.name) is None
-                and self.settings.database.exists())
-
-    async def scheduled_backup(self) -> None:
-        if self._maintenance_allowed():
-            with contextlib.suppress(backups.BackupError):  # logged and recorded already
-                await self.backup_now("scheduled")
-
-    async def backup_now(self, reason: str) -> dict[str, Any]:
-        s = self.settings
-        try:
-            manifest = await asyncio.to_thread(backups.take_backup, s.database, s.backup_dir,
-                                               reason)
-        except backups.BackupError as exc:
-            log.error("backup.failed", error=str(exc), backup_dir=str(s.backup_dir))
-            self._record_event("backup_failed", "major", "Backup failed", str(exc))
-            raise
-        await asyncio.to_thread(backups.prune, s.backup_dir, s.backup_keep,
-                                s.backup_keep_daily, s.backup_keep_weekly)
-        await asyncio.to_thread(backups.prune_journal, s.data_dir / "journal", s.backup_dir,
-                                s.backup_keep)
-        return asdict(manifest)
-
-    async def scheduled_check(self, full: bool) -> None:
-        if self._maintenance_allowed():
-            await self.check_now(full)
-
-    async def check_now(self, full: bool) -> list[str]:
-        started = time.monotonic()
-        problems = await asyncio.to_thread(backups.integrity, self.settings.database, full)
-        self.last_check = {"kind": "integrity_check" if full else "quick_check",
-                           "at": db_time(), "ok": not problems, "problems": problems[:5],
-                           "seconds": round(time.monotonic() - started, 3)}
-        log.info("check.completed", **self.last_check)
-        if problems and self.engine.active(corruption.SPEC.name) is None:
-            self.start_corruption_protocol(
-                f"{self.last_check['kind']} failed: {'; '.join(problems[:3])}")
-        return problems
-
-    def _last_backup(self) -> dict[str, Any] | None:
-        manifests = backups.list_backups(self.settings.backup_dir)
-        if not manifests:
-            return None
-        m = manifests[0]
-        age = (datetime.now(UTC) - m.created).total_seconds()
-        return {"file": m.file, "created_at": m.created_at, "age_s": round(age),
-                "size": m.size, "journal_seq": m.journal_seq, "verified": m.verified}
-
-    # -- operator commands -------------------------------------------------------------------
-
-    async def _control_backup(self, request: web.Request) -> web.Response:
-        try:
-            return web.json_response(await self.backup_now("operator"))
-        except backups.BackupError as exc:
-            return web.json_response({"error": str(exc)}, status=500)
-
-    async def _control_backups(self, request: web.Request) -> web.Response:
-        return web.json_response(backup_listing(self.settings.backup_dir))
-
-    async def _control_check(self, request: web.Request) -> web.Response:
-        body = await request.json() if request.can_read_body else {}
-        problems = await self.check_now(bool(body.get("full")))
-        return web.json_response({"ok": not problems, "problems": problems,
-                                  "check": self.last_check})
-
-    async def _control_restore(self, request: web.Request) -> web.Response:
-        body = await request.json() if request.can_read_body else {}
-        if self.engine.active(corruption.SPEC.name):
-            return web.json_response({"error": "a restore is already under way"}, status=409)
-        try:
-            restore_mod.choose_backup(self.settings.backup_dir, body.get("backup"))
-        except restore_mod.RestoreError as exc:
-            return web.json_response({"error": str(exc)}, status=409)
-        context = {k: body[k] for k in ("backup", "to_time") if body.get(k)}
-        run = self.start_corruption_protocol(
-            "operator requested a restore" + (f" of {body['backup']}" if body.get("backup")
-                                              else "") +
-            (f" to {body['to_time']}" if body.get("to_time") else ""),
-            title="Database restore (operator)", **context)
-        if body.get("wait", True):
-            run = await self.engine.wait(run.id)
-        return web.json_response(run.public(), status=200 if run.outcome != "failed" else 500)
-
-    async def _control_mode(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        mode = body.get("mode")
-        if mode not in ("read-only", "read-write"):
-            return web.json_response({"error": "mode must be read-only or read-write"},
-                                     status=400)
-        await self.set_mode("set by the operator" if mode == "read-only" else None)
-        return web.json_response({"mode": mode})
-
-    async def _control_protocols(self, request: web.Request) -> web.Response:
-        return web.json_response({"protocols": catalog()})
-
-    async def _control_protocol_run(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in PROTOCOLS:
-            return web.json_response(
-                {"error": f"no protocol {name}; one of {', '.join(PROTOCOLS)}"}, status=404)
-        body = await request.json() if request.can_read_body else {}
-        if body.get("dry_run"):
-            return web.json_response({"protocol": name, "dry_run": True,
-                                      "steps": dry_run(name)})
-        reason = str(body.get("reason") or "started by an operator")
-        context = body.get("context") or {}
-        if name == "breaking_api_update" and not context.get("update_id"):
-            return web.json_response({"error": "breaking_api_update needs context.update_id"},
-                                     status=400)
-        if name == corruption.SPEC.name:
-            run = self.start_corruption_protocol(reason, **context)
-        else:
-            run = self.engine.start(name, reason, context)
-        self._wake.set()
-        return web.json_response(run.public())
-
-    async def _control_runs(self, request: web.Request) -> web.Response:
-        runs = sorted(self.engine.runs.values(), key=lambda r: r.started_at, reverse=True)
-        return web.json_response([r.public() for r in runs])
-
-    async def _control_abort(self, request: web.Request) -> web.Response:
-        run_id = request.match_info["run_id"]
-        if run_id not in self.engine.runs:
-            return web.json_response({"error": "no such run"}, status=404)
-        body = await request.json() if request.can_read_body else {}
-        run = await self.engine.abort(run_id, str(body.get("reason") or "operator"))
-        self.release_worker(run_id)
-        return web.json_response(run.public())
-
-    async def _control_run(self, request: web.Request) -> web.Response:
-        run = self.engine.runs.get(request.match_info["run_id"])
-        if run is None:
-            return web.json_response({"error": "no such run"}, status=404)
-        return web.json_response(run.public())
-
-
-
-def backup_listing(backup_dir: Path) -> list[dict[str, Any]]:
-    now = datetime.now(UTC)
-    return [{"file": m.file, "created_at": m.created_at,
-             "age_s": round((now - m.created).total_seconds()), "size": m.size,
-             "journal_seq": m.journal_seq, "journal_epoch": m.journal_epoch,
-             "verified": m.verified, "reason": m.reason}
-            for m in backups.list_backups(backup_dir)]
 
 
 def describe_exit(code: int) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from meshd.recovery import watch
 from meshd.recovery.engine import ProtocolSpec, Run, Transition
 
 
@@ -24,11 +25,11 @@ async def open_acknowledgments(host, run: Run) -> str:
 
 
 async def wait_grace(host, run: Run) -> str:
-    return await host.wait_update_grace(run.context.get("created_at"))
+    return await watch.wait_update_grace(host.settings, run.context.get("created_at"))
 
 
 async def monitor_adoption(host, run: Run) -> str:
-    return await host.wait_for_adoption(run.context["update_id"])
+    return await watch.wait_for_adoption(host.settings, run.context["update_id"])
 
 
 async def complete(host, run: Run) -> str:

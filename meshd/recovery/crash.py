@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from meshd.recovery import watch
 from meshd.recovery.engine import ProtocolSpec, Run, Transition
 
 
@@ -41,7 +42,7 @@ async def check_database(host, run: Run) -> str:
 
 
 async def review_recent_update(host, run: Run) -> str:
-    update = await host.recent_update(run.context.get("crashed_at"))
+    update = await watch.recent_update(host.settings, run.context.get("crashed_at"))
     if update is None:
         return "no system update before the crash"
     run.context["suspect_update"] = update

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from meshd.recovery import watch
 from meshd.recovery.engine import ProtocolSpec, Run, Transition
 
 
@@ -27,13 +28,14 @@ async def record(host, run: Run) -> str:
 
 
 async def wait_for_agents(host, run: Run) -> str:
-    returned = await host.wait_for_agents(_last_seen(run))
+    returned = await watch.wait_for_agents(host.settings, _last_seen(run))
     run.context["returned"] = returned
     return f"{len(returned)} agents back"
 
 
 async def count_synced(host, run: Run) -> str:
-    summary = await host.partition_summary(run.context.get("returned", {}), _last_seen(run))
+    summary = await watch.partition_summary(host.settings, run.context.get("returned", {}),
+                                            _last_seen(run))
     run.context["summary"] = summary
     run.event["description"] = (
         f"{run.event.get('description')}; " + "; ".join(

@@ -1,0 +1,110 @@
+"""Scheduled maintenance in the supervisor: verified backups, retention of backups and journal,
+quick_check and integrity_check. A failed check starts the Database Corruption protocol.
+
+Only read-only SQL here: backups copy a snapshot and checks read; the worker stays the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from meshd import backups
+from meshd import log as logging
+from meshd.clock import db_time
+from meshd.recovery import corruption
+
+if TYPE_CHECKING:
+    from meshd.supervisor import Supervisor
+
+log = logging.get("meshd.maintenance")
+
+
+class Maintenance:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.scheduler: AsyncIOScheduler | None = None
+        self.last_check: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        s = self.sup.settings
+        scheduler = AsyncIOScheduler(timezone="UTC", job_defaults={
+            "coalesce": True, "max_instances": 1, "misfire_grace_time": 60})
+        backup_trigger = (CronTrigger.from_crontab(s.backup_cron, timezone="UTC")
+                          if s.backup_cron else IntervalTrigger(seconds=s.backup_interval))
+        scheduler.add_job(self.scheduled_backup, backup_trigger, id="backup")
+        scheduler.add_job(self.scheduled_check, IntervalTrigger(seconds=s.quick_check_interval),
+                          id="quick_check", kwargs={"full": False})
+        scheduler.add_job(self.scheduled_check,
+                          CronTrigger.from_crontab(s.full_check_cron, timezone="UTC"),
+                          id="full_check", kwargs={"full": True})
+        scheduler.start()
+        self.scheduler = scheduler
+
+    async def scheduled_backup(self) -> None:
+        if self.sup.idle_for_maintenance():
+            with contextlib.suppress(backups.BackupError):  # logged and recorded already
+                await self.backup_now("scheduled")
+
+    async def backup_now(self, reason: str) -> dict[str, Any]:
+        s = self.sup.settings
+        try:
+            manifest = await asyncio.to_thread(backups.take_backup, s.database, s.backup_dir,
+                                               reason)
+        except backups.BackupError as exc:
+            log.error("backup.failed", error=str(exc), backup_dir=str(s.backup_dir))
+            self.sup.record_event("backup_failed", "major", "Backup failed", str(exc))
+            raise
+        await asyncio.to_thread(backups.prune, s.backup_dir, s.backup_keep,
+                                s.backup_keep_daily, s.backup_keep_weekly)
+        await asyncio.to_thread(backups.prune_journal, s.data_dir / "journal", s.backup_dir,
+                                s.backup_keep)
+        return asdict(manifest)
+
+    async def scheduled_check(self, full: bool) -> None:
+        if self.sup.idle_for_maintenance():
+            await self.check_now(full)
+
+    async def check_now(self, full: bool) -> list[str]:
+        started = time.monotonic()
+        problems = await asyncio.to_thread(backups.integrity, self.sup.settings.database, full)
+        self.last_check = {"kind": "integrity_check" if full else "quick_check",
+                           "at": db_time(), "ok": not problems, "problems": problems[:5],
+                           "seconds": round(time.monotonic() - started, 3)}
+        log.info("check.completed", **self.last_check)
+        if problems and self.sup.engine.active(corruption.SPEC.name) is None:
+            self.sup.start_corruption_protocol(
+                f"{self.last_check['kind']} failed: {'; '.join(problems[:3])}")
+        return problems
+
+    def stop(self) -> None:
+        if self.scheduler:
+            self.scheduler.shutdown(wait=False)
+
+
+def last_backup(backup_dir: Path) -> dict[str, Any] | None:
+    manifests = backups.list_backups(backup_dir)
+    if not manifests:
+        return None
+    m = manifests[0]
+    age = (datetime.now(UTC) - m.created).total_seconds()
+    return {"file": m.file, "created_at": m.created_at, "age_s": round(age),
+            "size": m.size, "journal_seq": m.journal_seq, "verified": m.verified}
+
+
+def backup_listing(backup_dir: Path) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    return [{"file": m.file, "created_at": m.created_at,
+             "age_s": round((now - m.created).total_seconds()), "size": m.size,
+             "journal_seq": m.journal_seq, "journal_epoch": m.journal_epoch,
+             "verified": m.verified, "reason": m.reason}
+            for m in backups.list_backups(backup_dir)]
