@@ -13,8 +13,15 @@ import structlog
 
 def configure(fmt: str = "auto", level: str = "info", process: str = "meshd") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    def add_process(_logger, _name, event: dict) -> dict:
+        # A plain processor, not a context variable: threads (the SQLite writer, readers)
+        # do not inherit context variables, and their lines must say which process they are.
+        event.setdefault("process", process)
+        return event
+
     processors: list = [
         structlog.contextvars.merge_contextvars,
+        add_process,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
@@ -33,7 +40,6 @@ def configure(fmt: str = "auto", level: str = "info", process: str = "meshd") ->
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.bind_contextvars(process=process)
     # Libraries that use stdlib logging (aiohttp, apscheduler) go to the same stream.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
 

@@ -96,6 +96,11 @@ def restore(
             Path(f"{tmp}{suffix}").unlink()
     shutil.copyfile(manifest.path(backup_dir), tmp)
     conn = sqlite3.connect(tmp, isolation_level=None)
+    # The temporary file is fsync'd once before its rename, and thrown away if anything fails:
+    # syncing every replayed commit would only slow the restore (it made it 5x slower under
+    # other disk load).
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("PRAGMA journal_mode = MEMORY")
     try:
         replayed, last_seq = replay_journal(conn, journal_dir, manifest.journal_epoch,
                                             manifest.journal_seq, until)

@@ -257,6 +257,8 @@ class Supervisor:
             return False
 
     async def _worker_up(self, worker: Worker) -> None:
+        if worker.healthy_at is not None:
+            return  # the main loop and a protocol step may both see it come up
         worker.healthy_at = time.monotonic()
         self.state = State.SERVING
         self.reason = None
@@ -652,10 +654,12 @@ class Supervisor:
             lock.release()
 
     async def verify_database(self) -> str:
-        problems = await asyncio.to_thread(backups.integrity, self.settings.database, True)
+        """The file in place, as it is now (header, size, quick_check): the full
+        integrity_check already ran on it under its temporary name during the restore."""
+        problems = await asyncio.to_thread(backups.integrity, self.settings.database, False)
         if problems:
-            raise RuntimeError(f"integrity_check failed: {problems[:3]}")
-        return "integrity_check ok"
+            raise RuntimeError(f"the restored database failed its check: {problems[:3]}")
+        return "integrity_check ok before the rename, quick_check ok in place"
 
     async def start_worker_read_only(self, run_id: str, reason: str) -> str:
         self.read_only_reason = reason

@@ -122,18 +122,23 @@ async def take_baseline_backup(settings: Settings, storage: SqliteStorage) -> st
     return None
 
 
-async def _serve_read_only_until_baseline(settings: Settings, storage: SqliteStorage,
-                                          problem: str) -> None:
+async def refuse_writes_without_baseline(storage: SqliteStorage, problem: str) -> dict:
     """Without a base the journal alone cannot restore anything, so writes wait: reads are
-    served, writes get 503, and the backup is retried until it works (space came back, the
-    directory was fixed); then writes resume by themselves."""
+    served and writes get 503; the event saying why is recorded before serving starts."""
     reason = f"no verified baseline backup could be written ({problem})"
     storage.set_read_only(reason)
     event = {"kind": "event", "id": new_id(), "event_type": "backup_failed",
              "severity": "critical", "title": "Baseline backup failed: writes refused",
              "description": reason, "status": "active", "occurred_at": db_time()}
     await storage.write_internal(records.upsert_event, event)
-    while (problem := await take_baseline_backup(settings, storage)) is not None:
+    return event
+
+
+async def _retry_baseline(settings: Settings, storage: SqliteStorage, event: dict) -> None:
+    """Retry until a baseline backup works (space came back, the directory was fixed); then
+    writes resume by themselves and the event is resolved."""
+    reason = event["description"]
+    while await take_baseline_backup(settings, storage) is not None:
         await asyncio.sleep(BASELINE_RETRY)
     if storage.read_only_reason == reason:
         storage.set_read_only(None)
@@ -171,6 +176,8 @@ async def serve(
     await storage.start()
     storage.set_read_only(read_only_reason)
     baseline_problem = await take_baseline_backup(settings, storage)
+    baseline_event = (await refuse_writes_without_baseline(storage, baseline_problem)
+                      if baseline_problem else None)
     hub = Hub()
     app = make_app(settings, storage, hub, supervised=supervised)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
@@ -189,9 +196,8 @@ async def serve(
         os.chmod(settings.worker_socket, 0o600)
     port = sock.getsockname()[1]
     background = jobs.start(settings, storage, hub, app[SUPERVISOR])
-    if baseline_problem:
-        background.append(asyncio.create_task(
-            _serve_read_only_until_baseline(settings, storage, baseline_problem)))
+    if baseline_event:
+        background.append(asyncio.create_task(_retry_baseline(settings, storage, baseline_event)))
     if supervised:
         background.append(asyncio.create_task(_watch_parent(parent_pid or os.getppid(), stop)))
     log.info("worker.serving", host=settings.host, port=port, pid=os.getpid(),

@@ -18,7 +18,10 @@ from typing import Any
 
 import orjson
 
+from meshd import log as logging
 from meshd.locks import fsync_path
+
+log = logging.get("meshd.journal")
 
 _HEADER = struct.Struct("<II")  # payload length, crc32 of payload
 SEGMENT_BYTES = 64 << 20
@@ -88,14 +91,25 @@ def read_segment(path: Path) -> tuple[list[Record], int, bool]:
     return records, offset, False
 
 
-def read_all(directory: Path, epoch: int | None = None) -> Iterator[Record]:
-    """Records of every segment (of one epoch when given), aborted sequences left out."""
+def read_all(directory: Path, epoch: int | None = None, after_seq: int = 0
+             ) -> Iterator[Record]:
+    """Records past `after_seq` (of one epoch when given), aborted sequences left out.
+
+    Segments wholly at or before `after_seq` are not read at all (their names carry their first
+    sequence), so replay costs the writes since the backup, not the whole kept journal. A bad
+    record inside an older segment (not a torn tail: appends only go to the newest) is
+    skipped with the rest of that segment, and later segments are still read, so the
+    acknowledged writes after it are kept."""
+    segments = [s for s in list_segments(directory) if epoch is None or s.epoch == epoch]
     records: list[Record] = []
-    for seg in list_segments(directory):
-        if epoch is not None and seg.epoch != epoch:
+    for i, seg in enumerate(segments):
+        nxt = segments[i + 1] if i + 1 < len(segments) else None
+        if nxt is not None and nxt.epoch == seg.epoch and nxt.first_seq <= after_seq + 1:
             continue
-        good, _end, _torn = read_segment(seg.path)
-        records.extend(good)
+        good, _end, torn = read_segment(seg.path)
+        records.extend(r for r in good if r.seq > after_seq or r.kind == ABORT)
+        if torn and nxt is not None:
+            log.error("journal.bad_record", segment=seg.path.name, after=len(good))
     aborted: set[int] = set()
     for rec in records:
         if rec.kind == ABORT:
@@ -122,17 +136,19 @@ class Journal:
         from a clean end."""
         self.directory.mkdir(parents=True, exist_ok=True)
         segments = [s for s in list_segments(self.directory) if s.epoch == self.epoch]
-        for seg in segments:
-            records, end, torn = read_segment(seg.path)
-            if records:
-                self.last_seq = max(self.last_seq, max(r.seq for r in records))
-            if torn:
-                self.torn_tail_bytes += seg.path.stat().st_size - end
-                with seg.path.open("r+b") as fh:
-                    fh.truncate(end)
-                    os.fsync(fh.fileno())
-        if segments:
-            self._open_segment(segments[-1].path)
+        if not segments:
+            return
+        # Appends only ever go to the newest segment: only it can end in a torn record, and
+        # it alone tells the last sequence (its name carries its first).
+        newest = segments[-1]
+        records, end, torn = read_segment(newest.path)
+        self.last_seq = max(r.seq for r in records) if records else newest.first_seq - 1
+        if torn:
+            self.torn_tail_bytes += newest.path.stat().st_size - end
+            with newest.path.open("r+b") as fh:
+                fh.truncate(end)
+                os.fsync(fh.fileno())
+        self._open_segment(newest.path)
 
     def _open_segment(self, path: Path) -> None:
         if self._fh:

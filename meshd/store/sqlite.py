@@ -65,8 +65,8 @@ def replay_journal(
 ) -> tuple[int, int]:
     """Apply the epoch's journal records past `after_seq` (and, for a point-in-time restore,
     not later than `until`, a DB-format time) in order; (records applied, last seq)."""
-    pending = [r for r in jr.read_all(journal_dir, epoch) if r.seq > after_seq
-               and (until is None or r.time <= until)]
+    pending = [r for r in jr.read_all(journal_dir, epoch, after_seq)
+               if until is None or r.time <= until]
     pending.sort(key=lambda r: r.seq)
     for start in range(0, len(pending), REPLAY_CHUNK):
         chunk = pending[start:start + REPLAY_CHUNK]
