@@ -15,7 +15,7 @@ FULL_COLUMNS = (
 )
 INSERT = (
     "INSERT INTO agent_files (id, agent_id, filename, file_type, file_size, file_data,"
-    " description, created_at, sha256) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? WHERE ? = 1"
+    " description, created_at, sha256) VALUES (?, ?, ?, ?, ?, '', ?, ?, ?)"
 )
 
 
@@ -34,17 +34,23 @@ def create(
     if tx.one("SELECT 1 AS x FROM agents WHERE id = ?", (agent_id,)) is None:
         raise NotFound("Agent not found")
     file_id = new_id()
-    tx.execute(INSERT, (file_id, agent_id, filename, file_type, file_size, file_data,
-                        description, now, sha256, 1))
-    # sqlite3 keeps a statement's parameters until the statement runs again, so SQLite would
-    # hold its copy of this file until the next upload; a run that inserts nothing frees it.
-    tx.execute(INSERT, (None,) * 9 + (0,))
+    tx.execute(INSERT, (file_id, agent_id, filename, file_type, file_size, description, now,
+                        sha256))
+    tx.write_large("agent_files", "file_data", "id", file_id, file_data)
     return file_id
+
+
+def _text(value: str | bytes | None) -> str | None:
+    """meshd stores a file's base64 as a BLOB (written in chunks), the Node server as TEXT."""
+    return value.decode("ascii") if isinstance(value, bytes) else value
 
 
 def get(db: Reader, file_id: str) -> Row | None:
     """One file with its content."""
-    return db.one(f"SELECT {FULL_COLUMNS} FROM agent_files WHERE id = ?", (file_id,))
+    row = db.one(f"SELECT {FULL_COLUMNS} FROM agent_files WHERE id = ?", (file_id,))
+    if row is not None:
+        row["file_data"] = _text(row["file_data"])
+    return row
 
 
 def get_meta(db: Reader, file_id: str) -> Row | None:
@@ -55,8 +61,9 @@ def get_meta(db: Reader, file_id: str) -> Row | None:
 def read_slice(db: Reader, file_id: str, start: int, length: int) -> str | None:
     """`length` characters of a file's base64 from offset `start` (0-based); None when the
     file is gone."""
-    return db.scalar("SELECT substr(file_data, ?, ?) AS part FROM agent_files WHERE id = ?",
-                     (start + 1, length, file_id))
+    return _text(db.scalar(
+        "SELECT substr(file_data, ?, ?) AS part FROM agent_files WHERE id = ?",
+        (start + 1, length, file_id)))
 
 
 def list_files(db: Reader, agent_id: str | None, limit: int = -1, offset: int = 0) -> list[Row]:

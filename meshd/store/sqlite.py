@@ -30,6 +30,7 @@ T = TypeVar("T")
 log = logging.get("meshd.store")
 
 MAX_BATCH = 512
+LARGE_CHUNK = 1 << 20
 REPLAY_CHUNK = 1000
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 _DISK_ERRNOS = {ENOSPC, EDQUOT, EROFS}
@@ -126,6 +127,22 @@ class _Tx(_Reader):
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         return sum(self.execute(sql, row) for row in rows)
+
+    def write_large(self, table: str, column: str, key_column: str, key: str,
+                    text: str) -> None:
+        """Store a large ASCII value (a file's base64) in place, a chunk at a time, through
+        incremental blob I/O: bound as a parameter, SQLite would copy it twice more. The
+        value is stored as a BLOB; the journal records an UPDATE that replays the same."""
+        self.conn.execute(f"UPDATE {table} SET {column} = zeroblob(?) WHERE {key_column} = ?",
+                          (len(text), key))
+        row = self.conn.execute(f"SELECT rowid AS r FROM {table} WHERE {key_column} = ?",
+                                (key,)).fetchone()
+        with self.conn.blobopen(table, column, row["r"]) as blob:
+            for start in range(0, len(text), LARGE_CHUNK):
+                blob.write(text[start:start + LARGE_CHUNK].encode("ascii"))
+        self.statements.append([
+            f"UPDATE {table} SET {column} = CAST(? AS BLOB) WHERE {key_column} = ?",
+            [text, key]])
 
 
 class SqliteStorage:
