@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import multiprocessing
 import os
 import signal
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -641,15 +644,22 @@ class Supervisor:
         return f"worker {pid} stopped"
 
     async def restore_database(self, run: Run):
+        """Restore in a process of its own: replaying the journal is Python work, and here it
+        would share the GIL with the loop answering 503 to every agent meanwhile."""
         lock = FileLock(self.settings.data_dir / "writer.lock")
         await asyncio.to_thread(lock.acquire, 30)
         try:
             to_time = run.context.get("to_time")
-            return await asyncio.to_thread(
+            job = functools.partial(
                 restore_mod.restore, self.settings.database, self.settings.data_dir / "journal",
                 self.settings.backup_dir, self.settings.data_dir,
                 backup_name=run.context.get("backup"),
                 to_time=datetime.fromisoformat(to_time) if to_time else None)
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(1, mp_context=context, initializer=logging.configure,
+                                     initargs=(self.settings.log_format,
+                                               self.settings.log_level, "restore")) as pool:
+                return await asyncio.get_running_loop().run_in_executor(pool, job)
         finally:
             lock.release()
 

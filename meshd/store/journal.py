@@ -68,6 +68,31 @@ def frame(record: Record) -> tuple[bytes, bytes]:
     return _HEADER.pack(len(payload), zlib.crc32(payload)), payload
 
 
+def scan_segment(path: Path) -> tuple[int | None, int, bool]:
+    """Check a segment's frames by CRC without decoding them: (last good sequence or None,
+    the offset where good records end, whether a bad tail follows). Opening the journal needs
+    only this, not every record parsed."""
+    data = path.read_bytes()
+    offset, last_start = 0, None
+    while offset < len(data):
+        if offset + _HEADER.size > len(data):
+            break
+        length, crc = _HEADER.unpack_from(data, offset)
+        end = offset + _HEADER.size + length
+        if end > len(data) or zlib.crc32(memoryview(data)[offset + _HEADER.size:end]) != crc:
+            break
+        last_start, offset = offset, end
+    torn = offset < len(data)
+    if last_start is None:
+        return None, offset, torn
+    length, _crc = _HEADER.unpack_from(data, last_start)
+    try:
+        seq = orjson.loads(data[last_start + _HEADER.size:last_start + _HEADER.size + length])[0]
+    except (orjson.JSONDecodeError, ValueError, IndexError):
+        return None, last_start, True
+    return seq, offset, torn
+
+
 def read_segment(path: Path) -> tuple[list[Record], int, bool]:
     """Good records of one segment, the byte offset where they end, and whether a bad tail
     (torn write or checksum mismatch) follows them."""
@@ -141,8 +166,8 @@ class Journal:
         # Appends only ever go to the newest segment: only it can end in a torn record, and
         # it alone tells the last sequence (its name carries its first).
         newest = segments[-1]
-        records, end, torn = read_segment(newest.path)
-        self.last_seq = max(r.seq for r in records) if records else newest.first_seq - 1
+        last, end, torn = scan_segment(newest.path)
+        self.last_seq = last if last is not None else newest.first_seq - 1
         if torn:
             self.torn_tail_bytes += newest.path.stat().st_size - end
             with newest.path.open("r+b") as fh:

@@ -225,7 +225,9 @@ class SqliteStorage:
         self._journal.open()
         if self._journal.torn_tail_bytes:
             log.warning("journal.torn_tail_cut", bytes=self._journal.torn_tail_bytes)
-        self.replayed = self._replay(db_seq, epoch)
+        # Nothing past the database's own sequence (the usual case, a restore included): no
+        # need to read the journal at all.
+        self.replayed = self._replay(db_seq, epoch) if self._journal.last_seq > db_seq else 0
         self._seq = max(db_seq, self._journal.last_seq)
         self.journal_epoch = epoch
         log.info("store.opened", path=str(self.path), journal_mode=mode,
