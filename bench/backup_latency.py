@@ -235,6 +235,9 @@ async def backups_in_process(database: Path, backup_dir: Path,
 
 
 def child_backups(database: Path, backup_dir: Path, seconds: float) -> int:
+    from meshd.maintenance import lower_priority
+
+    lower_priority()  # the daemon's maintenance thread runs at this priority too
     clock = PhaseClock()
     begin = time.monotonic()
     count = 0
@@ -378,9 +381,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="alternate idle and backup windows this many times (default 3)")
     parser.add_argument("--pace-ms", type=float, default=2,
                         help="issue one write every this many ms (0: back to back; default 2)")
-    parser.add_argument("--backup-in", choices=["thread", "process"], default="thread",
-                        help="run take_backup in a thread of the writer's process (default) or "
-                             "in another process, as the daemon's supervisor does")
+    parser.add_argument("--backup-in", choices=["thread", "process"], default="process",
+                        help="run take_backup in a thread of the writer's process or "
+                             "in another process, as the daemon's supervisor does (default)")
     parser.add_argument("--keep", action="store_true", help="keep the temp directory")
     parser.add_argument("--child-backups", nargs=3, metavar=("DB", "DIR", "SECONDS"),
                         help=argparse.SUPPRESS)
