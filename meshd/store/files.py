@@ -11,11 +11,14 @@ from meshd.store.base import Reader, Row, Tx
 LISTING_COLUMNS = "id, agent_id, filename, file_type, file_size, description, created_at, sha256"
 # The Node server's column order (SELECT *), then meshd's sha256.
 FULL_COLUMNS = (
-    "id, agent_id, filename, file_type, file_size, file_data, description, created_at, sha256"
+    "f.id, f.agent_id, f.filename, f.file_type, f.file_size,"
+    " COALESCE(c.data, f.file_data) AS file_data, f.description, f.created_at, f.sha256"
 )
+# meshd keeps a file's content in file_contents; files the Node server wrote, in file_data.
+WITH_CONTENT = "agent_files f LEFT JOIN file_contents c ON c.file_id = f.id"
 INSERT = (
     "INSERT INTO agent_files (id, agent_id, filename, file_type, file_size, file_data,"
-    " description, created_at, sha256) VALUES (?, ?, ?, ?, ?, '', ?, ?, ?)"
+    " description, created_at, sha256) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)"
 )
 
 
@@ -36,7 +39,7 @@ def create(
     file_id = new_id()
     tx.execute(INSERT, (file_id, agent_id, filename, file_type, file_size, description, now,
                         sha256))
-    tx.write_large("agent_files", "file_data", "id", file_id, file_data)
+    tx.insert_large("file_contents", "file_id", file_id, "data", file_data)
     return file_id
 
 
@@ -47,7 +50,7 @@ def _text(value: str | bytes | None) -> str | None:
 
 def get(db: Reader, file_id: str) -> Row | None:
     """One file with its content."""
-    row = db.one(f"SELECT {FULL_COLUMNS} FROM agent_files WHERE id = ?", (file_id,))
+    row = db.one(f"SELECT {FULL_COLUMNS} FROM {WITH_CONTENT} WHERE f.id = ?", (file_id,))
     if row is not None:
         row["file_data"] = _text(row["file_data"])
     return row
@@ -62,8 +65,8 @@ def read_slice(db: Reader, file_id: str, start: int, length: int) -> str | None:
     """`length` characters of a file's base64 from offset `start` (0-based); None when the
     file is gone."""
     return _text(db.scalar(
-        "SELECT substr(file_data, ?, ?) AS part FROM agent_files WHERE id = ?",
-        (start + 1, length, file_id)))
+        f"SELECT substr(COALESCE(c.data, f.file_data), ?, ?) AS part FROM {WITH_CONTENT}"
+        " WHERE f.id = ?", (start + 1, length, file_id)))
 
 
 def list_files(db: Reader, agent_id: str | None, limit: int = -1, offset: int = 0) -> list[Row]:

@@ -228,12 +228,24 @@ CREATE INDEX IF NOT EXISTS idx_agent_files_agent_desc ON agent_files(agent_id, c
 """)
 
 
+def _v6_file_contents(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # Content of files meshd writes, as the last column of its own table: SQLite writes a
+    # zeroblob there in chunks without ever holding the value in memory, where in the middle
+    # of agent_files it would materialize it twice. Node-written files keep agent_files.file_data.
+    _run_script(conn, """
+CREATE TABLE IF NOT EXISTS file_contents (
+  file_id TEXT PRIMARY KEY, data BLOB NOT NULL,
+  FOREIGN KEY (file_id) REFERENCES agent_files(id) ON DELETE CASCADE)
+""")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
     _v3_protocol_runs,
     _v4_update_completion,
     _v5_descending_indexes,
+    _v6_file_contents,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

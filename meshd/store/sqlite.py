@@ -128,21 +128,21 @@ class _Tx(_Reader):
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         return sum(self.execute(sql, row) for row in rows)
 
-    def write_large(self, table: str, column: str, key_column: str, key: str,
-                    text: str) -> None:
-        """Store a large ASCII value (a file's base64) in place, a chunk at a time, through
-        incremental blob I/O: bound as a parameter, SQLite would copy it twice more. The
-        value is stored as a BLOB; the journal records an UPDATE that replays the same."""
-        self.conn.execute(f"UPDATE {table} SET {column} = zeroblob(?) WHERE {key_column} = ?",
-                          (len(text), key))
-        row = self.conn.execute(f"SELECT rowid AS r FROM {table} WHERE {key_column} = ?",
-                                (key,)).fetchone()
-        with self.conn.blobopen(table, column, row["r"]) as blob:
+    def insert_large(self, table: str, key_column: str, key: str, column: str,
+                     text: str) -> None:
+        """Insert a large ASCII value (a file's base64) a chunk at a time through incremental
+        blob I/O into a (key, value) table whose value is the last column: bound as a
+        parameter, SQLite would copy it twice more. The journal records an INSERT that
+        replays the same row."""
+        cursor = self.conn.execute(
+            f"INSERT INTO {table} ({key_column}, {column}) VALUES (?, zeroblob(?))",
+            (key, len(text)))
+        with self.conn.blobopen(table, column, cursor.lastrowid) as blob:
             for start in range(0, len(text), LARGE_CHUNK):
                 blob.write(text[start:start + LARGE_CHUNK].encode("ascii"))
         self.statements.append([
-            f"UPDATE {table} SET {column} = CAST(? AS BLOB) WHERE {key_column} = ?",
-            [text, key]])
+            f"INSERT INTO {table} ({key_column}, {column}) VALUES (?, CAST(? AS BLOB))",
+            [key, text]])
 
 
 class SqliteStorage:

@@ -26,6 +26,7 @@ async def test_a_file_written_in_chunks_replays_byte_identical(tmp_path):
 
     # Lose the commit (as a crash between journal fsync and COMMIT would): replay restores it.
     conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM file_contents")
     conn.execute("DELETE FROM agent_files")
     conn.execute("UPDATE meshd_meta SET value = ? WHERE key = 'journal_seq'", (str(seq_before),))
     conn.commit()
