@@ -16,7 +16,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,16 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+from _common import free_port
 
 API_KEY = "openclaw-mesh-default-key"
 MIB = 1 << 20
 SAMPLE_EVERY = 0.01
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def tree_rss(root: psutil.Process) -> int:

@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from _common import clean_env, free_port, meshd_command
 
 API_KEY = "k"
 MB = 1_000_000
@@ -47,23 +47,6 @@ STATES = ["detected", "recorded", "stopped", "restored", "verified", "read_only"
           "self_tested", "read_write", "done"]
 TARGET_READ_ONLY = 5.0
 TARGET_READ_WRITE = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def meshd_command() -> list[str]:
-    script = Path(sys.executable).parent / "meshd"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "meshd"]
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith("MESHD_") and k not in (
-                "PORT", "AGENT_MESH_API_KEY", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
 
 
 def ts(text: str) -> float:

@@ -20,7 +20,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,21 +28,11 @@ import time
 from pathlib import Path
 
 import psutil
+from _common import free_port, meshd_command
 
 POLL_EVERY = 0.005
 POLL_TIMEOUT = 0.5
 RECOVERY_DEADLINE = 60.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def meshd_command() -> list[str]:
-    script = Path(sys.executable).parent / "meshd"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "meshd"]
 
 
 def health_ok(port: int) -> bool:

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,15 +20,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+from _common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_healthy(url: str, timeout: float = 20) -> None:
