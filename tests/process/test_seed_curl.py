@@ -1,11 +1,14 @@
-"""The seed's curl examples (register, message, heartbeat), run by bash and curl as written
-against a real meshd with the default key; only the port and the placeholder ids change."""
+"""The seed's curl examples (register, message, heartbeat, the update announcement of phase 5,
+the file upload and download of phase 6), run by bash, curl and jq as written against a real
+meshd with the default key; only the port and the placeholder ids change."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -36,12 +39,44 @@ HEARTBEAT = r"""curl -X POST http://localhost:4000/api/agents/AGENT_ID/heartbeat
 """
 
 
+# Phase 5, "Admin creates update" (indented in the seed's list), verbatim.
+CREATE_UPDATE = r"""curl -X POST http://localhost:4000/api/updates \
+  -H "X-API-Key: openclaw-mesh-default-key" \
+  -d '{
+    "version": "2.0.0",
+    "updateType": "api",
+    "title": "New File Transfer Features",
+    "description": "Agents can now share files across the mesh",
+    "breakingChange": false,
+    "announcement": "# File Transfer Support\n\nAgents can now upload and download files..."
+  }'
+"""
+# Phase 6, "Upload File" and "Download File", verbatim.
+UPLOAD = r"""FILE_DATA=$(base64 -w 0 my-document.pdf)
+
+curl -X POST http://localhost:4000/api/files/upload \
+  -H "X-API-Key: openclaw-mesh-default-key" \
+  -H "Content-Type: application/json" \
+  -d "{
+    \"agentId\": \"cc5afd10-ca32-4514-85f9-2558c70f2164\",
+    \"filename\": \"my-document.pdf\",
+    \"fileType\": \"application/pdf\",
+    \"fileData\": \"$FILE_DATA\",
+    \"description\": \"Research document for agent collaboration\"
+  }"
+"""
+DOWNLOAD = r"""curl http://localhost:4000/api/files/xxx \
+  -H "X-API-Key: openclaw-mesh-default-key" | \
+  jq -r '.fileData' | base64 -d > downloaded-file.pdf
+"""
+
+
 def seed_block(heading: str) -> str:
     """The body of the first ```bash block after `heading` in the seed, comments dropped."""
     text = SEED.read_text()
     after = text[text.index(heading):]
     block = after[after.index("```bash\n") + len("```bash\n"):]
-    block = block[:block.index("```")]
+    block = textwrap.dedent(block[:block.index("```")])  # a block inside a list is indented
     return "".join(line for line in block.splitlines(keepends=True)
                    if not line.startswith("#"))
 
@@ -68,10 +103,13 @@ def default_key_meshd(meshd_proc) -> MeshdProcess:
     return proc
 
 
-def test_embedded_message_example_is_the_seeds():
+def test_embedded_examples_are_the_seeds():
     if not SEED.exists():
         pytest.skip(f"the seed is not at {SEED}")
     assert seed_block("### Share File with Agent") == SEND_MESSAGE
+    assert seed_block("**Admin creates update:**") == CREATE_UPDATE
+    assert seed_block("### Upload File").strip() == UPLOAD.strip()
+    assert seed_block("### Download File") == DOWNLOAD
 
 
 def test_seed_register_message_and_heartbeat_work_as_written(default_key_meshd):
@@ -100,3 +138,34 @@ def test_seed_register_message_and_heartbeat_work_as_written(default_key_meshd):
 
     beat = curl(proc, HEARTBEAT, AGENT_ID=sender["agentId"])
     assert beat.get("success") is True, beat
+
+
+def test_seed_update_and_file_workflows_work_as_written(default_key_meshd, tmp_path):
+    """Phase 5: announce an update (curl -d with no Content-Type). Phase 6: upload a file as
+    base64 and download it with jq and base64 -d, byte-identical."""
+    if shutil.which("jq") is None:
+        pytest.skip("jq is not installed")
+    proc = default_key_meshd
+    created = curl(proc, CREATE_UPDATE)
+    assert created == {"success": True, "updateId": created["updateId"], "broadcast": True,
+                       "message": "System update created and broadcasted"}
+    updates = curl(proc, "curl http://localhost:4000/api/updates "
+                         "-H 'X-API-Key: openclaw-mesh-default-key'")
+    assert updates[0]["title"] == "New File Transfer Features"
+
+    owner = curl(proc, REGISTER, NAME="seed-owner")["agentId"]
+    document = os.urandom(50_000)
+    (tmp_path / "my-document.pdf").write_bytes(document)
+    env = {**os.environ, "PORT": str(proc.port)}
+
+    def run(script: str) -> str:
+        script = script.replace("localhost:4000", f"localhost:{proc.port}")
+        done = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                              timeout=30, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr[-500:]
+        return done.stdout
+
+    uploaded = json.loads(run(UPLOAD.replace("cc5afd10-ca32-4514-85f9-2558c70f2164", owner)))
+    assert uploaded["success"] is True and uploaded["fileSize"] == len(document), uploaded
+    run(DOWNLOAD.replace("/api/files/xxx", f"/api/files/{uploaded['fileId']}"))
+    assert (tmp_path / "downloaded-file.pdf").read_bytes() == document
