@@ -98,6 +98,8 @@ class MigrationReport:
     from_version: int
     to_version: int
     conflicts: list[dict] = field(default_factory=list)
+    # Rows left in place that still name an agent moved to migration_conflicts.
+    dangling: list[dict] = field(default_factory=list)
 
     @property
     def migrated(self) -> bool:
@@ -151,6 +153,30 @@ def _move_duplicates(
         report.conflicts.append({"table": table, "row": row, "reason": reason})
 
 
+AGENT_REFERENCES = (
+    ("agent_group_members", "agent_id"), ("collective_memory", "agent_id"),
+    ("agent_files", "agent_id"), ("update_acknowledgments", "agent_id"),
+    ("agent_health_status", "agent_id"), ("skills", "agent_id"),
+    ("messages", "from_agent"), ("messages", "to_agent"),
+)
+
+
+def _report_dangling(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    """Rows that name a moved duplicate agent stay where they are (nothing is dropped); say
+    how many, so an operator can reassign them to the agent that kept the name."""
+    moved = [c["row"]["id"] for c in report.conflicts if c["table"] == "agents"]
+    existing = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    for agent_id in moved:
+        for table, column in AGENT_REFERENCES:
+            if table not in existing or column not in _columns(conn, table):
+                continue
+            count = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE {column} = ?",
+                                 (agent_id,)).fetchone()[0]
+            if count:
+                report.dangling.append({"agent_id": agent_id, "table": table,
+                                        "column": column, "rows": count})
+
+
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
     """executescript() would COMMIT the migration's transaction first; run one by one."""
     for statement in script.split(";\n"):
@@ -173,6 +199,7 @@ def _v2_meshd_additions(conn: sqlite3.Connection, report: MigrationReport) -> No
         _move_duplicates(conn, report, "agents", ["name"], "rowid",
                          "duplicate agent name (the first registered keeps the name)")
         conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_agents_name ON agents(name)")
+        _report_dangling(conn, report)
     _move_duplicates(conn, report, "collective_memory", ["group_id", "key"],
                      "version DESC, rowid", "duplicate memory key (the highest version is kept)")
     conn.execute(

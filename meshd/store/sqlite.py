@@ -218,6 +218,9 @@ class SqliteStorage:
             for conflict in self.migration.conflicts:
                 log.warning("store.migration_conflict", table=conflict["table"],
                             reason=conflict["reason"], row=conflict["row"])
+            for ref in self.migration.dangling:
+                log.warning("store.migration_dangling_reference", **ref,
+                            detail="rows kept; they name an agent moved to migration_conflicts")
         self._conn = conn
         epoch = int(self._meta("journal_epoch") or 1)
         db_seq = int(self._meta("journal_seq") or 0)

@@ -516,6 +516,9 @@ async def test_moving_a_duplicate_agent_does_not_cascade(tmp_path, old_db):
     await store.close()
     members = read_rows(old_db)["agent_group_members"]
     assert sorted(m["agent_id"] for m in members) == ["a-first", "a-second", "a-solo"]
+    # The membership that now names a moved agent is reported, so it can be reassigned.
+    assert {"agent_id": "a-second", "table": "agent_group_members", "column": "agent_id",
+            "rows": 1} in store.migration.dangling
 
 
 async def test_old_node_database_is_served_and_writable(aiohttp_client, tmp_path, old_db):
