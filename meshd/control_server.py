@@ -116,9 +116,15 @@ def make_control_app(sup: Supervisor) -> web.Application:
             return web.json_response({"error": "no such run"}, status=404)
         return web.json_response(run.public())
 
+    async def storage(request: web.Request) -> web.Response:
+        body = await request.json()
+        sup.disk_state(body.get("state") == "full", body.get("detail"))
+        return web.json_response({"accepted": True})
+
     app = web.Application()
     app.router.add_get("/status", status)
     app.router.add_post("/control/corruption", corruption_reported)
+    app.router.add_post("/control/storage", storage)
     app.router.add_post("/control/backup", backup)
     app.router.add_get("/control/backups", list_backups)
     app.router.add_post("/control/check", check)

@@ -98,6 +98,7 @@ class Supervisor:
         self._status_at = 0.0
         self._tasks: set[asyncio.Task] = set()
         self.held_by: str | None = None  # a protocol run that owns the worker's lifecycle
+        self._disk_event: dict[str, Any] | None = None
         self.last_check: dict[str, Any] | None = None
         self._operator_read_write = asyncio.Event()
         self.engine = Engine(self, self.settings.data_dir / "protocols", PROTOCOLS)
@@ -323,12 +324,30 @@ class Supervisor:
         if self.settings.alert_command or self.settings.alert_webhook:
             self._spawn_task(alerts.send(self.settings, payload))
 
+    def disk_state(self, full: bool, detail: str | None) -> None:
+        """The worker's writes failed for lack of space (full) or work again: one event per
+        episode, resolved when space returns."""
+        if full and self._disk_event is None:
+            self._disk_event = self.record_event(
+                "disk_full", "critical", "Disk full: writes refused",
+                f"the worker cannot write: {detail}; writes get 507 until space returns")
+        elif not full and self._disk_event is not None:
+            self._disk_event.update(status="resolved", resolved_at=db_time(),
+                                    resolution_notes="space returned; writes resumed")
+            self._queue(self._disk_event)
+            self._disk_event = None
+            self.wake()
+
     def _queue(self, record: dict[str, Any]) -> None:
         self.pending = [r for r in self.pending if r["id"] != record["id"]] + [dict(record)]
         self._save_pending()
 
     def _save_pending(self) -> None:
-        write_atomic(self._records_file, orjson.dumps(self.pending))
+        try:
+            write_atomic(self._records_file, orjson.dumps(self.pending))
+        except OSError as exc:  # a full disk: kept in memory, saved with the next record
+            log.warning("supervisor.records_not_saved", error=str(exc),
+                        pending=len(self.pending))
 
     def _load_pending(self) -> None:
         with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):

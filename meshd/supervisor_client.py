@@ -39,6 +39,20 @@ class SupervisorClient:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise Unavailable(f"the supervisor did not answer: {exc}") from None
 
+    def report(self, path: str, body: dict[str, Any]) -> None:
+        """Tell the supervisor something, fire and forget (logged when it cannot be told)."""
+        if not self.supervised:
+            return
+        task = asyncio.get_running_loop().create_task(self._report(path, body))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _report(self, path: str, body: dict[str, Any]) -> None:
+        try:
+            await self.call("POST", path, body)
+        except MeshError as exc:
+            log.warning("supervisor.report_failed", path=path, error=exc.message)
+
     def start_protocol(self, name: str, reason: str, context: dict[str, Any]) -> None:
         """Fire and forget: the request that triggered it never waits on the supervisor."""
         if not self.supervised:

@@ -23,13 +23,13 @@ from aiohttp import web
 from meshd import backups, jobs
 from meshd import log as logging
 from meshd.api.app import make_app
-from meshd.api.keys import SUPERVISOR
 from meshd.clock import db_time, new_id
 from meshd.config import Settings
 from meshd.internal import make_internal_app
 from meshd.locks import FileLock
 from meshd.store import records
 from meshd.store.sqlite import SqliteStorage, is_corruption
+from meshd.supervisor_client import SupervisorClient
 from meshd.ws import Hub
 
 log = logging.get("meshd.worker")
@@ -51,9 +51,11 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def open_storage(settings: Settings, on_corruption: Callable[[str], None] | None = None):
+def open_storage(settings: Settings, on_corruption: Callable[[str], None] | None = None,
+                 on_disk: Callable[[str | None], None] | None = None):
     return SqliteStorage(settings.database, settings.data_dir / "journal",
-                         readers=settings.readers, on_corruption=on_corruption)
+                         readers=settings.readers, on_corruption=on_corruption,
+                         on_disk=on_disk)
 
 
 def return_large_buffers_to_the_os() -> None:
@@ -172,14 +174,21 @@ async def serve(
         if supervised:
             loop.create_task(report_corruption(settings, detail))
 
-    storage = open_storage(settings, on_corruption)
+    supervisor_client = SupervisorClient(settings, supervised)
+
+    def on_disk(detail: str | None) -> None:
+        # The supervisor records (and later resolves) the event: the database cannot now.
+        supervisor_client.report("/control/storage",
+                                 {"state": "full" if detail else "ok", "detail": detail})
+
+    storage = open_storage(settings, on_corruption, on_disk)
     await storage.start()
     storage.set_read_only(read_only_reason)
     baseline_problem = await take_baseline_backup(settings, storage)
     baseline_event = (await refuse_writes_without_baseline(storage, baseline_problem)
                       if baseline_problem else None)
     hub = Hub()
-    app = make_app(settings, storage, hub, supervised=supervised)
+    app = make_app(settings, storage, hub, supervisor=supervisor_client)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=settings.drain_timeout)
     await runner.setup()
@@ -195,7 +204,7 @@ async def serve(
         await web.UnixSite(internal_runner, str(settings.worker_socket)).start()
         os.chmod(settings.worker_socket, 0o600)
     port = sock.getsockname()[1]
-    background = jobs.start(settings, storage, hub, app[SUPERVISOR])
+    background = jobs.start(settings, storage, hub, supervisor_client)
     if baseline_event:
         background.append(asyncio.create_task(_retry_baseline(settings, storage, baseline_event)))
     if supervised:

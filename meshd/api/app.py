@@ -35,7 +35,7 @@ RESOURCES = (agents, messages, skills, groups, memory, files, updates, catastrop
 
 
 def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
-             supervised: bool = False) -> web.Application:
+             supervisor: SupervisorClient | None = None) -> web.Application:
     # aiohttp's own limit must admit the largest upload; each route applies its own limit.
     max_size = max(settings.max_body_size, settings.max_file_size * 4 // 3 + (1 << 20))
     with warnings.catch_warnings():
@@ -47,7 +47,7 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
     app[SETTINGS] = settings
     app[STORAGE] = storage
     app[HUB] = hub or Hub()
-    app[SUPERVISOR] = SupervisorClient(settings, supervised)
+    app[SUPERVISOR] = supervisor or SupervisorClient(settings, supervised=False)
     app[ENFORCEMENT] = Enforcement()
     app[INFLIGHT] = InFlight()
     for module in RESOURCES:

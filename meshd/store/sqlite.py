@@ -153,6 +153,7 @@ class SqliteStorage:
         *,
         readers: int = 4,
         on_corruption: Callable[[str], None] | None = None,
+        on_disk: Callable[[str | None], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self.journal_dir = Path(journal_dir)
@@ -161,6 +162,8 @@ class SqliteStorage:
         self.replayed = 0
         self._readers = readers
         self._on_corruption = on_corruption
+        self._on_disk = on_disk  # called with the error when writes start failing, None after
+        self._disk_refused = False
         self._wexec = ThreadPoolExecutor(1, thread_name_prefix="meshd-writer")
         self._rexec = ThreadPoolExecutor(readers, thread_name_prefix="meshd-reader")
         self._local = threading.local()
@@ -426,6 +429,8 @@ class SqliteStorage:
         self._seq = last_seq
         try:
             conn.execute("COMMIT")
+            if self._disk_refused:
+                self._report_disk(None)
         except sqlite3.DatabaseError as exc:
             self._abort(records[0].seq, last_seq)
             with contextlib.suppress(sqlite3.DatabaseError):
@@ -459,8 +464,22 @@ class SqliteStorage:
                 "the database is corrupt; meshd is restoring it", retry_after=10
             )
         if self._disk_full(exc):
+            self._report_disk(str(exc))
             return InsufficientStorage(f"the disk refused the write: {exc}", retry_after=30)
         return Unavailable(f"the database could not complete the write: {exc}")
+
+    def _report_disk(self, detail: str | None) -> None:
+        """Once when writes start failing for lack of space, once when they work again."""
+        full = detail is not None
+        if full == self._disk_refused:
+            return
+        self._disk_refused = full
+        if full:
+            log.error("store.disk_full", detail=detail, path=str(self.path))
+        else:
+            log.info("store.disk_ok", path=str(self.path))
+        if self._on_disk and self._loop:
+            self._loop.call_soon_threadsafe(self._on_disk, detail)
 
     def _report_corruption(self, detail: str) -> None:
         if self._corruption_reported:

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from meshd.backups import integrity
 from tests.process.harness import MeshdProcess, WriteLoad, api, async_poll, clean_env
 
 pytestmark = pytest.mark.process
@@ -644,3 +645,62 @@ async def test_an_unwritable_backup_dir_at_start_serves_read_only_until_a_baseli
         await async_poll(writable, 15, "writes to resume once a baseline backup is written")
         _, events = await api(session, proc, "GET", "/api/catastrophe")
         assert events[0]["status"] == "resolved"
+
+
+async def test_a_full_disk_refuses_writes_with_507_and_resumes_when_space_returns(meshd_proc):
+    """The data dir on a tiny tmpfs, filled up: writes get 507 and nothing acknowledged is
+    lost or corrupted, a disk_full event is recorded, and writes resume once space returns."""
+    proc = meshd_proc()
+    mount_point = proc.root / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4M", "tmpfs",
+                              str(mount_point)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        data_dir = mount_point / "data"
+        proc.start((*FAST, "--data-dir", str(data_dir)))
+        await asyncio.to_thread(proc.wait_healthy)
+        filler = mount_point / "filler"
+        acked: list[str] = []
+        async with aiohttp.ClientSession() as session:
+            status = 200
+            with filler.open("wb") as fh:  # take all but a little of the space
+                free = os.statvfs(mount_point).f_bavail * os.statvfs(mount_point).f_frsize
+                fh.write(b"\0" * max(0, free - 200_000))
+            for i in range(5000):
+                name = f"full-{i}-" + "x" * 200
+                status, body = await api(session, proc, "POST", "/api/agents/register",
+                                         {"name": name})
+                if status == 200:
+                    acked.append(name)
+                    continue
+                break
+            assert status == 507, (status, body)
+            assert "disk refused the write" in body["error"], body
+            filler.unlink()  # space returns
+
+            async def writable():
+                return (await api(session, proc, "POST", "/api/agents/register",
+                                  {"name": "after-the-disk-was-freed"}))[0] == 200
+
+            await async_poll(writable, 15, "writes to resume once space returns")
+            status, agents = await api(session, proc, "GET", "/api/agents")
+            names = {a["name"] for a in agents}
+            assert set(acked) <= names, f"{len(set(acked) - names)} acknowledged writes lost"
+
+            async def event_resolved():
+                _, events = await api(session, proc, "GET", "/api/catastrophe")
+                full = [e for e in events if e["event_type"] == "disk_full"]
+                return full and full[0]["status"] == "resolved" and full[0]
+
+            event = await async_poll(event_resolved, 15, "the disk_full event, resolved")
+            assert event["severity"] == "critical"
+            status, check = await api(session, proc, "GET", "/readyz")
+            assert status == 200
+        proc.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait_exit, 15) == 0
+        assert integrity(data_dir / "mesh.db") == []  # nothing corrupted
+    finally:
+        proc.kill_tree()
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
