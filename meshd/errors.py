@@ -24,10 +24,6 @@ class Invalid(MeshError):
     status = 400
 
 
-class Unauthorized(MeshError):
-    status = 401
-
-
 class Forbidden(MeshError):
     status = 403
 

@@ -13,11 +13,11 @@ from meshd.api.http import (
     parse_json_column,
     present,
     read_body,
+    stored_content,
     text,
     truthy,
 )
 from meshd.api.keys import AGENT_ID, hub, storage
-from meshd.api.messages import stored_content
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound
 from meshd.store import groups as store

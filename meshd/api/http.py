@@ -71,6 +71,19 @@ def text(value: Any, name: str) -> str:
     raise Invalid(f"{name} must be a string")
 
 
+def stored_content(value: Any) -> str:
+    """Message content as the TEXT column holds it. Strings are kept; numbers and booleans
+    become their JavaScript text; objects and arrays their JSON text (the Node server stored
+    "[object Object]", RB-10). Echoes and events keep the value as sent."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return js_string(value)
+    return dumps(value).decode()
+
+
 def optional_text(body: dict, key: str, default: Any = None) -> Any:
     """The field as text, `default` when absent, None when sent as null."""
     value = body.get(key, MISSING)

@@ -3,21 +3,18 @@ the global broadcast."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from meshd import log as logging
 from meshd.api.http import (
     MISSING,
-    dumps,
-    js_string,
     json_response,
     optional_text,
     paging,
     query_flag,
     query_text,
     read_body,
+    stored_content,
     text,
     truthy,
 )
@@ -36,19 +33,6 @@ DEFAULT_FAILURE = "Message processing failed"
 FAILED_LIST_LIMIT = 50
 CLIENT_ID_MAX = 200
 MAX_SAFE_INTEGER = 2**53 - 1
-
-
-def stored_content(value: Any) -> str:
-    """Message content as the TEXT column holds it. Strings are kept; numbers and booleans
-    become their JavaScript text; objects and arrays their JSON text (the Node server stored
-    "[object Object]", RB-10). Echoes and events keep the value as sent."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return js_string(value)
-    return dumps(value).decode()
 
 
 def timeout_ms(body: dict) -> int | None:
