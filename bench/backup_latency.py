@@ -29,10 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshd import backups
 from meshd import log as logging
 from meshd.clock import db_time
-from meshd.store import agents
+from meshd.store import agents, backups
 from meshd.store import journal as jr
 from meshd.store.sqlite import SqliteStorage
 
@@ -235,7 +234,7 @@ async def backups_in_process(database: Path, backup_dir: Path,
 
 
 def child_backups(database: Path, backup_dir: Path, seconds: float) -> int:
-    from meshd.maintenance import lower_priority
+    from meshd.supervisor.maintenance import lower_priority
 
     lower_priority()  # the daemon's maintenance thread runs at this priority too
     clock = PhaseClock()

@@ -272,10 +272,10 @@ def profile_restore(data_dir: Path, backup_dir: Path, scratch: Path) -> None:
     """Repeat the restore's steps one by one on the stopped daemon's backup and journal (in a
     scratch copy), timing each: where the restore and the new worker's start spend their time.
     The journal now also holds the writes made after the recovery, so slightly more."""
-    from meshd import backups
     from meshd import log as logging
-    from meshd import restore as restore_mod
+    from meshd.store import backups
     from meshd.store import journal as jr
+    from meshd.store import restore as restore_mod
     from meshd.store.sqlite import SqliteStorage, replay_journal
 
     logging.configure("json", "warning", process="bench")

@@ -87,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                     detail="WebSocket connections are accepted without a key; set ws_auth "
                            "to require it")
     from meshd.store.schema import SchemaTooNew, check_version
-    from meshd.supervisor import run_supervisor
+    from meshd.supervisor.loop import run_supervisor
 
     try:
         # Refuse a too-new database here, clearly, rather than as a worker crash loop.
@@ -102,13 +102,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from meshd.worker import run_supervised
+    from meshd.worker.serve import run_supervised
 
     return run_supervised()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from meshd import control
+    from meshd.control import client as control
 
     data = control.call(args, "GET", "/status")
     if args.json or not sys.stdout.isatty():
@@ -126,7 +126,8 @@ def _print(args: argparse.Namespace, data, text: str) -> None:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from meshd import backups, control
+    from meshd.control import client as control
+    from meshd.store import backups
 
     if control.daemon_running(args):
         data = control.call(args, "POST", "/control/backup", {}, timeout=600)
@@ -149,8 +150,8 @@ def _asdict(obj) -> dict:
 
 
 def cmd_backups(args: argparse.Namespace) -> int:
-    from meshd import control
-    from meshd.maintenance import backup_listing
+    from meshd.control import client as control
+    from meshd.supervisor.maintenance import backup_listing
 
     if control.daemon_running(args):
         rows = control.call(args, "GET", "/control/backups")
@@ -164,7 +165,8 @@ def cmd_backups(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from meshd import backups, control
+    from meshd.control import client as control
+    from meshd.store import backups
 
     if control.daemon_running(args):
         data = control.call(args, "POST", "/control/check", {"full": args.full}, timeout=3600)
@@ -180,8 +182,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from meshd import control
-    from meshd import restore as restore_mod
+    from meshd.control import client as control
+    from meshd.store import restore as restore_mod
 
     body = {"backup": args.backup, "to_time": _iso(args.to_time) if args.to_time else None}
     if control.daemon_running(args):
@@ -229,7 +231,7 @@ def _iso(text: str) -> str:
 
 
 def cmd_mode(args: argparse.Namespace) -> int:
-    from meshd import control
+    from meshd.control import client as control
 
     data = control.call(args, "POST", "/control/mode", {"mode": args.mode})
     _print(args, data, f"mode: {data['mode']}")
@@ -237,7 +239,7 @@ def cmd_mode(args: argparse.Namespace) -> int:
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
-    from meshd import control
+    from meshd.control import client as control
     from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
 
     if args.action == "list":

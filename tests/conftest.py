@@ -10,7 +10,7 @@ import pytest
 
 from meshd import config
 from meshd.api.app import make_app
-from meshd.worker import open_storage
+from meshd.worker.serve import open_storage
 
 API_KEY = "test-key"
 AUTH = {"X-API-Key": API_KEY}

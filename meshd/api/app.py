@@ -24,10 +24,10 @@ from meshd.api.enforcement import Enforcement, enforce
 from meshd.api.keys import ENFORCEMENT, HUB, INFLIGHT, SETTINGS, STORAGE, SUPERVISOR
 from meshd.api.middleware import InFlight, guard, pipeline
 from meshd.api.routing import TolerantRouter
+from meshd.api.ws import Hub, websocket_handler
 from meshd.config import Settings
 from meshd.store.sqlite import SqliteStorage
-from meshd.supervisor_client import SupervisorClient
-from meshd.ws import Hub, websocket_handler
+from meshd.worker.supervisor_client import SupervisorClient
 
 # Declaration order is match precedence among routes of equal specificity, as in Express.
 RESOURCES = (agents, messages, skills, groups, memory, files, updates, catastrophe, health,

@@ -117,7 +117,7 @@ async def current(app: web.Application) -> Enforcement:
 
 
 def _close_outdated_sockets(app: web.Application, state: Enforcement) -> None:
-    from meshd.ws import close_outdated  # ws imports this module
+    from meshd.api.ws import close_outdated  # ws imports this module
 
     unknown_ok = app[SETTINGS].unknown_version == "allow"
     hub = app[HUB]

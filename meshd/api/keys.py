@@ -9,10 +9,10 @@ from aiohttp import web
 if TYPE_CHECKING:
     from meshd.api.enforcement import Enforcement
     from meshd.api.middleware import InFlight
+    from meshd.api.ws import Hub
     from meshd.config import Settings
     from meshd.store.sqlite import SqliteStorage
-    from meshd.supervisor_client import SupervisorClient
-    from meshd.ws import Hub
+    from meshd.worker.supervisor_client import SupervisorClient
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
 STORAGE: web.AppKey[SqliteStorage] = web.AppKey("storage")

@@ -7,7 +7,7 @@ import pytest
 from meshd import config
 from meshd.api.app import make_app
 from meshd.recovery.protocols import PROTOCOLS
-from meshd.worker import open_storage
+from meshd.worker.serve import open_storage
 from tests.conftest import API_KEY, call
 
 ADMIN = {"X-Admin-Key": "op-secret"}

@@ -7,7 +7,7 @@ import pytest
 
 from meshd import config
 from meshd.api.app import make_app
-from meshd.worker import open_storage
+from meshd.worker.serve import open_storage
 from tests.conftest import API_KEY, AUTH, call, register
 
 BREAKING = {"version": "2.0.0", "updateType": "api", "title": "v2", "breakingChange": True,

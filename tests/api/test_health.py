@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from meshd import config, jobs
+from meshd import config
 from meshd.api.app import make_app
 from meshd.api.keys import HUB
+from meshd.api.ws import Hub
 from meshd.clock import db_time, db_time_ago
 from meshd.store import agents as agents_store
 from meshd.store import health as health_store
-from meshd.worker import open_storage
-from meshd.ws import Hub
+from meshd.worker import jobs
+from meshd.worker.serve import open_storage
 from tests.conftest import API_KEY, AUTH, call, next_event, no_event, register, ws_connect
 
 METRICS = {"uptimeSeconds": 3600, "cpuUsage": 45.5, "memoryUsage": 67.25,

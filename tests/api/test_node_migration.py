@@ -20,7 +20,7 @@ import pytest
 from meshd import config
 from meshd.api.app import make_app
 from meshd.store import schema
-from meshd.worker import open_storage
+from meshd.worker.serve import open_storage
 from tests.conftest import API_KEY, AUTH, call
 
 FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "node-agent-mesh.db"

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meshd.backups import integrity
+from meshd.store.backups import integrity
 from tests.process.harness import MeshdProcess, WriteLoad, api, async_poll, clean_env
 
 pytestmark = pytest.mark.process

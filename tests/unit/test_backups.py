@@ -14,9 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from meshd import backups, restore
 from meshd.clock import db_time
-from meshd.store import agents
+from meshd.store import agents, backups, restore
 from meshd.store import journal as jr
 from meshd.store import sqlite as sqlite_store
 from meshd.store.sqlite import SqliteStorage

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from meshd.restart import Policy, RestartState, backoff_delay
+from meshd.supervisor.restart import Policy, RestartState, backoff_delay
 
 
 class Extreme(random.Random):

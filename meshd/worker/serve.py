@@ -20,17 +20,17 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
-from meshd import backups, jobs
 from meshd import log as logging
 from meshd.api.app import make_app
+from meshd.api.ws import Hub
 from meshd.clock import db_time, new_id
 from meshd.config import Settings
-from meshd.internal import make_internal_app
 from meshd.locks import FileLock
-from meshd.store import records
+from meshd.store import backups, records
 from meshd.store.sqlite import SqliteStorage, is_corruption
-from meshd.supervisor_client import SupervisorClient
-from meshd.ws import Hub
+from meshd.worker import jobs
+from meshd.worker.internal import make_internal_app
+from meshd.worker.supervisor_client import SupervisorClient
 
 log = logging.get("meshd.worker")
 

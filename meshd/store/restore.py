@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from meshd import backups
 from meshd import log as logging
 from meshd.clock import db_time
 from meshd.locks import fsync_path
+from meshd.store import backups
 from meshd.store import journal as jr
 from meshd.store.sqlite import replay_journal
 

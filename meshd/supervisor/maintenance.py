@@ -21,13 +21,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from meshd import backups
 from meshd import log as logging
 from meshd.clock import db_time
 from meshd.recovery import corruption
+from meshd.store import backups
 
 if TYPE_CHECKING:
-    from meshd.supervisor import Supervisor
+    from meshd.supervisor.loop import Supervisor
 
 log = logging.get("meshd.maintenance")
 

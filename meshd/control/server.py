@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from meshd import backups
 from meshd import log as logging
-from meshd import restore as restore_mod
-from meshd.maintenance import backup_listing
 from meshd.recovery import corruption
 from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
+from meshd.store import backups
+from meshd.store import restore as restore_mod
+from meshd.supervisor.maintenance import backup_listing
 
 if TYPE_CHECKING:
-    from meshd.supervisor import Supervisor
+    from meshd.supervisor.loop import Supervisor
 
 log = logging.get("meshd.control")
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from meshd import log as logging
+from meshd.api.ws import Hub
 from meshd.clock import db_time, utcnow
 from meshd.config import Settings
 from meshd.store import health as health_store
 from meshd.store import messages as messages_store
-from meshd.supervisor_client import SupervisorClient
-from meshd.ws import Hub
+from meshd.worker.supervisor_client import SupervisorClient
 
 log = logging.get("meshd.jobs")
 

@@ -25,19 +25,21 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from meshd import alerts, backups, config
+from meshd import config
 from meshd import log as logging
-from meshd import restore as restore_mod
 from meshd.clock import db_time, new_id
-from meshd.control_server import make_control_app
+from meshd.control.server import make_control_app
 from meshd.locks import FileLock, LockBusy, write_atomic
-from meshd.maintenance import Maintenance, last_backup
 from meshd.recovery import corruption, crash
 from meshd.recovery.engine import Engine, Run
 from meshd.recovery.protocols import PROTOCOLS
-from meshd.restart import Policy, RestartState
-from meshd.sdnotify import Notifier
-from meshd.worker import EXIT_DB_CORRUPT, bind_socket
+from meshd.store import backups
+from meshd.store import restore as restore_mod
+from meshd.supervisor import alerts
+from meshd.supervisor.maintenance import Maintenance, last_backup
+from meshd.supervisor.restart import Policy, RestartState
+from meshd.supervisor.sdnotify import Notifier
+from meshd.worker.serve import EXIT_DB_CORRUPT, bind_socket
 
 log = logging.get("meshd.supervisor")
 
