@@ -37,7 +37,7 @@ test-tools:
 	fi
 
 test: $(TEST_STAMP) test-tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 bench: $(TEST_STAMP)
 	$(BIN)/python -m bench

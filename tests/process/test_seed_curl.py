@@ -17,7 +17,10 @@ from tests.process.harness import MeshdProcess
 
 pytestmark = pytest.mark.process
 
-SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "enhancement-plan.md"
+# A copy kept in the repository, so a clean clone runs every example; when the project's
+# shared/ folder is beside the checkout, a test keeps the copy equal to the original.
+SEED = Path(__file__).resolve().parents[1] / "fixtures" / "seed" / "enhancement-plan.md"
+SHARED_SEED = Path(__file__).resolve().parents[3] / "shared" / "seed" / "enhancement-plan.md"
 
 # enhancement-plan.md, Phase 6, "Share File with Agent", verbatim.
 SEND_MESSAGE = r"""curl -X POST http://localhost:4000/api/messages \
@@ -103,9 +106,13 @@ def default_key_meshd(meshd_proc) -> MeshdProcess:
     return proc
 
 
+def test_fixture_copy_is_the_seed():
+    if not SHARED_SEED.exists():
+        pytest.skip(f"no shared/ beside this checkout ({SHARED_SEED}) to compare the copy with")
+    assert SEED.read_text() == SHARED_SEED.read_text()
+
+
 def test_embedded_examples_are_the_seeds():
-    if not SEED.exists():
-        pytest.skip(f"the seed is not at {SEED}")
     assert seed_block("### Share File with Agent") == SEND_MESSAGE
     assert seed_block("**Admin creates update:**") == CREATE_UPDATE
     assert seed_block("### Upload File").strip() == UPLOAD.strip()
