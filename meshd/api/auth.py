@@ -15,7 +15,7 @@ from aiohttp import web
 
 from meshd import log as logging
 from meshd.api.http import js_string, read_body
-from meshd.api.keys import SETTINGS, STORAGE
+from meshd.api.keys import CREDENTIAL, SETTINGS, STORAGE
 from meshd.api.middleware import AUTH_FAILED, key_matches, presented_key
 from meshd.errors import Forbidden, MeshError
 from meshd.store import files as files_store
@@ -107,6 +107,7 @@ async def identify(request: web.Request) -> Identity:
     elif key_matches(presented_key(request), settings.api_key):
         identity = Identity(Kind.SHARED)
     request[IDENTITY] = identity
+    request[CREDENTIAL] = identity.kind.value
     return identity
 
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from meshd import log as logging
 from meshd.api.http import dumps, json_response
-from meshd.api.keys import AGENT_ID, INFLIGHT, SETTINGS, STORAGE
+from meshd.api.keys import AGENT_ID, CREDENTIAL, INFLIGHT, SETTINGS, STORAGE
 from meshd.errors import MeshError, Unavailable
 
 log = logging.get("meshd.http")
@@ -113,6 +113,7 @@ async def pipeline(request: web.Request, handler):
     if request.app[SETTINGS].access_log:
         log.info("http.request", method=request.method, path=request.path,
                  status=response.status, agent_id=_agent_id(request),
+                 credential=request.get(CREDENTIAL),
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
     return response
 
