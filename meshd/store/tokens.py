@@ -26,7 +26,8 @@ def new_token() -> str:
 
 
 def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    # surrogateescape: a header with bytes that are not UTF-8 still hashes (to no token).
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def looks_like_token(value: str | None) -> bool:

@@ -3,6 +3,7 @@ optional), trust on first use for agents that never had one, rotation and revoca
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 from meshd.store import tokens
@@ -156,3 +157,17 @@ async def test_cors_stays_open_by_default_and_can_be_narrowed(aiohttp_client, tm
         resp = await mesh.client.get("/api/agents", headers={"Origin": "https://evil.example",
                                                              **SHARED})
         assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_a_token_header_that_is_not_utf8_is_a_401_not_a_500(aiohttp_client, tmp_path):
+    async with open_mesh(aiohttp_client, tmp_path) as mesh:
+        server = mesh.client.server
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"GET /api/agents HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Authorization: Bearer mat_\xff\xfe\r\n\r\n")
+        await writer.drain()
+        reply = await reader.read()
+        writer.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 401"), reply[:300]
+        assert b"Invalid or revoked agent token" in body
