@@ -13,7 +13,6 @@ from enum import StrEnum
 
 from aiohttp import web
 
-from meshd import log as logging
 from meshd.api.http import js_string, read_body
 from meshd.api.keys import CREDENTIAL, SETTINGS, STORAGE
 from meshd.api.middleware import AUTH_FAILED, key_matches, presented_key
@@ -21,8 +20,6 @@ from meshd.errors import Forbidden, MeshError
 from meshd.store import files as files_store
 from meshd.store import messages as messages_store
 from meshd.store import tokens
-
-log = logging.get("meshd.auth")
 
 TOKEN_FAILED = "Invalid or revoked agent token"
 ADMIN_DISABLED = "the admin API is disabled: set admin_key to enable it"
