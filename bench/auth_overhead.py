@@ -44,7 +44,7 @@ def summary(name: str, latencies: list[float]) -> float:
     ordered = sorted(latencies)
     median = statistics.median(ordered)
     p99 = ordered[int(len(ordered) * 0.99) - 1]
-    print(f"  {name:<34} median {median:6.3f} ms   p99 {p99:6.3f} ms")
+    print(f"  {name:<42} median {median:6.3f} ms   p99 {p99:6.3f} ms")
     return median
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from meshd import __version__
+from meshd.api import auth
 from meshd.api.http import json_response
 
 routes = web.RouteTableDef()
@@ -486,6 +487,23 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/openapi.json": {"get": op(
         "system", "This OpenAPI document", {"type": "object"})},
 }
+
+AGENT_FORBIDDEN = ("Another agent's token acts here, or the shared key with "
+                   "agent_auth=required (docs/security.md)")
+
+
+def _forbidden_for_agents(paths: dict[str, dict[str, Any]]) -> None:
+    """Every route that acts as an agent (api/auth.py RULES) answers 403 to another agent's
+    token: documented from the same table the middleware applies."""
+    for path_, item in paths.items():
+        for method, operation in item.items():
+            rule = auth.rule_for(method.upper(), path_)
+            if rule is not None and (rule.scope is auth.Scope.AGENT or rule.locate is not None):
+                operation["responses"].setdefault("403", error("403", AGENT_FORBIDDEN))
+                operation["responses"] = dict(sorted(operation["responses"].items()))
+
+
+_forbidden_for_agents(PATHS)
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj("error", error=STR),

@@ -13,6 +13,7 @@ import pytest
 from meshd import config
 from meshd.api import auth
 from meshd.api.app import make_app
+from meshd.api.openapi import DOCUMENT
 from tests.api.authkit import ADMIN, SHARED, Mesh, open_mesh, populate
 
 # Every (method, path) of the router, from the router itself.
@@ -138,6 +139,11 @@ def test_every_route_has_a_rule_and_agent_routes_have_a_case():
                and auth.rule_for(*r).locate is not None}
     assert located | {("POST", "/api/agents/register")} == MESH_AS
     assert set(CASES) == AGENT_SCOPED | TOKEN_ROUTES | MESH_AS
+
+
+def test_the_openapi_document_says_agent_routes_answer_403():
+    for method, path in AGENT_SCOPED | TOKEN_ROUTES | MESH_AS:
+        assert "403" in DOCUMENT["paths"][path][method.lower()]["responses"], (method, path)
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
