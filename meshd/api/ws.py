@@ -17,7 +17,7 @@ from aiohttp import WSMsgType, web
 
 from meshd import log as logging
 from meshd.api import auth, enforcement
-from meshd.api.auth import ANONYMOUS, Identity, Kind
+from meshd.api.auth import Identity, Kind
 from meshd.api.keys import HUB, SETTINGS, STORAGE
 from meshd.api.middleware import AUTH_FAILED
 from meshd.clock import db_time, new_id
@@ -50,7 +50,6 @@ class Client:
     agent_id: str | None = None
     only_mine: bool = False
     view: View = View.FULL
-    identity: Identity = ANONYMOUS
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SEND_BUFFER))
 
     def wants(self, event_type: str | None, audience: frozenset[str] | None) -> bool:
@@ -145,7 +144,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "WebSocket upgrade required"}, status=400)
     await ws.prepare(request)
     hub: Hub = request.app[HUB]
-    client = Client(ws, new_id(), view=view, identity=identity)
+    client = Client(ws, new_id(), view=view)
     if view is View.AGENT:
         client.agent_id = identity.agent_id  # bound by its token, onlyMine enforced
     elif query_agent and view is View.FULL:
