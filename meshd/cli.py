@@ -82,10 +82,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refusal:
         sys.stderr.write(f"meshd: {refusal}\n")
         return 2
-    if settings.listens_beyond_loopback and not settings.ws_auth:
+    if settings.listens_beyond_loopback and settings.ws_auth == "off":
         log.warning("config.ws_open", host=settings.host,
-                    detail="WebSocket connections are accepted without a key; set ws_auth "
-                           "to require it")
+                    detail="ws_auth is off: WebSocket connections without a key receive every "
+                           "event; public or required closes that")
     from meshd.store.schema import SchemaTooNew, check_version
     from meshd.supervisor.loop import run_supervisor
 

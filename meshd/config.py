@@ -74,6 +74,39 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     return parse
 
 
+WS_AUTH_MODES = ("off", "public", "required")
+
+
+def parse_ws_auth(value: Any) -> str:
+    """off, public or required; the old boolean still reads (true: required, false: off)."""
+    if isinstance(value, bool):
+        return "required" if value else "off"
+    text = str(value).strip().lower()
+    if text in WS_AUTH_MODES:
+        return text
+    if text in {"1", "true", "yes", "on"}:
+        return "required"
+    if text in {"0", "false", "no"}:
+        return "off"
+    raise ValueError(f"must be one of {', '.join(WS_AUTH_MODES)}")
+
+
+_ORIGIN_RE = re.compile(r"^https?://[^/\s,]+$")
+
+
+def parse_origins(value: Any) -> str:
+    """`*` or a comma-separated list of origins (`https://ui.example:8443`), kept as text."""
+    text = str(value).strip()
+    if text == "*":
+        return text
+    origins = [o.strip().rstrip("/") for o in text.split(",") if o.strip()]
+    bad = [o for o in origins if not _ORIGIN_RE.match(o)]
+    if not origins or bad:
+        raise ValueError("use * or a comma-separated list of origins such as "
+                         "https://ui.example.org" + (f" (not an origin: {bad[0]})" if bad else ""))
+    return ",".join(origins)
+
+
 def _optional_str(value: Any) -> str | None:
     text = str(value)
     return text if text else None
@@ -104,7 +137,15 @@ OPTIONS: tuple[Option, ...] = (
            "log format: json, console, or auto (console on a TTY)"),
     Option("log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
     Option("access_log", parse_bool, True, "log one event per HTTP request"),
-    Option("ws_auth", parse_bool, False, "require the API key on WebSocket connections"),
+    Option("ws_auth", parse_ws_auth, "off",
+           "WebSocket access: off (anyone, every event), public (anonymous sockets see only "
+           "mesh-wide events), required (a key or token needed); must be set explicitly "
+           "beyond loopback"),
+    Option("agent_auth", _choice("off", "optional", "required"), "optional",
+           "agent tokens: off, optional (enforced when presented), required (agent-scoped "
+           "routes need the agent's own token)"),
+    Option("cors_origins", parse_origins, "*",
+           "origins allowed to call header-key routes from a browser (* or a comma list)"),
     Option("max_body_size", parse_size, 1 << 20, "largest JSON body of a non-upload request"),
     Option("max_file_size", parse_size, 25 << 20, "largest uploaded file (decoded bytes)"),
     Option("sweep_interval", parse_duration, 60.0, "how often messages past their timeoutMs are timed out"),
@@ -167,7 +208,9 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     access_log: bool = True
-    ws_auth: bool = False
+    ws_auth: str = "off"
+    agent_auth: str = "optional"
+    cors_origins: str = "*"
     max_body_size: int = 1 << 20
     max_file_size: int = 25 << 20
     sweep_interval: float = 60.0
@@ -305,7 +348,8 @@ def validate(settings: Settings) -> None:
 
 
 def refuse_unsafe(settings: Settings) -> str | None:
-    """The reason to refuse starting, or None: the default key must not face a network."""
+    """The reason to refuse starting, or None: the default key must not face a network, and
+    nor may a WebSocket whose openness nobody chose."""
     if (
         settings.api_key == DEFAULT_API_KEY
         and settings.listens_beyond_loopback
@@ -315,6 +359,13 @@ def refuse_unsafe(settings: Settings) -> str | None:
             f"refusing to listen on {settings.host} with the default API key: anyone on the "
             "network could use the mesh. Set AGENT_MESH_API_KEY (or --api-key), or pass "
             "--allow-default-key if this network is trusted."
+        )
+    if settings.listens_beyond_loopback and settings.sources.get("ws_auth", "default") == "default":
+        return (
+            f"refusing to listen on {settings.host} without an explicit ws_auth: choose off "
+            "(anyone who reaches the port reads every event, direct messages included), public "
+            "(sockets without a key see only mesh-wide events) or required (a key or agent "
+            "token is needed), e.g. --ws-auth public or MESHD_WS_AUTH=public."
         )
     return None
 

@@ -9,21 +9,17 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from meshd.api import auth
 from meshd.api.http import json_response, read_body
-from meshd.api.keys import settings, supervisor
-from meshd.api.middleware import key_matches
-from meshd.errors import Forbidden, Invalid, MeshError, NotFound
+from meshd.api.keys import supervisor
+from meshd.errors import Invalid, MeshError, NotFound
 from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
 
 routes = web.RouteTableDef()
 
 
 def _require_admin(request: web.Request) -> None:
-    expected = settings(request).admin_key
-    if not expected:
-        raise Forbidden("the admin API is disabled: set admin_key to enable it")
-    if not key_matches(request.headers.get("X-Admin-Key"), expected):
-        raise Forbidden("Invalid or missing admin key")
+    auth.require_admin(request)  # also applied by the auth middleware; kept beside the calls
 
 
 async def _ask(request: web.Request, method: str, path: str, body=None) -> web.Response:

@@ -9,6 +9,7 @@ from aiohttp import web
 from meshd.api import (
     admin,
     agents,
+    auth,
     catastrophe,
     files,
     groups,
@@ -18,6 +19,7 @@ from meshd.api import (
     openapi,
     skills,
     system,
+    tokens,
     updates,
 )
 from meshd.api.enforcement import Enforcement, enforce
@@ -30,7 +32,7 @@ from meshd.store.sqlite import SqliteStorage
 from meshd.worker.supervisor_client import SupervisorClient
 
 # Declaration order is match precedence among routes of equal specificity, as in Express.
-RESOURCES = (agents, messages, skills, groups, memory, files, updates, catastrophe, health,
+RESOURCES = (agents, tokens, messages, skills, groups, memory, files, updates, catastrophe, health,
              system, admin, openapi)
 
 
@@ -42,7 +44,7 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
         # A custom router is the one hook that resolves before middleware runs; aiohttp 3
         # deprecates the argument but keeps it (docs/decisions.md).
         warnings.simplefilter("ignore", DeprecationWarning)
-        app = web.Application(router=TolerantRouter(), middlewares=[pipeline, guard, enforce],
+        app = web.Application(router=TolerantRouter(), middlewares=[pipeline, auth.middleware, guard, enforce],
                               client_max_size=max_size)
     app[SETTINGS] = settings
     app[STORAGE] = storage

@@ -21,6 +21,7 @@ import orjson
 from aiohttp import hdrs, web
 
 from meshd import log as logging
+from meshd.api import auth
 from meshd.api.enforcement import require_current
 from meshd.api.http import (
     JSON_TYPE,
@@ -36,6 +37,7 @@ from meshd.api.http import (
     truthy,
 )
 from meshd.api.keys import AGENT_ID, hub, settings, storage
+from meshd.api.middleware import allow_cors
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound, TooLarge
 from meshd.store import agents as agents_store
@@ -175,8 +177,6 @@ def download_headers(row: dict, size: int, etag: str) -> dict[str, str]:
         hdrs.CONTENT_LENGTH: str(size),
         hdrs.ETAG: etag,
         "X-Content-Type-Options": "nosniff",
-        # Streamed responses are sent before the pipeline middleware could add it.
-        "Access-Control-Allow-Origin": "*",
     }
 
 
@@ -212,6 +212,7 @@ async def stream(request: web.Request, headers: dict[str, str],
     """Send what `pieces` yields. A client that goes away mid-file is only logged; a file
     deleted mid-stream closes the connection, so the client sees a short body."""
     response = web.StreamResponse(headers=headers)
+    allow_cors(request, response)  # sent before the pipeline middleware could add it
     await response.prepare(request)
     if request.method == hdrs.METH_HEAD:
         return response
@@ -250,6 +251,7 @@ async def upload(request: web.Request) -> web.Response:
     if not all(truthy(body.get(k)) for k in ("agentId", "filename", "fileData")):
         raise Invalid("agentId, filename, and fileData are required")
     agent_id = text(body["agentId"], "agentId")
+    await auth.check_agent(request, agent_id)  # the streamed body names it only now
     await require_current(request, request.headers.get("X-Agent-Id") or agent_id)
     filename = text(body["filename"], "filename")
     file_type = optional_text(body, "fileType")
@@ -312,7 +314,6 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     headers = {
         hdrs.CONTENT_TYPE: f"{JSON_TYPE}; charset=utf-8",
         hdrs.CONTENT_LENGTH: str(len(head) + len(middle) + len(tail) + 2 * length),
-        "Access-Control-Allow-Origin": "*",
     }
 
     async def pieces() -> AsyncIterator[bytes]:
@@ -359,10 +360,10 @@ async def send_raw(request: web.Request, meta: dict) -> web.StreamResponse:
 @routes.delete("/api/files/{id}")
 async def delete_file(request: web.Request) -> web.Response:
     """Only the uploader may delete; the request names who it acts for in the body (as the
-    Node server required), the query or the X-Agent-Id header."""
+    Node server required), the query or the X-Agent-Id header, or by its agent token."""
     body = await read_body(request)
     for candidate in (body.get("agentId"), request.query.get("agentId"),
-                      request.headers.get("X-Agent-Id")):
+                      request.headers.get("X-Agent-Id"), auth.token_agent(request)):
         if truthy(candidate):
             agent_id = text(candidate, "agentId")
             break

@@ -39,3 +39,5 @@ def settings(request: web.Request) -> Settings:
 
 # The agent a request acts for, once a handler knows it (for the request log line).
 AGENT_ID: web.RequestKey[str] = web.RequestKey("agent_id", str)
+# The kind of credential a request carried (api/auth.py), for the request log line.
+CREDENTIAL: web.RequestKey[str] = web.RequestKey("credential", str)

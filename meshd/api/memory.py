@@ -8,6 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from meshd import log as logging
+from meshd.api import auth
 from meshd.api.http import (
     MISSING,
     dumps,
@@ -90,7 +91,8 @@ async def delete_memory(request: web.Request) -> web.Response:
     # HTTP library cannot send a body with DELETE.
     candidate = body.get("agentId")
     if not truthy(candidate):
-        candidate = query_text(request, "agentId") or request.headers.get("X-Agent-Id")
+        candidate = (query_text(request, "agentId") or request.headers.get("X-Agent-Id")
+                     or auth.token_agent(request))
     if not truthy(candidate):
         raise Invalid("agentId is required")
     agent_id = text(candidate, "agentId")

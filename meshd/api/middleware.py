@@ -15,7 +15,7 @@ from aiohttp import web
 
 from meshd import log as logging
 from meshd.api.http import dumps, json_response
-from meshd.api.keys import AGENT_ID, INFLIGHT, SETTINGS, STORAGE
+from meshd.api.keys import AGENT_ID, CREDENTIAL, INFLIGHT, SETTINGS, STORAGE
 from meshd.errors import MeshError, Unavailable
 
 log = logging.get("meshd.http")
@@ -109,12 +109,31 @@ async def pipeline(request: web.Request, handler):
         finally:
             if counted:
                 inflight.leave()
-    response.headers["Access-Control-Allow-Origin"] = "*"
+    allow_cors(request, response)
     if request.app[SETTINGS].access_log:
         log.info("http.request", method=request.method, path=request.path,
                  status=response.status, agent_id=_agent_id(request),
+                 credential=request.get(CREDENTIAL),
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
     return response
+
+
+def cors_origin(request: web.Request) -> str | None:
+    """The Access-Control-Allow-Origin to send: `*` unless cors_origins narrows it, then the
+    request's Origin when listed (no credentials either way: keys travel in headers)."""
+    allowed = request.app[SETTINGS].cors_origins
+    if allowed == "*":
+        return "*"
+    origin = request.headers.get("Origin")
+    return origin if origin and origin in allowed.split(",") else None
+
+
+def allow_cors(request: web.Request, response: web.StreamResponse) -> None:
+    origin = cors_origin(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+    if origin != "*":
+        response.headers["Vary"] = "Origin"
 
 
 def error_response(exc: MeshError) -> web.Response:
@@ -138,16 +157,14 @@ def _framework_error(request: web.Request, exc: web.HTTPException) -> web.Stream
 
 @web.middleware
 async def guard(request: web.Request, handler):
-    """API key on /api/*, and no writes while the store is read-only."""
+    """No writes while the store is read-only (who may call a route is api/auth.py's job,
+    in the middleware before this one)."""
     resource = request.match_info.route.resource
     # The matched route decides, not the raw path: `/API/agents/` matches case-insensitively.
     if resource is None or not resource.canonical.startswith("/api/"):
         return await handler(request)
     if resource.canonical.startswith("/api/admin/"):
-        return await handler(request)  # the operator key, checked by each admin route
-    settings = request.app[SETTINGS]
-    if not key_matches(presented_key(request), settings.api_key):
-        return json_response({"error": AUTH_FAILED}, status=401)
+        return await handler(request)
     reason = request.app[STORAGE].read_only_reason
     if reason and request.method in MUTATING:
         raise Unavailable(f"meshd is read-only: {reason}", extra={"mode": "read-only"})

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from meshd import __version__
+from meshd.api import auth
 from meshd.api.http import json_response
 
 routes = web.RouteTableDef()
@@ -135,9 +136,9 @@ def op(
     responses: dict[str, Any] = {
         "200": response if "description" in response else ok(response)}
     codes = set(errors)
-    if auth == "api":
+    if auth in ("api", "owner"):
         codes.add("401")
-    elif auth == "admin":
+    if auth in ("owner", "admin"):
         codes.add("403")
     if writes:
         codes.update(("503", "507"))
@@ -163,8 +164,11 @@ def op(
         operation["security"] = []
     elif auth == "admin":
         operation["security"] = [{"adminKey": []}]
+    elif auth == "owner":
+        operation["security"] = [{"agentToken": []}, {"adminKey": []}]
     elif auth == "ws":
-        operation["security"] = [{}, {"apiKeyQuery": []}, {"apiKeyHeader": []}]
+        operation["security"] = [{}, {"apiKeyQuery": []}, {"apiKeyHeader": []},
+                                 {"agentToken": []}]
     return operation
 
 
@@ -186,10 +190,24 @@ PATHS: dict[str, dict[str, Any]] = {
     # -- agents ----------------------------------------------------------------------------
     "/api/agents/register": {"post": op(
         "agents", "Register an agent (the same name keeps its id)",
-        success(agentId=STR, message=STR, existed=BOOL), "400", writes=True,
-        body=obj("name", name=STR, endpoint=STR, capabilities=array(ANY)),
+        success(agentId=STR, message=STR, existed=BOOL, agentToken=STR), "400", "403",
+        writes=True, body=obj("name", name=STR, endpoint=STR, capabilities=array(ANY)),
         description="A name already registered gets its existing id back (`existed: true`); "
-                    "absent capabilities keep the stored ones. WebSocket: `agent_joined`.")},
+                    "absent capabilities keep the stored ones. WebSocket: `agent_joined`. "
+                    "`agentToken` (prefix `mat_`) is shown once: to a new agent, to an agent "
+                    "that never had one on its next registration (agent_auth optional), or "
+                    "to the admin key (X-Admin-Key) for an agent without an active token. "
+                    "It is never handed out again for a name without proof.")},
+    "/api/agents/{id}/token": {
+        "post": op("agents", "Rotate an agent's token (the old one stops working)",
+                   success(agentId=STR, agentToken=STR), "403", "404", "409", writes=True,
+                   params=(AGENT_ID,), auth="owner",
+                   description="Needs the agent's own token or the admin key; 409 when "
+                               "agent_auth is off."),
+        "delete": op("agents", "Revoke an agent's token", success(agentId=STR, message=STR),
+                     "403", "404", "409", writes=True, params=(AGENT_ID,), auth="owner",
+                     description="Needs the agent's own token or the admin key. Afterwards "
+                                 "only the admin key can give the agent a token again.")},
     "/api/agents": {"get": op("agents", "List agents, most recently seen first",
                               array(ref("Agent")), "400", params=PAGING)},
     "/api/agents/{id}": {"get": op("agents", "Get an agent", ref("Agent"), "404",
@@ -453,17 +471,39 @@ PATHS: dict[str, dict[str, Any]] = {
     "/ws": {"get": op(
         "system", "WebSocket of mesh events",
         {"description": "Never sent: the connection is upgraded (101)"}, "400", auth="ws",
-        params=(query("apiKey", "the API key (required when ws_auth is on)"),
+        params=(query("apiKey", "the API key or an agent token (ws_auth public: without "
+                                "one only mesh-wide events; required: one is needed)"),
                 query("agentId", "the agent this socket belongs to"),
                 query("onlyMine", "`true`: only events addressed to agentId")),
         extra={"101": {"description": "Switching protocols; frames are JSON events "
                                       "(`connected` first)"},
-               "401": error("401", "Invalid or missing API key (ws_auth on)")},
+               "401": error("401", "Invalid or missing API key (ws_auth required), or an "
+                                   "unknown or revoked agent token"),
+               "403": error("403", "agentId names another agent than the token's")},
         description="Client frames: `register_agent` {agentId, onlyMine, version} and "
-                    "`heartbeat`.")},
+                    "`heartbeat`. A socket opened with an agent token is bound to that agent "
+                    "and receives its own events plus the mesh-wide ones; frames it may not "
+                    "send are answered with `{\"type\": \"error\", \"error\": ...}`.")},
     "/api/openapi.json": {"get": op(
         "system", "This OpenAPI document", {"type": "object"})},
 }
+
+AGENT_FORBIDDEN = ("Another agent's token acts here, or the shared key with "
+                   "agent_auth=required (docs/security.md)")
+
+
+def _forbidden_for_agents(paths: dict[str, dict[str, Any]]) -> None:
+    """Every route that acts as an agent (api/auth.py RULES) answers 403 to another agent's
+    token: documented from the same table the middleware applies."""
+    for path_, item in paths.items():
+        for method, operation in item.items():
+            rule = auth.rule_for(method.upper(), path_)
+            if rule is not None and (rule.scope is auth.Scope.AGENT or rule.locate is not None):
+                operation["responses"].setdefault("403", error("403", AGENT_FORBIDDEN))
+                operation["responses"] = dict(sorted(operation["responses"].items()))
+
+
+_forbidden_for_agents(PATHS)
 
 SCHEMAS: dict[str, Schema] = {
     "Error": obj("error", error=STR),
@@ -543,19 +583,25 @@ DOCUMENT: dict[str, Any] = {
         "version": __version__,
         "description": "Wire-compatible with the Node.js Agent Mesh server. Every /api route "
                        "takes the API key (X-API-Key, `?apiKey=` or `Authorization: Bearer`), "
-                       "except /api/admin/*, which takes X-Admin-Key. Errors are JSON "
+                       "except /api/admin/*, which takes X-Admin-Key. An agent token (`mat_...`) "
+                       "in the same places acts only as its agent. Errors are JSON "
                        "`{\"error\": ...}`.",
     },
     "tags": [{"name": t} for t in ("agents", "messages", "skills", "groups", "memory",
                                    "files", "updates", "catastrophe", "health", "system",
                                    "admin")],
-    "security": [{"apiKeyHeader": []}, {"apiKeyQuery": []}, {"bearer": []}],
+    "security": [{"apiKeyHeader": []}, {"apiKeyQuery": []}, {"bearer": []},
+                 {"agentToken": []}],
     "paths": PATHS,
     "components": {
         "securitySchemes": {
             "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             "apiKeyQuery": {"type": "apiKey", "in": "query", "name": "apiKey"},
             "bearer": {"type": "http", "scheme": "bearer"},
+            "agentToken": {"type": "http", "scheme": "bearer",
+                           "description": "an agent token (`mat_...`): the request acts "
+                                          "only as that agent; it wins over a shared key "
+                                          "sent beside it"},
             "adminKey": {"type": "apiKey", "in": "header", "name": "X-Admin-Key",
                          "description": "the admin_key setting; /api/admin/* only"},
         },

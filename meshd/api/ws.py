@@ -10,14 +10,16 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import orjson
 from aiohttp import WSMsgType, web
 
 from meshd import log as logging
-from meshd.api import enforcement
+from meshd.api import auth, enforcement
+from meshd.api.auth import Identity, Kind
 from meshd.api.keys import HUB, SETTINGS, STORAGE
-from meshd.api.middleware import key_matches, presented_key
+from meshd.api.middleware import AUTH_FAILED
 from meshd.clock import db_time, new_id
 from meshd.errors import MeshError, NotFound
 from meshd.store import health as health_store
@@ -29,16 +31,40 @@ SEND_BUFFER = 256
 PING_INTERVAL = 20.0
 
 
+# What a socket without a key may see when ws_auth is public, and what an agent's socket sees
+# besides the events addressed to it: nothing in them is private to one agent.
+MESH_WIDE = frozenset({"agent_joined", "broadcast", "system_update", "catastrophe_alert",
+                       "agent_health_change"})
+
+
+class View(StrEnum):
+    FULL = "full"          # every event (the Node server's stream); onlyMine narrows it
+    MESH = "mesh"          # mesh-wide events only, and no writes (anonymous, ws_auth public)
+    AGENT = "agent"        # one agent's events plus the mesh-wide ones (an agent token)
+
+
 @dataclass(eq=False, slots=True)
 class Client:
     ws: web.WebSocketResponse
     client_id: str
     agent_id: str | None = None
     only_mine: bool = False
+    view: View = View.FULL
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SEND_BUFFER))
 
-    def wants(self, audience: frozenset[str] | None) -> bool:
+    def wants(self, event_type: str | None, audience: frozenset[str] | None) -> bool:
+        if self.view is View.MESH:
+            return event_type in MESH_WIDE
+        if self.view is View.AGENT:
+            return event_type in MESH_WIDE or (audience is not None
+                                               and self.agent_id in audience)
         return audience is None or not self.only_mine or self.agent_id in audience
+
+    def queue_error(self, message: str) -> None:
+        """Answer a refused frame in order with the events (the Node server never answered
+        frames; only the new modes refuse any)."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(orjson.dumps({"type": "error", "error": message}).decode())
 
 
 class Hub:
@@ -49,14 +75,15 @@ class Hub:
     def publish(self, event: dict, audience: Iterable[str] | None = None) -> None:
         """Queue an event for every interested client; encoded once, never awaited.
 
-        `audience` names the agents an event is addressed to; clients that asked for only
-        their own events get it only when they are in it."""
+        `audience` names the agents an event is addressed to; each client's view (its
+        identity) and onlyMine decide whether it gets the event."""
         if not self.clients:
             return
         data = orjson.dumps(event).decode()
         targets = frozenset(audience) if audience is not None else None
+        event_type = event.get("type")
         for client in list(self.clients):
-            if not client.wants(targets):
+            if not client.wants(event_type, targets):
                 continue
             try:
                 client.queue.put_nowait(data)
@@ -90,19 +117,37 @@ async def _sender(client: Client) -> None:
         await client.ws.send_str(data)
 
 
+def _view(identity: Identity, ws_auth: str, agent_auth: str) -> View:
+    if identity.kind is Kind.AGENT and agent_auth != "off":
+        return View.AGENT
+    if identity.kind is Kind.ANONYMOUS and ws_auth == "public":
+        return View.MESH
+    return View.FULL
+
+
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
-    candidate = presented_key(request)
-    if settings.ws_auth and not key_matches(candidate, settings.api_key):
-        return web.json_response({"error": "Invalid or missing API key"}, status=401)
+    try:
+        identity = await auth.identify(request)
+    except MeshError as exc:
+        return web.json_response({"error": exc.message}, status=exc.status)
+    if settings.ws_auth == "required" and identity.kind is Kind.ANONYMOUS:
+        return web.json_response({"error": AUTH_FAILED}, status=401)
+    view = _view(identity, settings.ws_auth, settings.agent_auth)
+    query_agent = request.query.get("agentId")
+    if view is View.AGENT and query_agent and query_agent != identity.agent_id:
+        return web.json_response(
+            {"error": f"this agent token acts as {identity.agent_id}; it cannot open a "
+                      f"socket for {query_agent}"}, status=403)
     ws = web.WebSocketResponse(heartbeat=PING_INTERVAL, max_msg_size=1 << 20)
     if not ws.can_prepare(request).ok:
         return web.json_response({"error": "WebSocket upgrade required"}, status=400)
     await ws.prepare(request)
     hub: Hub = request.app[HUB]
-    client = Client(ws, new_id())
-    query_agent = request.query.get("agentId")
-    if query_agent:
+    client = Client(ws, new_id(), view=view)
+    if view is View.AGENT:
+        client.agent_id = identity.agent_id  # bound by its token, onlyMine enforced
+    elif query_agent and view is View.FULL:
         client.agent_id = query_agent
         client.only_mine = request.query.get("onlyMine") == "true"
     # Join the hub first: events published from now on wait in the client's queue and are
@@ -121,7 +166,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         if await _refused(request, client):
             return ws
         sender = asyncio.create_task(_sender(client))
-        log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id)
+        log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id,
+                 view=client.view, credential=identity.kind)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 await _on_client_message(request, client, msg.data)
@@ -164,9 +210,17 @@ async def _on_client_message(request: web.Request, client: Client, data: str) ->
     if not isinstance(frame, dict):
         return
     kind = frame.get("type")
+    if kind not in ("register_agent", "heartbeat"):
+        return
+    refusal = _write_refusal(request, client, kind, frame.get("agentId"))
+    if refusal:
+        log.info("ws.frame_refused", client_id=client.client_id, frame_type=kind,
+                 agent_id=client.agent_id, reason=refusal)
+        client.queue_error(refusal)
+        return
     if kind == "register_agent" and isinstance(frame.get("agentId"), str):
         client.agent_id = frame["agentId"]
-        if "onlyMine" in frame:
+        if "onlyMine" in frame and client.view is View.FULL:
             client.only_mine = frame["onlyMine"] is True
         await _refused(request, client, frame.get("version"))
     elif kind == "heartbeat" and client.agent_id:
@@ -185,3 +239,21 @@ async def _on_client_message(request: web.Request, client: Client, data: str) ->
         if new is not None and new != old:
             request.app[HUB].publish({"type": "agent_health_change",
                                       "agentId": client.agent_id, "status": new, "metrics": {}})
+
+
+def _write_refusal(request: web.Request, client: Client, kind: str, agent_id) -> str | None:
+    """Why this socket may not send a `register_agent` or `heartbeat` frame, or None.
+
+    The Node-compatible stream (ws_auth off, or the shared key) keeps its old behaviour,
+    except that with agent_auth required binding to an agent needs the agent's token."""
+    if client.view is View.MESH:
+        return (f"{kind} needs a credential: connect with the API key or an agent token "
+                "(?apiKey=...)")
+    if client.view is View.AGENT:
+        if kind == "register_agent" and agent_id != client.agent_id:
+            return (f"this socket's token acts as {client.agent_id}; it cannot bind to "
+                    f"{agent_id}")
+        return None
+    if request.app[SETTINGS].agent_auth == "required":
+        return f"agent_auth is required: {kind} acts as an agent and needs its token"
+    return None

@@ -266,6 +266,17 @@ CREATE TABLE IF NOT EXISTS file_contents (
 """)
 
 
+def _v7_agent_tokens(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # One token per agent, kept (revoked_at set) after a revocation: trust on first use is
+    # for agents that never had a token, not for one whose token was taken away.
+    _run_script(conn, """
+CREATE TABLE IF NOT EXISTS agent_tokens (
+  agent_id TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE, created_at DATETIME NOT NULL,
+  revoked_at DATETIME,
+  FOREIGN KEY (agent_id) REFERENCES agents(id) ON DELETE CASCADE)
+""")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
@@ -273,6 +284,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = 
     _v4_update_completion,
     _v5_descending_indexes,
     _v6_file_contents,
+    _v7_agent_tokens,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -96,10 +96,18 @@ def test_default_key_on_a_non_loopback_address_is_refused(meshd_proc):
 
 def test_allow_default_key_starts_on_a_non_loopback_address(meshd_proc):
     proc = meshd_proc(host="0.0.0.0", port=free_port("0.0.0.0"), key=None)
-    proc.start(("--allow-default-key", *QUIET))
+    proc.start(("--allow-default-key", "--ws-auth", "off", *QUIET))
     proc.wait_healthy()
     proc.signal(signal.SIGTERM)
     assert proc.wait_exit(15) == 0, proc.log_tail()
+
+
+def test_an_unchosen_ws_auth_on_a_non_loopback_address_is_refused(meshd_proc):
+    proc = meshd_proc(host="0.0.0.0", port=free_port("0.0.0.0"))
+    proc.start(QUIET)
+    assert proc.wait_exit(15) == 2
+    assert "ws_auth" in proc.log_text() and "public" in proc.log_text(), proc.log_tail()
+    assert not proc.healthy()
 
 
 def test_database_with_a_newer_schema_version_is_refused(meshd_proc):

@@ -178,6 +178,7 @@ async def test_a_refused_message_raises_and_is_not_queued(server, tmp_path):
         with pytest.raises(TypeError):
             await a.send("someone", "")
         a.http.headers["X-API-Key"] = "wrong"
+        a.http.token = None  # its token would still be good
         await a.http.close()  # the session carries the headers it was made with
         with pytest.raises(Rejected) as err:
             await a.send("someone", "hello")
@@ -255,3 +256,35 @@ async def test_order_holds_when_the_spool_overtakes_a_lost_event(
         await asyncio.wait_for(a.wait_online(), 10)
         await asyncio.sleep(0.2)  # the replayed m2 would come now
         assert len(got.messages) == 2
+
+
+async def test_the_agent_token_is_kept_with_the_state_and_sent(server, client, tmp_path):
+    async with make_client(server, tmp_path, "alpha") as first:
+        token = first.agent_token
+        assert token and token.startswith("mat_")
+        agent_id = first.agent_id
+        beta = (await call(client, "POST", "/api/agents/register", {"name": "beta"}))[1]
+        # Every request acts as alpha now: another agent's inbox is refused.
+        with pytest.raises(Rejected) as err:
+            await first.http.request("GET", f"/api/messages/{beta['agentId']}")
+        assert err.value.status == 403
+    db = await StateDB.open(tmp_path / "alpha")
+    try:
+        assert await db.get("agent_token") == token
+    finally:
+        await db.close()
+    async with make_client(server, tmp_path, "alpha") as again:
+        # The restart proves itself with the stored token; no new one is handed out.
+        assert again.agent_id == agent_id and again.agent_token == token
+        await until(lambda: again.events.connected, "the token's WebSocket")
+
+
+async def test_a_revoked_token_falls_back_to_the_shared_key(server, client, tmp_path):
+    async with make_client(server, tmp_path, "alpha") as first:
+        token = first.agent_token
+        await first.http.request("DELETE", f"/api/agents/{first.agent_id}/token")
+    async with make_client(server, tmp_path, "alpha") as again:
+        assert again.agent_token is None  # revoked: only the admin key gives a new one
+        status, _ = await call(client, "GET", "/api/agents",
+                               headers={"Authorization": f"Bearer {token}"})
+        assert status == 401

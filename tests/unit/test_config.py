@@ -15,6 +15,7 @@ from meshd.config import (
     parse_bool,
     parse_duration,
     parse_size,
+    parse_ws_auth,
     refuse_unsafe,
 )
 
@@ -197,9 +198,62 @@ def test_settings_travel_to_the_worker_as_json(tmp_path):
     ("0.0.0.0", "a-real-key", None, False),
 ])
 def test_the_default_key_is_refused_beyond_loopback(host, key, allow, refused):
-    s = load({"host": host, "api_key": key, "allow_default_key": allow}, environ={})
+    s = load({"host": host, "api_key": key, "allow_default_key": allow, "ws_auth": "off"},
+             environ={})
     reason = refuse_unsafe(s)
     if refused:
         assert reason and "--allow-default-key" in reason and host in reason
+    else:
+        assert reason is None
+
+
+@pytest.mark.parametrize(("value", "mode"), [
+    ("off", "off"), ("public", "public"), ("required", "required"), ("REQUIRED", "required"),
+    ("true", "required"), ("1", "required"), ("yes", "required"), (True, "required"),
+    ("false", "off"), ("0", "off"), (False, "off"),
+])
+def test_ws_auth_modes_and_the_old_booleans(value, mode):
+    assert parse_ws_auth(value) == mode
+
+
+def test_bad_auth_settings_name_the_choices():
+    with pytest.raises(ConfigError, match="ws_auth.*off, public, required"):
+        load({"ws_auth": "maybe"}, environ={})
+    with pytest.raises(ConfigError, match="agent_auth.*off, optional, required"):
+        load({"agent_auth": "sometimes"}, environ={})
+    with pytest.raises(ConfigError, match="cors_origins.*not an origin: ftp://x"):
+        load({"cors_origins": "https://ok.example,ftp://x"}, environ={})
+
+
+def test_auth_defaults_keep_node_clients_working():
+    s = load({}, environ={})
+    assert (s.ws_auth, s.agent_auth, s.cors_origins) == ("off", "optional", "*")
+    assert load({"cors_origins": " https://a.example/ , http://b:8080"}, environ={}
+                ).cors_origins == "https://a.example,http://b:8080"
+
+
+@pytest.mark.parametrize(("host", "ws_auth", "where", "refused"), [
+    ("0.0.0.0", None, None, True),
+    ("192.168.1.5", None, None, True),
+    ("0.0.0.0", "off", "flag", False),
+    ("0.0.0.0", "public", "env", False),
+    ("0.0.0.0", "required", "toml", False),
+    ("127.0.0.1", None, None, False),
+])
+def test_ws_auth_must_be_chosen_beyond_loopback(tmp_path, host, ws_auth, where, refused):
+    flags = {"host": host, "api_key": "a-real-key"}
+    environ = {}
+    if where == "flag":
+        flags["ws_auth"] = ws_auth
+    elif where == "env":
+        environ["MESHD_WS_AUTH"] = ws_auth
+    elif where == "toml":
+        path = tmp_path / "meshd.toml"
+        path.write_text(f'ws_auth = "{ws_auth}"\n')
+        flags["config"] = str(path)
+    reason = refuse_unsafe(load(flags, environ=environ))
+    if refused:
+        assert reason and host in reason
+        assert all(mode in reason for mode in ("off", "public", "required")), reason
     else:
         assert reason is None
