@@ -1,0 +1,170 @@
+"""Streamable HTTP at `/mcp` on the worker: the SDK's ASGI session manager behind a plain
+aiohttp route, through a small ASGI bridge (docs/decisions.md says why not an adapter).
+
+Imported only when `mcp = true`, so a worker without MCP never loads the SDK. The door checks
+that a credential is presented (the shared key, or an agent token the API will judge); each
+session then calls the local API with it over loopback, so the API's rules apply unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from aiohttp import web
+from mcp.server.fastmcp import FastMCP
+from mcp.server.transport_security import TransportSecuritySettings
+
+from meshd import log as logging
+from meshd.api.http import json_response
+from meshd.api.keys import SETTINGS
+from meshd.api.middleware import AUTH_FAILED, key_matches
+from meshd.config import Settings
+from meshd.mcp.server import build_server
+from meshd.mcp.session import TOKEN_PREFIX, MeshSession, presented_credential
+
+log = logging.get("meshd.mcp")
+
+PATH = "/mcp"
+MCP_SERVER: web.AppKey[FastMCP] = web.AppKey("mcp_server", FastMCP)
+MCP_TASK: web.AppKey[asyncio.Task] = web.AppKey("mcp_task", asyncio.Task)
+MCP_STOP: web.AppKey[asyncio.Event] = web.AppKey("mcp_stop", asyncio.Event)
+
+
+def security(settings: Settings) -> TransportSecuritySettings:
+    """DNS-rebinding protection (Host and Origin checks) while meshd listens on loopback,
+    where a browser page could otherwise reach it with the default key; beyond loopback a
+    reverse proxy sets the Host, and the key is not the default one."""
+    if settings.listens_beyond_loopback:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"])
+
+
+def mount(app: web.Application) -> None:
+    """Add `/mcp` (GET, POST, DELETE) and run the SDK's session manager with the app."""
+    server = build_server(lambda: MeshSession(local_files=False), security(app[SETTINGS]))
+    server.streamable_http_app()  # creates the session manager with the server's settings
+    app[MCP_SERVER] = server
+    for method in ("GET", "POST", "DELETE"):
+        app.router.add_route(method, PATH, handle)
+    app.on_startup.append(_start)
+    app.on_shutdown.append(_stop)
+
+
+async def _start(app: web.Application) -> None:
+    stop = asyncio.Event()
+    started = asyncio.Event()
+    manager = app[MCP_SERVER].session_manager
+
+    async def run() -> None:
+        # One task enters and leaves the manager's task group, as anyio requires.
+        async with manager.run():
+            started.set()
+            await stop.wait()
+
+    app[MCP_STOP] = stop
+    app[MCP_TASK] = asyncio.get_running_loop().create_task(run())
+    await started.wait()
+
+
+async def _stop(app: web.Application) -> None:
+    app[MCP_STOP].set()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await asyncio.wait_for(app[MCP_TASK], 5.0)
+
+
+def _admitted(request: web.Request) -> bool:
+    credential = presented_credential(request.headers)
+    if credential is None:
+        return False
+    return credential.startswith(TOKEN_PREFIX) or key_matches(credential,
+                                                              request.app[SETTINGS].api_key)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    if not _admitted(request):
+        return json_response({"error": AUTH_FAILED}, status=401)
+    manager = request.app[MCP_SERVER].session_manager
+    bridge = AsgiBridge(request)
+    await manager.handle_request(bridge.scope(), bridge.receive, bridge.send)
+    return await bridge.finish()
+
+
+class AsgiBridge:
+    """One aiohttp request as an ASGI HTTP connection: the body in one `http.request`
+    message, the response streamed as the app sends it (server-sent events included), and
+    `http.disconnect` once the response is complete or the peer has gone."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+        self._status = 500
+        self._headers: list[tuple[str, str]] = []
+        self._body_sent = False
+        self._done = asyncio.Event()
+
+    def scope(self) -> dict[str, Any]:
+        request = self.request
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        peername = request.transport.get_extra_info("peername") if request.transport else None
+        return {
+            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": f"{request.version.major}.{request.version.minor}",
+            "method": request.method, "scheme": request.scheme,
+            "path": request.path, "raw_path": request.raw_path.split("?")[0].encode(),
+            "query_string": request.query_string.encode(), "root_path": "",
+            "headers": [(k.lower(), v) for k, v in request.raw_headers],
+            # The listener's own address: where the session reaches the local API.
+            "server": tuple(sockname[:2]) if sockname else None,
+            "client": tuple(peername[:2]) if peername else None,
+        }
+
+    async def receive(self) -> dict[str, Any]:
+        if not self._body_sent:
+            self._body_sent = True
+            return {"type": "http.request", "body": await self.request.read(),
+                    "more_body": False}
+        await self._done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._status = message["status"]
+            self._headers = [(k.decode("latin-1"), v.decode("latin-1"))
+                             for k, v in message.get("headers", [])]
+        elif kind == "http.response.body":
+            response = await self._prepared()
+            try:
+                body = message.get("body", b"")
+                if body:
+                    await response.write(body)
+                if not message.get("more_body", False):
+                    await response.write_eof()
+                    self._done.set()
+            except (ConnectionError, RuntimeError):
+                self._done.set()  # the client went away: the app sees http.disconnect
+                raise OSError("client disconnected") from None
+
+    async def _prepared(self) -> web.StreamResponse:
+        if self.response is None:
+            response = web.StreamResponse(status=self._status)
+            for name, value in self._headers:
+                response.headers.add(name, value)
+            await response.prepare(self.request)
+            self.response = response
+        return self.response
+
+    async def finish(self) -> web.StreamResponse:
+        """The response the app produced (an empty one with its status if it sent no body)."""
+        self._done.set()
+        response = await self._prepared()
+        if not response.prepared:
+            await response.prepare(self.request)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await response.write_eof()
+        return response
