@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
 from mcp.server.fastmcp import FastMCP
+from mcp.server.streamable_http_manager import DEFAULT_MAX_SESSIONS
 from mcp.server.transport_security import TransportSecuritySettings
 
 from meshd import log as logging
@@ -30,6 +33,34 @@ PATH = "/mcp"
 MCP_SERVER: web.AppKey[FastMCP] = web.AppKey("mcp_server", FastMCP)
 MCP_TASK: web.AppKey[asyncio.Task] = web.AppKey("mcp_task", asyncio.Task)
 MCP_STOP: web.AppKey[asyncio.Event] = web.AppKey("mcp_stop", asyncio.Event)
+SESSION_HEADER = "mcp-session-id"
+OTHER_CREDENTIAL = "this MCP session was opened with another credential"
+
+
+class SessionOwners:
+    """Which credential opened each MCP session (as a SHA-256), so a session id alone never
+    lets another credential act in it. Bounded: the oldest entries go first, well after the
+    SDK's own cap on open sessions."""
+
+    def __init__(self, limit: int = 2 * DEFAULT_MAX_SESSIONS) -> None:
+        self._owners: OrderedDict[str, str] = OrderedDict()
+        self._limit = limit
+
+    @staticmethod
+    def digest(credential: str) -> str:
+        return hashlib.sha256(credential.encode()).hexdigest()
+
+    def record(self, session_id: str, credential: str) -> None:
+        self._owners[session_id] = self.digest(credential)
+        while len(self._owners) > self._limit:
+            self._owners.popitem(last=False)
+
+    def refuses(self, session_id: str, credential: str) -> bool:
+        owner = self._owners.get(session_id)
+        return owner is not None and owner != self.digest(credential)
+
+
+MCP_OWNERS: web.AppKey[SessionOwners] = web.AppKey("mcp_owners", SessionOwners)
 
 
 def security(settings: Settings) -> TransportSecuritySettings:
@@ -49,6 +80,7 @@ def mount(app: web.Application) -> None:
     server = build_server(lambda: MeshSession(local_files=False), security(app[SETTINGS]))
     server.streamable_http_app()  # creates the session manager with the server's settings
     app[MCP_SERVER] = server
+    app[MCP_OWNERS] = SessionOwners()
     for method in ("GET", "POST", "DELETE"):
         app.router.add_route(method, PATH, handle)
     app.on_startup.append(_start)
@@ -77,8 +109,7 @@ async def _stop(app: web.Application) -> None:
         await asyncio.wait_for(app[MCP_TASK], 5.0)
 
 
-def _admitted(request: web.Request) -> bool:
-    credential = presented_credential(request.headers)
+def _admitted(request: web.Request, credential: str | None) -> bool:
     if credential is None:
         return False
     return credential.startswith(TOKEN_PREFIX) or key_matches(credential,
@@ -86,11 +117,20 @@ def _admitted(request: web.Request) -> bool:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    if not _admitted(request):
+    credential = presented_credential(request.headers)
+    if not _admitted(request, credential):
         return json_response({"error": AUTH_FAILED}, status=401)
+    assert credential is not None
+    owners = request.app[MCP_OWNERS]
+    session_id = request.headers.get(SESSION_HEADER)
+    if session_id and owners.refuses(session_id, credential):
+        return json_response({"error": OTHER_CREDENTIAL}, status=403)
     manager = request.app[MCP_SERVER].session_manager
     bridge = AsgiBridge(request)
     await manager.handle_request(bridge.scope(), bridge.receive, bridge.send)
+    opened = dict(bridge.headers).get(SESSION_HEADER)
+    if not session_id and opened:
+        owners.record(opened, credential)
     return await bridge.finish()
 
 
@@ -135,7 +175,7 @@ class AsgiBridge:
         kind = message["type"]
         if kind == "http.response.start":
             self._status = message["status"]
-            self._headers = [(k.decode("latin-1"), v.decode("latin-1"))
+            self._headers = [(k.decode("latin-1").lower(), v.decode("latin-1"))
                              for k, v in message.get("headers", [])]
         elif kind == "http.response.body":
             response = await self._prepared()
@@ -149,6 +189,11 @@ class AsgiBridge:
             except (ConnectionError, RuntimeError):
                 self._done.set()  # the client went away: the app sees http.disconnect
                 raise OSError("client disconnected") from None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The app's response headers, names in lower case."""
+        return self._headers
 
     async def _prepared(self) -> web.StreamResponse:
         if self.response is None:

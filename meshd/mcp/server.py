@@ -76,7 +76,7 @@ def session_of(ctx: Context) -> MeshSession:
         session.opened_with = credential
         session.api = MeshApi(f"http://{host}:{port}", credential)
     elif credential != session.opened_with:
-        raise ToolError("this MCP session was opened with another credential")
+        raise ToolError("this MCP session was opened with another credential")  # see http.py
     return session
 
 

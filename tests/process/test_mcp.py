@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 from mcp import ClientSession, StdioServerParameters, types
 from mcp.client.stdio import stdio_client
-from mcp.client.streamable_http import streamablehttp_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import McpError
 
 from tests.process.harness import API_KEY, MeshdProcess, api, clean_env, short_tmp_dir
@@ -100,8 +101,10 @@ async def mcp_session(daemon: MeshdProcess, transport: str,
                 env=clean_env({"MESHD_URL": daemon.url, "MESHD_API_KEY": credential}))
             read, write = await stack.enter_async_context(stdio_client(params))
         else:
-            read, write, _ = await stack.enter_async_context(streamablehttp_client(
-                daemon.url + "/mcp", headers={"X-API-Key": credential}))
+            http = await stack.enter_async_context(
+                create_mcp_http_client(headers={"X-API-Key": credential}))
+            read, write, _ = await stack.enter_async_context(
+                streamable_http_client(daemon.url + "/mcp", http_client=http))
         holder: list[Mcp] = []
 
         async def handler(message: Any) -> None:
@@ -249,15 +252,49 @@ async def test_bad_arguments_give_mcp_errors(daemon, transport):
             await alice.session.subscribe_resource("meshd://nothing")
 
 
-async def test_http_door_needs_a_credential_and_keeps_it(daemon):
+INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": types.LATEST_PROTOCOL_VERSION, "capabilities": {},
+    "clientInfo": {"name": "raw", "version": "0"}}}
+MCP_HEADERS = {"Accept": "application/json, text/event-stream",
+               "Content-Type": "application/json"}
+
+
+async def raw_rpc(http: aiohttp.ClientSession, daemon: MeshdProcess, body: dict,
+                  headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    """One JSON-RPC POST to /mcp: status, headers and the first JSON message (plain JSON or
+    the first `data:` line of an event stream)."""
+    async with http.post(daemon.url + "/mcp", json=body,
+                         headers={**MCP_HEADERS, **headers}) as resp:
+        text = await resp.text()
+        data = None
+        for line in text.splitlines():
+            if line.startswith("data:"):
+                data = json.loads(line[5:])
+                break
+        if data is None and text.strip().startswith("{"):
+            data = json.loads(text)
+        return resp.status, dict(resp.headers), data
+
+
+async def test_http_door_needs_a_credential_and_a_session_keeps_its_own(daemon):
     async with aiohttp.ClientSession() as http:
-        for headers in ({}, {"X-API-Key": "wrong"}):
-            async with http.post(daemon.url + "/mcp", json={}, headers=headers) as resp:
-                assert resp.status == 401
-                assert (await resp.json()) == {"error": "Invalid or missing API key"}
-    with pytest.raises(Exception):  # noqa: B017 - the SDK wraps the 401 in its own errors
-        async with mcp_session(daemon, "http", credential="wrong") as nobody:
-            await nobody.call("list_agents")
+        for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}):
+            status, _, body = await raw_rpc(http, daemon, INIT, headers)
+            assert (status, body) == (401, {"error": "Invalid or missing API key"})
+        status, headers, body = await raw_rpc(http, daemon, INIT, {"X-API-Key": API_KEY})
+        assert status == 200 and body["result"]["serverInfo"]["name"] == "meshd"
+        session = {"Mcp-Session-Id": headers["mcp-session-id"]}
+        await raw_rpc(http, daemon, {"jsonrpc": "2.0", "method": "notifications/initialized"},
+                      {"X-API-Key": API_KEY, **session})
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "list_agents", "arguments": {}}}
+        # Another credential the door admits (a token's shape) cannot ride this session.
+        status, _, body = await raw_rpc(http, daemon, call,
+                                        {"Authorization": "Bearer mat_not-this-one", **session})
+        assert (status, body) == (403, {"error": "this MCP session was opened with another "
+                                                 "credential"})
+        status, _, body = await raw_rpc(http, daemon, call, {"X-API-Key": API_KEY, **session})
+        assert status == 200 and body["result"]["isError"] is False
 
 
 def test_stdio_server_reports_an_unreachable_meshd_as_a_tool_error():
