@@ -1,0 +1,79 @@
+"""The hooks MCP adds to the HTTP app: /mcp exists only with `mcp = true` (and is then in the
+OpenAPI document like every route), the SDK is not even imported without it, and the
+protocol runs of a catastrophe event are readable by agents."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from meshd.api.app import make_app
+from meshd.api.openapi import DOCUMENT
+from meshd.store import records
+from tests.api.test_openapi import document_operations, router_operations
+from tests.conftest import AUTH, call
+
+
+async def test_mcp_routes_exist_only_when_enabled(aiohttp_client, client, settings, storage):
+    status, body = await call(client, "POST", "/mcp", {})
+    assert status == 404, body
+    mcp_client = await aiohttp_client(make_app(settings.replace(mcp=True), storage))
+    status, body = await call(mcp_client, "POST", "/mcp", {})
+    assert (status, body) == (401, {"error": "Invalid or missing API key"})
+
+
+async def test_openapi_describes_mcp_routes_exactly_when_mounted(aiohttp_client, settings,
+                                                                 storage):
+    app = make_app(settings.replace(mcp=True), storage)
+    mcp_client = await aiohttp_client(app, headers=AUTH)
+    status, doc = await call(mcp_client, "GET", "/api/openapi.json")
+    assert status == 200
+    routed, documented = router_operations(app), document_operations(doc)
+    assert {("GET", "/mcp"), ("POST", "/mcp"), ("DELETE", "/mcp")} <= routed
+    assert routed == documented
+    assert "/mcp" not in DOCUMENT["paths"], "the default document stays without /mcp"
+
+
+def test_a_worker_without_mcp_does_not_import_the_sdk(settings):
+    code = (
+        "import sys, asyncio\n"
+        "from meshd import config\n"
+        "from meshd.api.app import make_app\n"
+        "from meshd.worker.serve import open_storage\n"
+        f"s = config.load({{'data_dir': {str(settings.data_dir)!r}}}, environ={{}})\n"
+        "async def main():\n"
+        "    store = open_storage(s)\n"
+        "    await store.start()\n"
+        "    make_app(s, store)\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n"
+        "loaded = sorted(m for m in sys.modules if m == 'mcp' or m.startswith(('mcp.', 'meshd.mcp')))\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+async def test_catastrophe_runs(client, storage):
+    status, body = await call(client, "GET", "/api/catastrophe/nope/runs")
+    assert (status, body) == (404, {"error": "Catastrophe event not found"})
+    status, body = await call(client, "POST", "/api/catastrophe", {
+        "eventType": "server_down", "severity": "critical", "title": "down"})
+    event_id = body["eventId"]
+    status, body = await call(client, "GET", f"/api/catastrophe/{event_id}/runs")
+    assert (status, body) == (200, [])
+    for run_id, dry in (("run-1", False), ("run-dry", True)):
+        await storage.write(records.upsert_run, {
+            "id": run_id, "protocol": "server_crash_recovery", "event_id": event_id,
+            "state": "restarting", "outcome": "running", "reason": "probe failed",
+            "dry_run": dry, "started_at": "2026-01-01 00:00:00",
+            "updated_at": "2026-01-01 00:00:01",
+            "steps": [{"state": "detected", "outcome": "ok",
+                       "started_at": "2026-01-01 00:00:00"}]})
+    status, body = await call(client, "GET", f"/api/catastrophe/{event_id}/runs")
+    assert status == 200
+    assert body == [{"id": "run-1", "protocol": "server_crash_recovery", "state": "restarting",
+                     "outcome": "running", "reason": "probe failed",
+                     "started_at": "2026-01-01 00:00:00",
+                     "updated_at": "2026-01-01 00:00:01"}]
