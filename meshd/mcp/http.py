@@ -1,9 +1,12 @@
 """Streamable HTTP at `/mcp` on the worker: the SDK's ASGI session manager behind a plain
 aiohttp route, through a small ASGI bridge (docs/decisions.md says why not an adapter).
 
-Imported only when `mcp = true`, so a worker without MCP never loads the SDK. The door checks
-that a credential is presented (the shared key, or an agent token the API will judge); each
-session then calls the local API with it over loopback, so the API's rules apply unchanged.
+With `mcp = true` the route exists from the start, but the SDK (some 25 MiB of imports) is
+loaded and its session manager started only by the first request that passes the door, so an
+idle worker stays as small as one without MCP. The door checks that a credential is presented
+(the shared key, or an agent token the API will judge) and that a session is used only with
+the credential that opened it; each session then calls the local API with it over loopback,
+so the API's rules apply unchanged.
 """
 
 from __future__ import annotations
@@ -15,34 +18,30 @@ from collections import OrderedDict
 from typing import Any
 
 from aiohttp import web
-from mcp.server.fastmcp import FastMCP
-from mcp.server.streamable_http_manager import DEFAULT_MAX_SESSIONS
-from mcp.server.transport_security import TransportSecuritySettings
 
 from meshd import log as logging
 from meshd.api.http import json_response
 from meshd.api.keys import SETTINGS
 from meshd.api.middleware import AUTH_FAILED, key_matches
 from meshd.config import Settings
-from meshd.mcp.server import build_server
-from meshd.mcp.session import TOKEN_PREFIX, MeshSession, presented_credential
+from meshd.mcp.credentials import TOKEN_PREFIX, presented_credential
 
 log = logging.get("meshd.mcp")
 
 PATH = "/mcp"
-MCP_SERVER: web.AppKey[FastMCP] = web.AppKey("mcp_server", FastMCP)
-MCP_TASK: web.AppKey[asyncio.Task] = web.AppKey("mcp_task", asyncio.Task)
-MCP_STOP: web.AppKey[asyncio.Event] = web.AppKey("mcp_stop", asyncio.Event)
 SESSION_HEADER = "mcp-session-id"
 OTHER_CREDENTIAL = "this MCP session was opened with another credential"
+# Twice the SDK's default cap on open sessions (10,000), so a live session's entry is not
+# dropped before the SDK itself would have refused new sessions.
+OWNERS_LIMIT = 20_000
 
 
 class SessionOwners:
     """Which credential opened each MCP session (as a SHA-256), so a session id alone never
-    lets another credential act in it. Bounded: the oldest entries go first, well after the
-    SDK's own cap on open sessions."""
+    lets another credential act in it. Bounded: the oldest entries go first (a tool call in
+    a session also checks the credential that first used it: server.session_of)."""
 
-    def __init__(self, limit: int = 2 * DEFAULT_MAX_SESSIONS) -> None:
+    def __init__(self, limit: int = OWNERS_LIMIT) -> None:
         self._owners: OrderedDict[str, str] = OrderedDict()
         self._limit = limit
 
@@ -60,13 +59,60 @@ class SessionOwners:
         return owner is not None and owner != self.digest(credential)
 
 
-MCP_OWNERS: web.AppKey[SessionOwners] = web.AppKey("mcp_owners", SessionOwners)
+class LazyMcp:
+    """The SDK's session manager, imported and started on first use, stopped with the app.
+
+    One task enters and leaves the manager's task group, as anyio requires."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.owners = SessionOwners()
+        self._manager: Any = None
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def manager(self) -> Any:
+        async with self._lock:
+            if self._manager is None:
+                self._manager = await self._start()
+        return self._manager
+
+    async def _start(self) -> Any:
+        from meshd.mcp.server import build_server
+        from meshd.mcp.session import MeshSession
+
+        server = build_server(lambda: MeshSession(local_files=False), security(self.settings))
+        server.streamable_http_app()  # creates the session manager with the server's settings
+        manager = server.session_manager
+        started = asyncio.Event()
+
+        async def run() -> None:
+            async with manager.run():
+                started.set()
+                await self._stop.wait()
+
+        self._task = asyncio.get_running_loop().create_task(run())
+        await started.wait()
+        log.info("mcp.started", path=PATH)
+        return manager
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, 5.0)
 
 
-def security(settings: Settings) -> TransportSecuritySettings:
+MCP: web.AppKey[LazyMcp] = web.AppKey("mcp", LazyMcp)
+
+
+def security(settings: Settings) -> Any:
     """DNS-rebinding protection (Host and Origin checks) while meshd listens on loopback,
     where a browser page could otherwise reach it with the default key; beyond loopback a
     reverse proxy sets the Host, and the key is not the default one."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
     if settings.listens_beyond_loopback:
         return TransportSecuritySettings(enable_dns_rebinding_protection=False)
     return TransportSecuritySettings(
@@ -76,37 +122,15 @@ def security(settings: Settings) -> TransportSecuritySettings:
 
 
 def mount(app: web.Application) -> None:
-    """Add `/mcp` (GET, POST, DELETE) and run the SDK's session manager with the app."""
-    server = build_server(lambda: MeshSession(local_files=False), security(app[SETTINGS]))
-    server.streamable_http_app()  # creates the session manager with the server's settings
-    app[MCP_SERVER] = server
-    app[MCP_OWNERS] = SessionOwners()
+    """Add `/mcp` (GET, POST, DELETE); the SDK itself waits for the first request."""
+    app[MCP] = LazyMcp(app[SETTINGS])
     for method in ("GET", "POST", "DELETE"):
         app.router.add_route(method, PATH, handle)
-    app.on_startup.append(_start)
     app.on_shutdown.append(_stop)
 
 
-async def _start(app: web.Application) -> None:
-    stop = asyncio.Event()
-    started = asyncio.Event()
-    manager = app[MCP_SERVER].session_manager
-
-    async def run() -> None:
-        # One task enters and leaves the manager's task group, as anyio requires.
-        async with manager.run():
-            started.set()
-            await stop.wait()
-
-    app[MCP_STOP] = stop
-    app[MCP_TASK] = asyncio.get_running_loop().create_task(run())
-    await started.wait()
-
-
 async def _stop(app: web.Application) -> None:
-    app[MCP_STOP].set()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await asyncio.wait_for(app[MCP_TASK], 5.0)
+    await app[MCP].close()
 
 
 def _admitted(request: web.Request, credential: str | None) -> bool:
@@ -121,16 +145,16 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if not _admitted(request, credential):
         return json_response({"error": AUTH_FAILED}, status=401)
     assert credential is not None
-    owners = request.app[MCP_OWNERS]
+    mcp = request.app[MCP]
     session_id = request.headers.get(SESSION_HEADER)
-    if session_id and owners.refuses(session_id, credential):
+    if session_id and mcp.owners.refuses(session_id, credential):
         return json_response({"error": OTHER_CREDENTIAL}, status=403)
-    manager = request.app[MCP_SERVER].session_manager
+    manager = await mcp.manager()
     bridge = AsgiBridge(request)
     await manager.handle_request(bridge.scope(), bridge.receive, bridge.send)
     opened = dict(bridge.headers).get(SESSION_HEADER)
     if not session_id and opened:
-        owners.record(opened, credential)
+        mcp.owners.record(opened, credential)
     return await bridge.finish()
 
 

@@ -19,7 +19,8 @@ from mcp.types import INVALID_PARAMS, ErrorData
 from pydantic import Field
 
 from meshd.mcp.backend import MeshApi
-from meshd.mcp.session import CATASTROPHES, INBOX, MeshSession, presented_credential
+from meshd.mcp.credentials import presented_credential
+from meshd.mcp.session import CATASTROPHES, INBOX, MeshSession
 
 INLINE_LIMIT = 256 << 10  # bytes of a downloaded file returned inline; larger ones by reference
 OPEN_STATUSES = ("active", "recovering")

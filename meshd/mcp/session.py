@@ -23,6 +23,7 @@ from mcp.server.session import ServerSession
 from meshd import log as logging
 from meshd.client.backoff import Backoff
 from meshd.mcp.backend import MeshApi
+from meshd.mcp.credentials import TOKEN_PREFIX
 
 log = logging.get("meshd.mcp")
 
@@ -30,18 +31,6 @@ INBOX = "meshd://inbox"
 CATASTROPHES = "meshd://catastrophes"
 RESOURCES = (INBOX, CATASTROPHES)
 CONNECT_WAIT = 10.0  # seconds a subscribe call waits for the watcher's first connection
-TOKEN_PREFIX = "mat_"
-
-
-def presented_credential(headers: Mapping[str, str]) -> str | None:
-    """The credential of a request, found as the API finds its key: X-API-Key, and a
-    `Bearer ` Authorization header replaces it."""
-    candidate = headers.get("x-api-key")
-    auth = headers.get("authorization", "")
-    if auth.startswith("Bearer "):
-        candidate = auth[7:]
-    candidate = (candidate or "").strip()
-    return candidate or None
 
 
 def affected_resources(event: Mapping[str, Any], agent_id: str | None) -> set[str]:

@@ -1,11 +1,14 @@
 """The hooks MCP adds to the HTTP app: /mcp exists only with `mcp = true` (and is then in the
-OpenAPI document like every route), the SDK is not even imported without it, and the
-protocol runs of a catastrophe event are readable by agents."""
+OpenAPI document like every route), the SDK is not imported before the first /mcp request
+(so not at all without it), and the protocol runs of a catastrophe event are readable by
+agents."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+
+import pytest
 
 from meshd.api.app import make_app
 from meshd.api.openapi import DOCUMENT
@@ -34,21 +37,23 @@ async def test_openapi_describes_mcp_routes_exactly_when_mounted(aiohttp_client,
     assert "/mcp" not in DOCUMENT["paths"], "the default document stays without /mcp"
 
 
-def test_a_worker_without_mcp_does_not_import_the_sdk(settings):
+@pytest.mark.parametrize("mcp", [False, True])
+def test_the_sdk_is_not_imported_before_an_mcp_request(settings, mcp):
     code = (
         "import sys, asyncio\n"
         "from meshd import config\n"
         "from meshd.api.app import make_app\n"
         "from meshd.worker.serve import open_storage\n"
-        f"s = config.load({{'data_dir': {str(settings.data_dir)!r}}}, environ={{}})\n"
+        f"s = config.load({{'data_dir': {str(settings.data_dir)!r}, 'mcp': {mcp}}}, environ={{}})\n"
         "async def main():\n"
         "    store = open_storage(s)\n"
         "    await store.start()\n"
         "    make_app(s, store)\n"
         "    await store.close()\n"
         "asyncio.run(main())\n"
-        "loaded = sorted(m for m in sys.modules if m == 'mcp' or m.startswith(('mcp.', 'meshd.mcp')))\n"
-        "assert not loaded, loaded\n"
+        "sdk = sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.'))\n"
+        "assert not sdk, sdk\n"
+        f"assert ('meshd.mcp.http' in sys.modules) is {mcp}\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)

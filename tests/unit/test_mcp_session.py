@@ -8,14 +8,9 @@ from mcp.server.fastmcp.exceptions import ToolError
 
 from meshd.config import DEFAULT_API_KEY
 from meshd.mcp.backend import MeshApi
+from meshd.mcp.credentials import presented_credential
 from meshd.mcp.http import SessionOwners
-from meshd.mcp.session import (
-    CATASTROPHES,
-    INBOX,
-    MeshSession,
-    affected_resources,
-    presented_credential,
-)
+from meshd.mcp.session import CATASTROPHES, INBOX, MeshSession, affected_resources
 from meshd.mcp.stdio import DEFAULT_URL, target_from
 
 ME = "agent-a"
