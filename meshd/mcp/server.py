@@ -108,7 +108,7 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
         answer = await api.call("POST", "/api/agents/register", json=_drop_none(
             name=name, capabilities=capabilities, endpoint=endpoint))
         session.bind(answer["agentId"], name)
-        session.adopt_token(answer.get("agentToken"))
+        await session.adopt_token(answer.get("agentToken"))
         return answer
 
     @mcp.tool()
@@ -426,19 +426,18 @@ async def _save(api: MeshApi, path: str, target: Path) -> int:
 
 
 async def _inline_or_reference(api: MeshApi, file_id: str, path: str) -> dict:
-    meta = next((f for f in await api.call("GET", "/api/files") if f["id"] == file_id), None)
-    if meta is None:
-        raise ToolError("File not found (HTTP 404)")
-    if (meta.get("fileSize") or 0) > INLINE_LIMIT:
-        return {**meta, "inline": False, "downloadPath": path,
+    got = await api.fetch(path, INLINE_LIMIT)
+    answer: dict[str, Any] = {"fileId": file_id, "filename": got.filename,
+                              "fileType": got.media_type, "fileSize": got.size}
+    if got.data is None:
+        return {**answer, "inline": False, "downloadPath": path,
                 "note": f"larger than {INLINE_LIMIT} bytes: GET downloadPath on meshd with "
                         "the same credential, or call download_file with save_to over stdio"}
-    data = await api.download(path)
-    answer = {**meta, "inline": True}
+    answer["inline"] = True
     try:
-        answer["text"] = data.decode("utf-8")
+        answer["text"] = got.data.decode("utf-8")
     except UnicodeDecodeError:
-        answer["contentBase64"] = base64.b64encode(data).decode()
+        answer["contentBase64"] = base64.b64encode(got.data).decode()
     return answer
 
 

@@ -91,13 +91,13 @@ class MeshSession:
             self._stop_watcher()
             self._start_watcher()
 
-    def adopt_token(self, token: Any) -> None:
+    async def adopt_token(self, token: Any) -> None:
         """A registration answered with the agent's own token: act with it from now on, so the
-        API enforces the identity the session is bound to."""
+        API enforces the identity the session is bound to (the watcher reconnects with it)."""
         if isinstance(token, str) and token.startswith(TOKEN_PREFIX) and self.api is not None:
             old = self.api
             self.api = MeshApi(old.base_url, token)
-            asyncio.get_running_loop().create_task(old.close())
+            await old.close()
 
     async def subscribe(self, uri: str, server_session: ServerSession) -> None:
         if uri not in RESOURCES:

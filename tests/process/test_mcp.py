@@ -144,6 +144,7 @@ async def test_two_agents_exchange_a_message_and_a_file_through_tools(daemon, tr
         assert [f["id"] for f in listed] == [up["fileId"]]
         got = await bob.call("download_file", file_id=up["fileId"])
         assert got["inline"] is True and got["text"] == payload
+        assert got["filename"] == "report.txt" and got["fileType"] == "text/plain"
 
         binary = bytes(range(256))
         up2 = await bob.call("upload_file", filename="blob.bin",
@@ -165,6 +166,20 @@ async def test_stdio_files_by_reference_use_local_paths(daemon, tmp_path):
         saved = await alice.call("download_file", file_id=up["fileId"], save_to=str(target))
         assert saved["fileSize"] == 10000
         assert target.read_bytes() == source.read_bytes()
+
+
+async def test_a_large_file_comes_by_reference(daemon):
+    big = bytes(range(256)) * 1200  # 300 KiB: above the inline limit
+    async with mcp_session(daemon, "http") as alice:
+        await alice.call("register", name=unique("alice"))
+        up = await alice.call("upload_file", filename="big.bin",
+                              content_base64=base64.b64encode(big).decode())
+        got = await alice.call("download_file", file_id=up["fileId"])
+        assert got["inline"] is False and got["fileSize"] == len(big)
+        assert "contentBase64" not in got and "text" not in got
+    async with aiohttp.ClientSession() as http, http.get(
+            daemon.url + got["downloadPath"], headers=daemon.headers) as resp:
+        assert resp.status == 200 and await resp.read() == big
 
 
 async def test_http_refuses_local_paths(daemon, tmp_path):

@@ -72,9 +72,9 @@ async def test_binding_is_to_one_agent():
 
 async def test_a_registration_token_becomes_the_session_credential():
     session = MeshSession(api=MeshApi("http://127.0.0.1:1", "shared"))
-    session.adopt_token(None)
+    await session.adopt_token(None)
     assert session.api.credential == "shared"
-    session.adopt_token("mat_abc")
+    await session.adopt_token("mat_abc")
     assert session.api.credential == "mat_abc"
     await session.close()
 
