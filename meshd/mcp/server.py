@@ -237,12 +237,13 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
         ctx: Context,
         group_id: Annotated[str, Field(description="Group id")],
         key: Annotated[str | None, Field(description="One key; omit for every key")] = None,
-    ) -> Any:
-        """A group's collective memory: one key (value, version, last writer) or all keys."""
+    ) -> list[dict]:
+        """A group's collective memory entries (value, version, last writer): the one key
+        asked for, or every key."""
         _, api = api_of(ctx)
         if key is None:
             return await api.call("GET", f"/api/groups/{_q(group_id)}/memory")
-        return await api.call("GET", f"/api/groups/{_q(group_id)}/memory/{_q(key)}")
+        return [await api.call("GET", f"/api/groups/{_q(group_id)}/memory/{_q(key)}")]
 
     @mcp.tool()
     async def memory_set(

@@ -326,3 +326,46 @@ def test_stdio_server_reports_an_unreachable_meshd_as_a_tool_error():
     text = asyncio.run(run())
     assert "meshd is unreachable" in text
 
+
+
+async def test_groups_memory_updates_and_health_through_tools(daemon):
+    async with mcp_session(daemon, "http") as alice, mcp_session(daemon, "stdio") as bob:
+        a_id = (await alice.call("register", name=unique("alice")))["agentId"]
+        b_id = (await bob.call("register", name=unique("bob")))["agentId"]
+        async with aiohttp.ClientSession() as http:
+            _, group = await api(http, daemon, "POST", "/api/groups",
+                                 {"name": unique("team"), "createdBy": a_id})
+            group_id = group["groupId"]
+            for member in (a_id, b_id):
+                status, body = await api(http, daemon, "POST",
+                                         f"/api/groups/{group_id}/members", {"agentId": member})
+                assert status == 200, body
+            _, update = await api(http, daemon, "POST", "/api/updates", {
+                "version": "9.9.9", "updateType": "feature", "title": unique("update")})
+        assert [g["id"] for g in await bob.call("list_groups")] == [group_id]
+
+        first = await alice.call("memory_set", group_id=group_id, key="plan/a", value={"n": 1})
+        second = await alice.call("memory_set", group_id=group_id, key="plan/a", value={"n": 2})
+        assert (first["version"], second["version"]) == (1, 2)
+        [got] = await bob.call("memory_get", group_id=group_id, key="plan/a")
+        assert got["value"] == {"n": 2} and got["version"] == 2
+        assert [m["key"] for m in await bob.call("memory_get", group_id=group_id)] == ["plan/a"]
+        history = await bob.call("memory_history", group_id=group_id, key="plan/a")
+        assert history["currentVersion"] == 2
+
+        sent = await alice.call("group_message", group_id=group_id, content="standup")
+        assert sent["recipientCount"] == 1
+        assert [m["content"] for m in await bob.call("read_inbox")] == ["standup"]
+
+        updates = await bob.call("list_updates")
+        assert update["updateId"] in [u["id"] for u in updates]
+        ack = await bob.call("acknowledge_update", update_id=update["updateId"],
+                             agent_version="1.0.0")
+        assert ack["success"] is True
+
+        assert (await bob.call("post_health", status="degraded", cpu_usage=12.5))["success"]
+        online = await alice.call("list_agents", online=True)
+        assert {"id": b_id, "status": "degraded"}.items() <= next(
+            a for a in online if a["id"] == b_id).items()
+        bad = await bob.refused("post_health", status="on-fire")
+        assert "status must be one of" in bad
