@@ -82,7 +82,9 @@ class LazyMcp:
         from meshd.mcp.server import build_server
         from meshd.mcp.session import MeshSession
 
-        server = build_server(lambda: MeshSession(local_files=False), security(self.settings))
+        settings = self.settings
+        server = build_server(lambda: MeshSession(local_files=False), security(settings),
+                              max_body_size=settings.max_file_size * 4 // 3 + (1 << 20))
         server.streamable_http_app()  # creates the session manager with the server's settings
         manager = server.session_manager
         started = asyncio.Event()
@@ -170,6 +172,7 @@ class AsgiBridge:
         self._headers: list[tuple[str, str]] = []
         self._body_sent = False
         self._done = asyncio.Event()
+        self._plain_error: bytearray | None = None
 
     def scope(self) -> dict[str, Any]:
         request = self.request
@@ -201,6 +204,15 @@ class AsgiBridge:
             self._status = message["status"]
             self._headers = [(k.decode("latin-1").lower(), v.decode("latin-1"))
                              for k, v in message.get("headers", [])]
+            media = dict(self._headers).get("content-type", "")
+            if self._status >= 400 and not media.startswith("application/json"):
+                # The transport's own refusals (bad Host, Accept, size) are plain text; meshd
+                # answers every error as JSON `{"error": ...}`.
+                self._plain_error = bytearray()
+        elif kind == "http.response.body" and self._plain_error is not None:
+            self._plain_error += message.get("body", b"")
+            if not message.get("more_body", False):
+                self._done.set()
         elif kind == "http.response.body":
             response = await self._prepared()
             try:
@@ -231,6 +243,10 @@ class AsgiBridge:
     async def finish(self) -> web.StreamResponse:
         """The response the app produced (an empty one with its status if it sent no body)."""
         self._done.set()
+        if self._plain_error is not None:
+            text = self._plain_error.decode("utf-8", "replace").strip()
+            return json_response({"error": text or f"MCP transport refused ({self._status})"},
+                                 status=self._status)
         response = await self._prepared()
         if not response.prepared:
             await response.prepare(self.request)

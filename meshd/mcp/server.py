@@ -41,8 +41,10 @@ def _q(part: str) -> str:
 
 
 def build_server(new_session: Callable[[], MeshSession],
-                 security: TransportSecuritySettings | None = None) -> FastMCP:
-    """A FastMCP server whose sessions each start from `new_session()`."""
+                 security: TransportSecuritySettings | None = None,
+                 max_body_size: int | None = None) -> FastMCP:
+    """A FastMCP server whose sessions each start from `new_session()`; over HTTP a request
+    body may be as large as the API's own largest (an upload of `max_file_size`)."""
 
     @asynccontextmanager
     async def lifespan(_server: Any) -> AsyncIterator[MeshSession]:
@@ -52,9 +54,10 @@ def build_server(new_session: Callable[[], MeshSession],
         finally:
             await session.close()
 
+    limits = {"max_request_body_size": max_body_size} if max_body_size else {}
     mcp = FastMCP("meshd", instructions=INSTRUCTIONS, lifespan=lifespan,
                   transport_security=security or TransportSecuritySettings(
-                      enable_dns_rebinding_protection=False))
+                      enable_dns_rebinding_protection=False), **limits)
     _add_tools(mcp)
     _add_resources(mcp)
     _add_subscriptions(mcp)

@@ -37,7 +37,8 @@ WAIT = 15.0  # seconds a notification may take before the test fails
 def daemon() -> Iterator[MeshdProcess]:
     proc = MeshdProcess(root=short_tmp_dir())
     try:
-        proc.start(["--mcp", "true"])
+        # A small file limit keeps the oversized-body test small (the /mcp body limit follows).
+        proc.start(["--mcp", "true", "--max-file-size", "1MiB"])
         proc.wait_healthy(30)
         yield proc
     finally:
@@ -310,6 +311,37 @@ async def test_http_door_needs_a_credential_and_a_session_keeps_its_own(daemon):
                                                  "credential"})
         status, _, body = await raw_rpc(http, daemon, call, {"X-API-Key": API_KEY, **session})
         assert status == 200 and body["result"]["isError"] is False
+
+
+async def test_http_transport_refusals_are_json(daemon):
+    async with aiohttp.ClientSession() as http:
+        cases = (
+            ({**MCP_HEADERS, "Host": "evil.example:80"}, json.dumps(INIT).encode(), 421,
+             "Invalid Host header"),
+            ({"Accept": "application/json, text/event-stream", "Content-Type": "text/plain"},
+             json.dumps(INIT).encode(), 400, "Invalid Content-Type header"),
+            ({"Accept": "text/html", "Content-Type": "application/json"},
+             json.dumps(INIT).encode(), 406, None),
+            (MCP_HEADERS, b"x" * (3 << 20), 413, None),
+        )
+        for headers, data, status, message in cases:
+            async with http.post(daemon.url + "/mcp", data=data,
+                                 headers={"X-API-Key": API_KEY, **headers}) as resp:
+                body = await resp.json(content_type=None)
+                assert resp.status == status, (resp.status, body)
+                # meshd's `{"error": text}`, or a JSON-RPC error where the SDK gives one.
+                error = body["error"]
+                text = error if isinstance(error, str) else error["message"]
+                assert text, body
+                if message:
+                    assert text == message
+        status, _, body = await raw_rpc(http, daemon, INIT, {
+            "X-API-Key": API_KEY, "Mcp-Session-Id": "no-such-session"})
+        assert status == 404 and body["error"]["message"] == "Session not found"
+        async with http.post(daemon.url + "/mcp", data=b"{not json",
+                             headers={"X-API-Key": API_KEY, **MCP_HEADERS}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == types.PARSE_ERROR
 
 
 def test_stdio_server_reports_an_unreachable_meshd_as_a_tool_error():
