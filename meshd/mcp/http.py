@@ -3,9 +3,9 @@ aiohttp route, through a small ASGI bridge (docs/decisions.md says why not an ad
 
 With `mcp = true` the route exists from the start, but the SDK (some 25 MiB of imports) is
 loaded and its session manager started only by the first request that passes the door, so an
-idle worker stays as small as one without MCP. The door checks that a credential is presented
-(the shared key, or an agent token the API will judge) and that a session is used only with
-the credential that opened it; each session then calls the local API with it over loopback,
+idle worker stays as small as one without MCP. The door admits the shared key, or an agent
+token the API accepts (asked of the API), and lets a session be used only with the credential
+that opened it: no one without a credential can open sessions or load the SDK; each session then calls the local API with it over loopback,
 so the API's rules apply unchanged.
 """
 
@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections import OrderedDict
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from meshd import log as logging
@@ -59,6 +61,47 @@ class SessionOwners:
         return owner is not None and owner != self.digest(credential)
 
 
+class TokenCheck:
+    """Whether the API accepts an agent token, asked of the API itself (one loopback
+    `GET /api/agents?limit=0` with it), so the door admits exactly the tokens the API does;
+    an accepted token is remembered for `ttl` seconds."""
+
+    def __init__(self, ttl: float = 60.0) -> None:
+        self.ttl = ttl
+        self._accepted: dict[str, float] = {}
+        self._http: aiohttp.ClientSession | None = None
+
+    async def accepts(self, request: web.Request, token: str) -> bool:
+        digest = SessionOwners.digest(token)
+        now = time.monotonic()
+        if self._accepted.get(digest, 0.0) > now:
+            return True
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        try:
+            async with self._http.get(local_api(request) + "/api/agents",
+                                      params={"limit": "0"},
+                                      headers={"X-API-Key": token}) as resp:
+                accepted = resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+        if accepted:
+            self._accepted = {d: t for d, t in self._accepted.items() if t > now}
+            self._accepted[digest] = now + self.ttl
+        return accepted
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+
+
+def local_api(request: web.Request) -> str:
+    """The API on the listener that accepted this request (its own address, not the Host a
+    proxy may have rewritten)."""
+    host, port = request.transport.get_extra_info("sockname")[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class LazyMcp:
     """The SDK's session manager, imported and started on first use, stopped with the app.
 
@@ -67,6 +110,7 @@ class LazyMcp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.owners = SessionOwners()
+        self.tokens = TokenCheck()
         self._manager: Any = None
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -100,6 +144,7 @@ class LazyMcp:
         return manager
 
     async def close(self) -> None:
+        await self.tokens.close()
         self._stop.set()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -135,16 +180,17 @@ async def _stop(app: web.Application) -> None:
     await app[MCP].close()
 
 
-def _admitted(request: web.Request, credential: str | None) -> bool:
+async def _admitted(request: web.Request, credential: str | None) -> bool:
     if credential is None:
         return False
-    return credential.startswith(TOKEN_PREFIX) or key_matches(credential,
-                                                              request.app[SETTINGS].api_key)
+    if credential.startswith(TOKEN_PREFIX):
+        return await request.app[MCP].tokens.accepts(request, credential)
+    return key_matches(credential, request.app[SETTINGS].api_key)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
     credential = presented_credential(request.headers)
-    if not _admitted(request, credential):
+    if not await _admitted(request, credential):
         return json_response({"error": AUTH_FAILED}, status=401)
     assert credential is not None
     mcp = request.app[MCP]

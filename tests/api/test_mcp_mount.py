@@ -82,3 +82,23 @@ async def test_catastrophe_runs(client, storage):
                      "outcome": "running", "reason": "probe failed",
                      "started_at": "2026-01-01 00:00:00",
                      "updated_at": "2026-01-01 00:00:01"}]
+
+
+async def test_the_door_asks_the_api_about_a_token(aiohttp_client, settings, storage):
+    # A shared key shaped like an agent token: the door cannot tell it from a token, so it
+    # asks the API, which accepts it; a token the API does not know is refused.
+    app = make_app(settings.replace(mcp=True, api_key="mat_shared-key"), storage)
+    mcp_client = await aiohttp_client(app)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "0"}}}
+    headers = {"Accept": "application/json, text/event-stream"}
+    resp = await mcp_client.post("/mcp", json=init, headers={
+        **headers, "Authorization": "Bearer mat_unknown"})
+    assert resp.status == 401
+    assert await resp.json() == {"error": "Invalid or missing API key"}
+    resp = await mcp_client.post("/mcp", json=init, headers={
+        **headers, "Authorization": "Bearer mat_shared-key"})
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["mcp-session-id"]
+    assert '"serverInfo"' in await resp.text()
