@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     pabort = psub.add_parser("abort", help="abort a run (its event stays open)")
     _daemon_arguments(pabort)
     pabort.add_argument("run")
+    sub.add_parser("mcp", help="MCP server over stdio, a client of a running meshd "
+                   "(MESHD_URL, MESHD_AGENT_TOKEN or MESHD_API_KEY)")
     return parser
 
 
@@ -282,14 +284,22 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "status": cmd_status, "backup": cmd_backup,
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from meshd.mcp import stdio
+
+    # stdout carries the protocol: log lines (warnings and worse) go to stderr.
+    logging.configure("json", "warning", process="mcp")
+    return stdio.run()
+
+
+COMMANDS = {"mcp": cmd_mcp, "protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "status": cmd_status, "backup": cmd_backup,
             "backups": cmd_backups, "check": cmd_check, "restore": cmd_restore,
             "mode": cmd_mode}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("run", "worker"):
+    if args.command not in ("run", "worker", "mcp"):
         # Operator commands print results on stdout; their log lines go to stderr.
         logging.configure("auto", "warning", process="cli")
     return COMMANDS[args.command](args)

@@ -191,6 +191,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("readers", int, 4, "reader connections (threads)"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
+    Option("mcp", parse_bool, False,
+           "serve the MCP server (streamable HTTP) at /mcp on the API port"),
 )
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 
@@ -242,6 +244,7 @@ class Settings:
     alert_timeout: float = 10.0
     readers: int = 4
     drain_timeout: float = 10.0
+    mcp: bool = False
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property

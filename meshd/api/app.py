@@ -55,6 +55,10 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
     for module in RESOURCES:
         app.router.add_routes(module.routes)
     app.router.add_get("/ws", websocket_handler)
+    if settings.mcp:
+        from meshd.mcp.http import mount  # the SDK is loaded only when MCP is enabled
+
+        mount(app)
     app.on_shutdown.append(_close_websockets)
     return app
 

@@ -91,6 +91,16 @@ async def get_event(request: web.Request) -> web.Response:
     return json_response(public_event(row))
 
 
+@routes.get("/api/catastrophe/{id}/runs")
+async def event_runs(request: web.Request) -> web.Response:
+    """The protocol runs working on one event: what an agent sees of its recovery."""
+    event_id = request.match_info["id"]
+    db = storage(request)
+    if await db.read(store.get_event, event_id) is None:
+        raise NotFound("Catastrophe event not found")
+    return json_response(await db.read(store.runs_for_event, event_id))
+
+
 @routes.get("/api/catastrophe")
 async def list_events(request: web.Request) -> web.Response:
     limit, offset = paging(request)

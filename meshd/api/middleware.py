@@ -26,6 +26,8 @@ API_HEADERS = (
 ALLOWED_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUTH_FAILED = "Invalid or missing API key"
+# Connections that stay open for a session: shutdown does not wait for them to finish.
+LONG_LIVED = frozenset({"/ws", "/mcp"})
 
 
 def presented_key(request: web.Request) -> str | None:
@@ -91,7 +93,7 @@ async def pipeline(request: web.Request, handler):
         })
     else:
         inflight = request.app[INFLIGHT]
-        counted = request.path != "/ws"
+        counted = request.path not in LONG_LIVED
         if counted:
             inflight.enter()
         try:

@@ -14,6 +14,7 @@ from aiohttp import web
 from meshd import __version__
 from meshd.api import auth
 from meshd.api.http import json_response
+from meshd.api.keys import SETTINGS
 
 routes = web.RouteTableDef()
 
@@ -434,6 +435,9 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/catastrophe/{id}": {"get": op(
         "catastrophe", "Get a catastrophe event", ref("CatastropheEvent"), "404",
         params=(EVENT_ID,))},
+    "/api/catastrophe/{id}/runs": {"get": op(
+        "catastrophe", "The protocol runs working on a catastrophe event, oldest first",
+        array(ref("ProtocolRun")), "404", params=(EVENT_ID,))},
     "/api/catastrophe/{id}/resolve": {"post": op(
         "catastrophe", "Resolve a catastrophe event", success(message=STR), "404", "409",
         params=(EVENT_ID,), writes=True, body=obj(resolutionNotes=STR), body_required=False)},
@@ -561,6 +565,8 @@ SCHEMAS: dict[str, Schema] = {
                             status=enum("active", "recovering", "resolved"),
                             occurred_at=DB_TIME, resolved_at=NULL_DB_TIME,
                             resolution_notes=NULL_STR, affectedAgents=ANY),
+    "ProtocolRun": obj("id", "protocol", "state", "outcome", id=STR, protocol=STR, state=STR,
+                       outcome=STR, reason=NULL_STR, started_at=STR, updated_at=STR),
     "Protocol": obj(trigger=STR, steps=STR_LIST, states=STR_LIST, eventType=NULL_STR,
                     runbook=STR),
     "Health": obj("agentId", "status", agentId=STR, status=STR, lastHeartbeat=NULL_DB_TIME,
@@ -610,6 +616,24 @@ DOCUMENT: dict[str, Any] = {
 }
 
 
+# Routed only with `mcp = true`; the MCP protocol itself is described by its own spec.
+MCP_PATHS: dict[str, Any] = {"/mcp": {
+    method: op("mcp", summary, {"description": "JSON-RPC answer or an event stream "
+                                               "(text/event-stream)"}, "400", "404",
+               description="MCP streamable HTTP transport (docs: README, MCP section).")
+    for method, summary in (("post", "MCP JSON-RPC messages"),
+                            ("get", "MCP server-to-client event stream"),
+                            ("delete", "End an MCP session"))}}
+
+
+def document_for(settings_mcp: bool) -> dict[str, Any]:
+    """The document of an app, with /mcp when it is mounted."""
+    if not settings_mcp:
+        return DOCUMENT
+    return {**DOCUMENT, "tags": [*DOCUMENT["tags"], {"name": "mcp"}],
+            "paths": {**DOCUMENT["paths"], **MCP_PATHS}}
+
+
 @routes.get("/api/openapi.json")
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(DOCUMENT)
+    return json_response(document_for(request.app[SETTINGS].mcp))

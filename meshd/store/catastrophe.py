@@ -76,6 +76,16 @@ def list_events(
     )
 
 
+def runs_for_event(db: Reader, event_id: str) -> list[Row]:
+    """The protocol runs (dry runs left out) that work on an event, oldest first, so an
+    agent can follow its recovery; the step logs stay operator data."""
+    return db.query(
+        "SELECT id, protocol, state, outcome, reason, started_at, updated_at"
+        " FROM protocol_runs WHERE event_id = ? AND dry_run = 0 ORDER BY started_at, id",
+        (event_id,),
+    )
+
+
 def set_status(
     tx: Tx, event_id: str, status: str, now: str, resolution_notes: str | None = None
 ) -> Row:
