@@ -326,6 +326,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/catastrophe/{id}"): MESH,
     ("GET", "/api/catastrophe"): MESH,
     ("POST", "/api/catastrophe/{id}/resolve"): MESH,
+    ("GET", "/api/catastrophe/{id}/runs"): MESH,
     ("POST", "/api/agents/{id}/health"): agent(path("id")),
     ("GET", "/api/agents/{id}/health"): MESH,
     ("GET", "/api/health/dashboard"): MESH,
@@ -338,4 +339,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/admin/protocols/runs/{runId}/abort"): ADMIN,
     ("GET", "/api/openapi.json"): MESH,
     ("GET", "/ws"): OPEN,  # the hub applies ws_auth itself (api/ws.py)
+    # Routed only with `mcp = true`; the MCP door admits credentials itself (mcp/http.py).
+    ("GET", "/mcp"): OPEN,
+    ("POST", "/mcp"): OPEN,
+    ("DELETE", "/mcp"): OPEN,
 }

@@ -185,7 +185,10 @@ async def _admitted(request: web.Request, credential: str | None) -> bool:
         return False
     if credential.startswith(TOKEN_PREFIX):
         return await request.app[MCP].tokens.accepts(request, credential)
-    return key_matches(credential, request.app[SETTINGS].api_key)
+    # With agent_auth=required an MCP session must act with its agent's own token: the shared
+    # key would let one session act as any agent it names.
+    settings = request.app[SETTINGS]
+    return settings.agent_auth != "required" and key_matches(credential, settings.api_key)
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

@@ -85,10 +85,14 @@ async def test_catastrophe_runs(client, storage):
 
 
 async def test_the_door_asks_the_api_about_a_token(aiohttp_client, settings, storage):
-    # A shared key shaped like an agent token: the door cannot tell it from a token, so it
-    # asks the API, which accepts it; a token the API does not know is refused.
-    app = make_app(settings.replace(mcp=True, api_key="mat_shared-key"), storage)
+    # An agent token is admitted when the API accepts it; an unknown one is refused; with
+    # agent_auth=required the shared key no longer opens a session.
+    app = make_app(settings.replace(mcp=True), storage)
     mcp_client = await aiohttp_client(app)
+    status, registered = await call(mcp_client, "POST", "/api/agents/register",
+                                    {"name": "mcp-door"}, headers=AUTH)
+    assert status == 200, registered
+    token = registered["agentToken"]
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
         "clientInfo": {"name": "t", "version": "0"}}}
@@ -98,7 +102,12 @@ async def test_the_door_asks_the_api_about_a_token(aiohttp_client, settings, sto
     assert resp.status == 401
     assert await resp.json() == {"error": "Invalid or missing API key"}
     resp = await mcp_client.post("/mcp", json=init, headers={
-        **headers, "Authorization": "Bearer mat_shared-key"})
+        **headers, "Authorization": f"Bearer {token}"})
     assert resp.status == 200, await resp.text()
     assert resp.headers["mcp-session-id"]
     assert '"serverInfo"' in await resp.text()
+
+    strict = await aiohttp_client(make_app(settings.replace(mcp=True, agent_auth="required"),
+                                           storage))
+    resp = await strict.post("/mcp", json=init, headers={**headers, **AUTH})
+    assert resp.status == 401, await resp.text()
