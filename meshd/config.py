@@ -105,6 +105,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
     Option("access_log", parse_bool, True, "log one event per HTTP request"),
     Option("ws_auth", parse_bool, False, "require the API key on WebSocket connections"),
+    Option("metrics_auth", parse_bool, False,
+           "require the API key (or a console session) on GET /metrics"),
     Option("max_body_size", parse_size, 1 << 20, "largest JSON body of a non-upload request"),
     Option("max_file_size", parse_size, 25 << 20, "largest uploaded file (decoded bytes)"),
     Option("sweep_interval", parse_duration, 60.0, "how often messages past their timeoutMs are timed out"),
@@ -168,6 +170,7 @@ class Settings:
     log_level: str = "info"
     access_log: bool = True
     ws_auth: bool = False
+    metrics_auth: bool = False
     max_body_size: int = 1 << 20
     max_file_size: int = 25 << 20
     sweep_interval: float = 60.0

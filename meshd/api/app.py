@@ -10,11 +10,13 @@ from meshd.api import (
     admin,
     agents,
     catastrophe,
+    console,
     files,
     groups,
     health,
     memory,
     messages,
+    metrics,
     openapi,
     skills,
     system,
@@ -42,7 +44,7 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
         # A custom router is the one hook that resolves before middleware runs; aiohttp 3
         # deprecates the argument but keeps it (docs/decisions.md).
         warnings.simplefilter("ignore", DeprecationWarning)
-        app = web.Application(router=TolerantRouter(), middlewares=[pipeline, guard, enforce],
+        app = web.Application(router=TolerantRouter(), middlewares=[metrics.observe, pipeline, guard, enforce],
                               client_max_size=max_size)
     app[SETTINGS] = settings
     app[STORAGE] = storage
@@ -53,6 +55,8 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
     for module in RESOURCES:
         app.router.add_routes(module.routes)
     app.router.add_get("/ws", websocket_handler)
+    metrics.setup(app)
+    console.setup(app)
     app.on_shutdown.append(_close_websockets)
     return app
 

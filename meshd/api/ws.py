@@ -16,6 +16,7 @@ from aiohttp import WSMsgType, web
 
 from meshd import log as logging
 from meshd.api import enforcement
+from meshd.api.console import sessions as console_sessions
 from meshd.api.keys import HUB, SETTINGS, STORAGE
 from meshd.api.middleware import key_matches, presented_key
 from meshd.clock import db_time, new_id
@@ -92,8 +93,14 @@ async def _sender(client: Client) -> None:
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
+    # The web console authenticates with its session cookie, accepted from meshd's own pages
+    # only: a foreign page riding the cookie is refused (cross-site WebSocket hijacking).
+    console = console_sessions.ws_access(request)
+    if console is False:
+        return web.json_response({"error": "cross-origin console connection refused"},
+                                 status=403)
     candidate = presented_key(request)
-    if settings.ws_auth and not key_matches(candidate, settings.api_key):
+    if settings.ws_auth and not console and not key_matches(candidate, settings.api_key):
         return web.json_response({"error": "Invalid or missing API key"}, status=401)
     ws = web.WebSocketResponse(heartbeat=PING_INTERVAL, max_msg_size=1 << 20)
     if not ws.can_prepare(request).ok:
