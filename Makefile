@@ -23,13 +23,16 @@ run: $(STAMP)
 	mkdir -p data backups
 	$(BIN)/meshd run --host 127.0.0.1 --port $${PORT:-4000} --data-dir ./data --backup-dir ./backups
 
-# Commands the process tests call (the unit file check, the seed's curl and jq examples), installed
-# from Debian's packages when missing.
+# Commands the process tests call (the unit file check, the seed's curl and jq examples, the
+# console's browser test, promtool for /metrics and the alert rules), installed from Debian's
+# packages when missing. The browser is Debian's chromium: never `playwright install`.
 test-tools:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

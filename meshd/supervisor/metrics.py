@@ -7,6 +7,7 @@ while no worker runs, the supervisor's fallback app serves it on the API port it
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,7 @@ class SupervisorCollector:
 
         yield GaugeMetricFamily("meshd_supervisor_uptime_seconds",
                                 "Seconds since the supervisor started",
-                                value=sup.status()["uptime_s"])
+                                value=time.monotonic() - sup.started_at)
         state = GaugeMetricFamily("meshd_supervisor_state",
                                   "1 for the supervisor's current state", labels=["state"])
         for s in State:
@@ -68,26 +69,30 @@ class SupervisorCollector:
                                 value=len(sup.pending))
 
     def _backups(self):
+        """Every family is declared even before the first backup (no sample then), so
+        dashboards and rules find their metadata from the start."""
         m = self.sup.maintenance
         newest = last_backup(self.sup.settings.backup_dir)
+        age = GaugeMetricFamily("meshd_backup_age_seconds", "Age of the newest backup")
+        size = GaugeMetricFamily("meshd_backup_size_bytes", "Size of the newest backup")
+        verified = GaugeMetricFamily("meshd_backup_verified",
+                                     "1 when the newest backup passed verification")
         if newest:
-            yield GaugeMetricFamily("meshd_backup_age_seconds", "Age of the newest backup",
-                                    value=newest["age_s"])
-            yield GaugeMetricFamily("meshd_backup_size_bytes", "Size of the newest backup",
-                                    value=newest["size"])
-            yield GaugeMetricFamily("meshd_backup_verified",
-                                    "1 when the newest backup passed verification",
-                                    value=1 if newest["verified"] else 0)
+            age.add_metric([], newest["age_s"])
+            size.add_metric([], newest["size"])
+            verified.add_metric([], 1 if newest["verified"] else 0)
+        duration = GaugeMetricFamily("meshd_backup_duration_seconds",
+                                     "Duration of the latest backup attempt")
+        success = GaugeMetricFamily("meshd_backup_last_success",
+                                    "1 when the latest backup attempt succeeded")
+        attempted = GaugeMetricFamily("meshd_backup_last_attempt_timestamp_seconds",
+                                      "Unix time of the latest backup attempt")
         run = m.last_backup_run
         if run:
-            yield GaugeMetricFamily("meshd_backup_duration_seconds",
-                                    "Duration of the latest backup attempt",
-                                    value=run["seconds"])
-            yield GaugeMetricFamily("meshd_backup_last_success",
-                                    "1 when the latest backup attempt succeeded",
-                                    value=1 if run["ok"] else 0)
-            yield GaugeMetricFamily("meshd_backup_last_attempt_timestamp_seconds",
-                                    "Unix time of the latest backup attempt", value=run["at"])
+            duration.add_metric([], run["seconds"])
+            success.add_metric([], 1 if run["ok"] else 0)
+            attempted.add_metric([], run["at"])
+        yield from (age, size, verified, duration, success, attempted)
         total = CounterMetricFamily("meshd_backups", "Backup attempts by result",
                                     labels=["result"])
         for result in ("success", "failure"):
