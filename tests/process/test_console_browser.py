@@ -5,9 +5,11 @@ and phone sizes, and a forged CSRF token or a foreign Origin is refused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import time
 import urllib.request
 from pathlib import Path
 
@@ -85,8 +87,15 @@ def test_console_live_in_a_browser(meshd_proc, browser):
     drill = page.locator('#panel-events .run:has-text("network_partition")')
     drill.locator('li[data-state="recorded"]').wait_for()
     page.screenshot(path=str(ARTIFACTS / "console-desktop.png"), full_page=True)
-    api(proc, "POST", f"/api/agents/{agent}/heartbeat", {})
-    drill.locator('li[data-state="resolved"]').wait_for()
+    # The agent heartbeats as agents do, every half second: the protocol compares second-
+    # resolution times, so a heartbeat within the drill's first second does not count yet.
+    resolved = drill.locator('li[data-state="resolved"]')
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while not resolved.count():
+        assert time.monotonic() < deadline, "the drill did not resolve after heartbeats"
+        api(proc, "POST", f"/api/agents/{agent}/heartbeat", {})
+        with contextlib.suppress(playwright_api.TimeoutError):
+            resolved.wait_for(timeout=500)
     states = drill.locator("li[data-state]").evaluate_all(
         "nodes => nodes.map(n => n.dataset.state)")
     assert states == ["recorded", "agents_back", "synced", "resolved"], states
@@ -96,6 +105,18 @@ def test_console_live_in_a_browser(meshd_proc, browser):
     # An operator action through the page's own button (CSRF token and Origin right).
     page.click('form[data-action="backup"] button')
     page.locator("#action-result", has_text="backup: done").wait_for()
+
+    # A drill waiting for an agent that stays away is aborted from its Abort button; the
+    # mode buttons switch meshd read-only and back.
+    page.fill('form[data-action="drill"] input[name="agents"]', agent)
+    page.click('form[data-action="drill"] button')
+    waiting = page.locator('#panel-events .run[data-outcome="running"]')
+    waiting.locator("button[data-abort]").click()
+    page.locator('#panel-events .run[data-outcome="aborted"]').wait_for()
+    page.click('form[data-action="mode"]:has(input[value="read-only"]) button')
+    page.locator('#panel-service [data-mode="read-only"]').wait_for()
+    page.click('form[data-action="mode"]:has(input[value="read-write"]) button')
+    page.locator('#panel-service [data-mode="read-write"]').wait_for()
 
     # A forged CSRF token and a foreign Origin are refused, session cookie or not.
     forged = page.evaluate("""async () => {
