@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import time
 import urllib.request
 from pathlib import Path
@@ -52,7 +53,8 @@ def browser():
 
 def test_console_live_in_a_browser(meshd_proc, browser):
     proc = meshd_proc().start(("--access-log", "false", "--admin-key", ADMIN_KEY,
-                               "--offline-check-interval", "500ms"))
+                               "--offline-check-interval", "500ms", "--crash-loop-limit", "1",
+                               "--crash-loop-window", "10m"))
     proc.wait_serving()
     agent = api(proc, "POST", "/api/agents/register",
                 {"name": "DuckBot", "capabilities": ["search", "<b>bold</b>"]})["agentId"]
@@ -143,6 +145,17 @@ def test_console_live_in_a_browser(meshd_proc, browser):
     assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
     small.screenshot(path=str(ARTIFACTS / "console-phone.png"), full_page=True)
     phone.close()
+
+    # A kill -9 of the worker: the page reconnects, still logged in (sessions are saved), and
+    # shows the restart. A second crash is a crash loop: the page says why.
+    worker = proc.worker_pid()
+    os.kill(worker, signal.SIGKILL)
+    page.locator('[data-fact="restarts"]', has_text="1").wait_for()
+    page.locator('#live[data-state="live"]').wait_for()
+    assert page.url == proc.url + "/"
+    os.kill(proc.worker_pid(), signal.SIGKILL)
+    page.locator("#outage", has_text="crash loop").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "console-crash-loop.png"))
     context.close()
     assert (ARTIFACTS / "console-desktop.png").stat().st_size > 10_000
     assert (ARTIFACTS / "console-phone.png").stat().st_size > 10_000

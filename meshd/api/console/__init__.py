@@ -7,6 +7,9 @@ import jinja2
 from aiohttp import web
 
 from meshd.api.console.sessions import SESSIONS, Sessions
+from meshd.api.keys import SETTINGS
+
+SESSIONS_FILE = "console-sessions.json"
 
 
 def _bytes(value) -> str:
@@ -42,5 +45,5 @@ def setup(app: web.Application) -> None:
         app, loader=jinja2.PackageLoader("meshd.api.console", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined,
         filters={"bytes": _bytes, "duration": _duration})
-    app[SESSIONS] = Sessions()
+    app[SESSIONS] = Sessions(app[SETTINGS].data_dir / SESSIONS_FILE)
     app.router.add_routes(views.routes)

@@ -1,20 +1,28 @@
 """Console sessions: a random id in an HttpOnly, SameSite=Strict cookie names a session kept
-in the worker's memory (never the key itself), with its role and its CSRF token.
+on the server (never the key itself), with its role and its CSRF token.
 
-Sessions do not survive a worker restart: the operator logs in again. A state-changing
-console request needs both a same-origin `Origin` (or `Referer`) and the session's CSRF token.
+A state-changing console request needs both a same-origin `Origin` (or `Referer`) and the
+session's CSRF token.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import orjson
 from aiohttp import web
+
+from meshd import log as logging
+from meshd.locks import write_atomic
+
+log = logging.get("meshd.console")
 
 COOKIE = "meshd_session"
 LIFETIME = 12 * 3600.0
@@ -24,43 +32,84 @@ VIEWER, ADMIN = "viewer", "admin"
 
 @dataclass(slots=True)
 class Session:
-    id: str
+    key: str  # SHA-256 of the cookie's id: the id itself is never stored
     role: str
     csrf: str
-    expires: float
+    expires: float  # Unix time: sessions outlive a worker restart
 
     @property
     def is_admin(self) -> bool:
         return self.role == ADMIN
 
 
+def _digest(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
 @dataclass
 class Sessions:
-    lifetime: float = LIFETIME
-    _by_id: OrderedDict[str, Session] = field(default_factory=OrderedDict)
+    """Sessions by the digest of their id, saved to `path` (0600) on every login and logout,
+    so a worker restart (a crash, a restore) does not log the operator out; a copy of the file
+    holds no usable cookie."""
 
-    def create(self, role: str) -> Session:
-        session = Session(secrets.token_urlsafe(32), role, secrets.token_urlsafe(32),
-                          time.monotonic() + self.lifetime)
-        self._by_id[session.id] = session
-        while len(self._by_id) > MAX_SESSIONS:
-            self._by_id.popitem(last=False)
-        return session
+    path: Path | None = None
+    lifetime: float = LIFETIME
+    _by_key: OrderedDict[str, Session] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self._load()
+
+    def create(self, role: str) -> tuple[str, Session]:
+        """A new session and the id for its cookie."""
+        session_id = secrets.token_urlsafe(32)
+        session = Session(_digest(session_id), role, secrets.token_urlsafe(32),
+                          time.time() + self.lifetime)
+        self._by_key[session.key] = session
+        while len(self._by_key) > MAX_SESSIONS:
+            self._by_key.popitem(last=False)
+        self._save()
+        return session_id, session
 
     def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
-        session = self._by_id.get(session_id)
+        session = self._by_key.get(_digest(session_id))
         if session is None:
             return None
-        if session.expires < time.monotonic():
-            self._by_id.pop(session_id, None)
+        if session.expires < time.time():
+            self.drop(session)
             return None
         return session
 
-    def drop(self, session_id: str | None) -> None:
-        if session_id:
-            self._by_id.pop(session_id, None)
+    def drop(self, session: Session) -> None:
+        if self._by_key.pop(session.key, None) is not None:
+            self._save()
+
+    def _load(self) -> None:
+        if self.path is None:
+            return
+        try:
+            rows = orjson.loads(self.path.read_bytes())
+            now = time.time()
+            for row in rows:
+                session = Session(**row)
+                if session.expires >= now:
+                    self._by_key[session.key] = session
+        except FileNotFoundError:
+            return
+        except (orjson.JSONDecodeError, TypeError, OSError) as exc:
+            log.warning("console.sessions_unreadable", path=str(self.path), error=str(exc))
+
+    def _save(self) -> None:
+        """Logins and logouts are rare: a small synchronous atomic write is fine."""
+        if self.path is None:
+            return
+        now = time.time()
+        rows = [asdict(s) for s in self._by_key.values() if s.expires >= now]
+        try:
+            write_atomic(self.path, orjson.dumps(rows))
+        except OSError as exc:  # a full disk: sessions still work until the worker restarts
+            log.warning("console.sessions_not_saved", path=str(self.path), error=str(exc))
 
 
 SESSIONS: web.AppKey[Sessions] = web.AppKey("console_sessions", Sessions)
@@ -73,8 +122,8 @@ def current_session(request: web.Request) -> Session | None:
     return sessions.get(request.cookies.get(COOKIE))
 
 
-def set_cookie(request: web.Request, response: web.StreamResponse, session: Session) -> None:
-    response.set_cookie(COOKIE, session.id, httponly=True, samesite="Strict", path="/",
+def set_cookie(request: web.Request, response: web.StreamResponse, session_id: str) -> None:
+    response.set_cookie(COOKIE, session_id, httponly=True, samesite="Strict", path="/",
                         secure=request.secure, max_age=int(LIFETIME))
 
 

@@ -93,9 +93,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         role = VIEWER
     else:
         return _login_refused(request, "That key is not valid.", 401)
-    session = request.app[SESSIONS].create(role)
+    session_id, _session = request.app[SESSIONS].create(role)
     response = _redirect("/")
-    set_cookie(request, response, session)
+    set_cookie(request, response, session_id)
     return response
 
 
@@ -114,7 +114,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         if not same_origin(request) or not csrf_ok(request, session,
                                                    token if isinstance(token, str) else None):
             raise Forbidden("CSRF check failed")
-        request.app[SESSIONS].drop(session.id)
+        request.app[SESSIONS].drop(session)
     response = _redirect("/login")
     clear_cookie(response)
     return response

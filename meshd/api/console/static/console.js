@@ -4,6 +4,7 @@
 (function () {
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   const live = document.getElementById("live");
+  const outage = document.getElementById("outage");
   let refreshTimer = null;
   let backoff = 500;
 
@@ -16,7 +17,15 @@
     refreshTimer = null;
     const resp = await fetch("/console/panels", { credentials: "same-origin" });
     if (resp.status === 401) { window.location.assign("/login"); return; }
-    if (!resp.ok) return;
+    if (!resp.ok) {
+      // No worker (crash loop, restore): the supervisor answers 503 with the reason.
+      let reason = "meshd answered " + resp.status;
+      try { reason = (await resp.json()).error || reason; } catch (e) { /* not JSON */ }
+      outage.textContent = reason;
+      outage.hidden = false;
+      return;
+    }
+    outage.hidden = true;
     const panels = await resp.json();
     for (const [name, html] of Object.entries(panels)) {
       const node = document.getElementById("panel-" + name);
@@ -40,6 +49,7 @@
     };
     ws.onclose = function () {
       setLive("down");
+      scheduleRefresh(0);  // shows why, when meshd answers 503
       setTimeout(connect, backoff);
       backoff = Math.min(backoff * 2, 10000);
     };
