@@ -503,6 +503,7 @@ PATHS: dict[str, dict[str, Any]] = {
                    body=None, form=obj("key", key=STR),
                    extra={"303": {"description": "Logged in: session cookie set, to /"},
                           "401": HTML_ERROR("Invalid key"),
+                          "429": HTML_ERROR("Too many failed logins from this address"),
                           "403": HTML_ERROR("Not from meshd's own page (Origin)")})},
     "/logout": {"post": op(
         "console", "Close the console session", NEVER_200, "403", auth="console",

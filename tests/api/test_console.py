@@ -20,7 +20,8 @@ ADMIN_KEY = "op-secret"
 def settings(tmp_path):
     return config.load({"data_dir": str(tmp_path / "data"),
                         "backup_dir": str(tmp_path / "backups"), "api_key": API_KEY,
-                        "admin_key": ADMIN_KEY, "access_log": "false", "ws_auth": "true"},
+                        "admin_key": ADMIN_KEY, "access_log": "false", "ws_auth": "true",
+                        "update_grace": "0s"},
                        environ={})
 
 
@@ -84,6 +85,15 @@ async def test_a_wrong_key_or_a_foreign_origin_opens_no_session(browser):
     assert resp.status == 303
 
 
+async def test_failed_logins_are_throttled_per_address(browser):
+    for _ in range(10):
+        assert (await login(browser, "guess")).status == 401
+    resp = await login(browser, API_KEY)
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0
+    assert "Too many failed logins" in await resp.text()
+    assert (await browser.get("/", allow_redirects=False)).status == 303
+
+
 async def test_everything_shown_is_escaped(client, browser):
     await register(client, "<script>alert(1)</script>",
                    capabilities=["<img src=x onerror=alert(2)>"])
@@ -109,6 +119,24 @@ async def test_panels_show_agents_events_and_the_service(client, browser):
     assert "Rack on fire" in panels["events"]
     assert 'data-mode="read-write"' in panels["service"]
     assert 'data-health="unknown">1<' in panels["health"]
+
+
+async def test_updates_with_adoption_and_the_minimum_version_in_force(client, browser):
+    agent = await register(client, "old-timer")
+    status, body = await call(client, "POST", "/api/updates", {
+        "version": "2.0.0", "updateType": "protocol", "title": "Frames v2",
+        "breakingChange": True, "requiredVersion": "2.0.0"})
+    assert status == 200, body
+    update = body["updateId"]
+    status, _ = await call(client, "POST", f"/api/updates/{update}/acknowledge",
+                           {"agentId": agent, "status": "accepted", "agentVersion": "2.0.0"})
+    assert status == 200
+    await login(browser, API_KEY)
+    status, panels = await call(browser, "GET", "/console/panels")
+    assert status == 200
+    assert f'data-update="{update}"' in panels["updates"]
+    assert "1 / 1 active" in panels["updates"]
+    assert "2.0.0 (update " + update in panels["service"]
 
 
 async def test_viewer_sessions_cannot_act_and_admin_actions_need_csrf_and_origin(browser):

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.process.harness import api, clean_env, poll
+from tests.process.harness import api, async_poll, clean_env, poll
 
 pytestmark = pytest.mark.process
 
@@ -61,7 +61,8 @@ def next_worker(proc, old_pid: int) -> dict:
 
 
 async def test_metrics_after_traffic_a_kill_and_a_backup(meshd_proc):
-    proc = meshd_proc().start((*QUIET, "--crash-loop-limit", "1", "--crash-loop-window", "5m"))
+    proc = meshd_proc().start((*QUIET, "--crash-loop-limit", "1", "--crash-loop-window", "5m",
+                               "--quick-check-interval", "1s"))
     first = await asyncio.to_thread(proc.wait_serving)
     before = samples(await scrape(proc))
     assert value(before, "meshd_supervisor_scrape_ok") == 1
@@ -86,9 +87,18 @@ async def test_metrics_after_traffic_a_kill_and_a_backup(meshd_proc):
                               {"status": "healthy"})
         assert status == 200
 
-    text = await scrape(proc)
+    async def checked() -> str | None:
+        text = await scrape(proc)
+        key = ("meshd_integrity_checks_total", (("kind", "quick_check"), ("result", "ok")))
+        return text if samples(text).get(key, 0) >= 1 else None
+
+    text = await async_poll(checked, 15, "a quick_check counted in /metrics", 0.2)
     promtool_check(text)
     found = samples(text)
+    assert value(found, "meshd_integrity_check_ok", kind="quick_check") == 1
+    assert value(found, "meshd_integrity_checks_total", kind="quick_check",
+                 result="failed") == 0
+    assert value(found, "meshd_integrity_check_timestamp_seconds", kind="quick_check") > 0
     assert value(found, "meshd_supervisor_scrape_ok") == 1
     assert value(found, "meshd_worker_restarts_total") == 1
     assert value(found, "meshd_crash_loop") == 0

@@ -8,7 +8,7 @@ import stat
 from aiohttp.test_utils import make_mocked_request
 
 from meshd.api.console import sessions as mod
-from meshd.api.console.sessions import ADMIN, VIEWER, Sessions, same_origin
+from meshd.api.console.sessions import ADMIN, VIEWER, LoginThrottle, Sessions, same_origin
 
 
 def test_a_new_worker_knows_the_sessions_of_the_last(tmp_path):
@@ -60,3 +60,19 @@ def test_same_origin_compares_origin_or_referer_with_the_host():
     assert not same_origin(req(Referer="http://evil.example/mesh:4000"))
     assert not same_origin(req(Origin="null"))
     assert not same_origin(req())
+
+
+def test_login_throttle_blocks_one_address_and_forgets_old_failures():
+    throttle = LoginThrottle(limit=2, window=60)
+    throttle.failed("10.0.0.1")
+    assert throttle.retry_after("10.0.0.1") is None
+    throttle.failed("10.0.0.1")
+    assert 0 < throttle.retry_after("10.0.0.1") <= 60
+    assert throttle.retry_after("10.0.0.2") is None
+    expired = LoginThrottle(limit=1, window=-1)
+    expired.failed("10.0.0.1")
+    assert expired.retry_after("10.0.0.1") is None
+    bounded = LoginThrottle(limit=1, max_addresses=2)
+    for address in ("a", "b", "c"):
+        bounded.failed(address)
+    assert bounded.retry_after("a") is None and bounded.retry_after("c") is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jinja2
 from aiohttp import web
 
-from meshd.api.console.sessions import SESSIONS, Sessions
+from meshd.api.console.sessions import SESSIONS, THROTTLE, LoginThrottle, Sessions
 from meshd.api.keys import SETTINGS
 
 SESSIONS_FILE = "console-sessions.json"
@@ -46,4 +46,5 @@ def setup(app: web.Application) -> None:
         autoescape=True, undefined=jinja2.StrictUndefined,
         filters={"bytes": _bytes, "duration": _duration})
     app[SESSIONS] = Sessions(app[SETTINGS].data_dir / SESSIONS_FILE)
+    app[THROTTLE] = LoginThrottle()
     app.router.add_routes(views.routes)

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -113,6 +113,39 @@ class Sessions:
 
 
 SESSIONS: web.AppKey[Sessions] = web.AppKey("console_sessions", Sessions)
+
+
+@dataclass
+class LoginThrottle:
+    """Failed logins by client address: past `limit` within `window` seconds the address gets
+    429 (right key included) until its oldest failure leaves the window, so a key cannot be
+    guessed through the login form at speed. Bounded: the oldest addresses are forgotten."""
+
+    limit: int = 10
+    window: float = 60.0
+    max_addresses: int = 10_000
+    _failures: OrderedDict[str, deque[float]] = field(default_factory=OrderedDict)
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds until `address` may try again, or None when it may now."""
+        failures = self._failures.get(address)
+        if not failures:
+            return None
+        now = time.monotonic()
+        while failures and now - failures[0] > self.window:
+            failures.popleft()
+        if len(failures) < self.limit:
+            return None
+        return max(0.0, self.window - (now - failures[0]))
+
+    def failed(self, address: str) -> None:
+        self._failures.setdefault(address, deque()).append(time.monotonic())
+        self._failures.move_to_end(address)
+        while len(self._failures) > self.max_addresses:
+            self._failures.popitem(last=False)
+
+
+THROTTLE: web.AppKey[LoginThrottle] = web.AppKey("console_login_throttle", LoginThrottle)
 
 
 def current_session(request: web.Request) -> Session | None:

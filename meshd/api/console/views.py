@@ -8,16 +8,19 @@ session's CSRF token; they go to the supervisor over the control socket like /ap
 
 from __future__ import annotations
 
+import math
 import mimetypes
 from pathlib import Path
 
 import aiohttp_jinja2
 from aiohttp import web
 
+from meshd import log as logging
 from meshd.api.console import data
 from meshd.api.console.sessions import (
     ADMIN,
     SESSIONS,
+    THROTTLE,
     VIEWER,
     clear_cookie,
     csrf_ok,
@@ -31,6 +34,7 @@ from meshd.api.middleware import key_matches
 from meshd.api.openapi import DOCUMENT
 from meshd.errors import Forbidden, Invalid, MeshError, NotFound
 
+log = logging.get("meshd.console")
 routes = web.RouteTableDef()
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -83,6 +87,14 @@ async def login_form(request: web.Request) -> web.StreamResponse:
 async def login(request: web.Request) -> web.StreamResponse:
     if not same_origin(request):
         return _login_refused(request, "This login did not come from meshd's own page.", 403)
+    throttle = request.app[THROTTLE]
+    address = request.remote or "unknown"
+    wait = throttle.retry_after(address)
+    if wait is not None:
+        response = _login_refused(
+            request, f"Too many failed logins: try again in {math.ceil(wait)} s.", 429)
+        response.headers["Retry-After"] = str(math.ceil(wait))
+        return response
     form = await request.post()
     key = form.get("key")
     key = key if isinstance(key, str) else ""
@@ -92,6 +104,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     elif key_matches(key, settings.api_key):
         role = VIEWER
     else:
+        throttle.failed(address)
+        log.warning("console.login_failed", remote=address)
         return _login_refused(request, "That key is not valid.", 401)
     session_id, _session = request.app[SESSIONS].create(role)
     response = _redirect("/")
