@@ -146,6 +146,8 @@ OPTIONS: tuple[Option, ...] = (
            "routes need the agent's own token)"),
     Option("cors_origins", parse_origins, "*",
            "origins allowed to call header-key routes from a browser (* or a comma list)"),
+    Option("metrics_auth", parse_bool, False,
+           "require the API key (or a console session) on GET /metrics"),
     Option("max_body_size", parse_size, 1 << 20, "largest JSON body of a non-upload request"),
     Option("max_file_size", parse_size, 25 << 20, "largest uploaded file (decoded bytes)"),
     Option("sweep_interval", parse_duration, 60.0, "how often messages past their timeoutMs are timed out"),
@@ -213,6 +215,7 @@ class Settings:
     ws_auth: str = "off"
     agent_auth: str = "optional"
     cors_origins: str = "*"
+    metrics_auth: bool = False
     max_body_size: int = 1 << 20
     max_file_size: int = 25 << 20
     sweep_interval: float = 60.0

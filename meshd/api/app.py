@@ -11,11 +11,13 @@ from meshd.api import (
     agents,
     auth,
     catastrophe,
+    console,
     files,
     groups,
     health,
     memory,
     messages,
+    metrics,
     openapi,
     skills,
     system,
@@ -44,7 +46,9 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
         # A custom router is the one hook that resolves before middleware runs; aiohttp 3
         # deprecates the argument but keeps it (docs/decisions.md).
         warnings.simplefilter("ignore", DeprecationWarning)
-        app = web.Application(router=TolerantRouter(), middlewares=[pipeline, auth.middleware, guard, enforce],
+        app = web.Application(router=TolerantRouter(),
+                              middlewares=[metrics.observe, pipeline, auth.middleware, guard,
+                                           enforce],
                               client_max_size=max_size)
     app[SETTINGS] = settings
     app[STORAGE] = storage
@@ -55,6 +59,8 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
     for module in RESOURCES:
         app.router.add_routes(module.routes)
     app.router.add_get("/ws", websocket_handler)
+    metrics.setup(app)
+    console.setup(app)
     if settings.mcp:
         from meshd.mcp.http import mount  # the SDK is loaded only when MCP is enabled
 

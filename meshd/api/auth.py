@@ -53,6 +53,8 @@ class Scope(StrEnum):
     AGENT = "agent"    # acts as one agent: its token (the shared key too, unless required)
     OWNER = "owner"    # the agent's credentials themselves: its own token or the admin key
     ADMIN = "admin"    # operator routes: the admin key only
+    SELF = "self"      # the route checks its own credential (console session, metrics_auth,
+                       # the MCP door); tested with the route
 
 
 # The agents a request acts as; the request may proceed for any one of them. Empty when the
@@ -115,7 +117,7 @@ def decide(identity: Identity, scope: Scope, owners: frozenset[str], agent_auth:
            admin_enabled: bool = True) -> None:
     """Raise Unauthorized (no usable credential) or Forbidden (the wrong one); return when
     `identity` may act on a route of `scope` on behalf of one of `owners`."""
-    if scope is Scope.OPEN:
+    if scope in (Scope.OPEN, Scope.SELF):
         return
     if scope is Scope.ADMIN:
         if not admin_enabled:
@@ -159,7 +161,7 @@ async def authorize(request: web.Request, resource: web.AbstractResource) -> Non
     if rule is None:
         # A route nobody described: the old behaviour (key on /api/*), and a test fails.
         rule = Rule(Scope.MESH) if resource.canonical.startswith("/api/") else Rule(Scope.OPEN)
-    if rule.scope is Scope.OPEN:
+    if rule.scope in (Scope.OPEN, Scope.SELF):
         return
     settings = request.app[SETTINGS]
     identity = await identify(request)
@@ -269,6 +271,7 @@ async def file_owner(request: web.Request) -> frozenset[str]:
 # -- every route, whom it acts as ----------------------------------------------------------
 
 OPEN, MESH, ADMIN = Rule(Scope.OPEN), Rule(Scope.MESH), Rule(Scope.ADMIN)
+SELF = Rule(Scope.SELF)
 
 
 def agent(locate: Locator) -> Rule:
@@ -340,7 +343,19 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/openapi.json"): MESH,
     ("GET", "/ws"): OPEN,  # the hub applies ws_auth itself (api/ws.py)
     # Routed only with `mcp = true`; the MCP door admits credentials itself (mcp/http.py).
-    ("GET", "/mcp"): OPEN,
-    ("POST", "/mcp"): OPEN,
-    ("DELETE", "/mcp"): OPEN,
+    ("GET", "/mcp"): SELF,
+    ("POST", "/mcp"): SELF,
+    ("DELETE", "/mcp"): SELF,
+    # metrics_auth (api/metrics.py) and the console's session and CSRF checks (api/console/).
+    ("GET", "/metrics"): SELF,
+    ("GET", "/"): SELF,
+    ("GET", "/login"): SELF,
+    ("POST", "/login"): SELF,
+    ("POST", "/logout"): SELF,
+    ("GET", "/console/panels"): SELF,
+    ("POST", "/console/actions/{action}"): SELF,
+    ("GET", "/console/static/{name}"): OPEN,
+    ("GET", "/docs"): OPEN,
+    ("GET", "/docs/openapi.json"): SELF,
+    ("GET", "/docs/static/{name}"): OPEN,
 }

@@ -114,6 +114,18 @@ UPGRADE_REQUIRED = {
     "content": {"application/problem+json": {"schema": ref("UpgradeProblem")}},
 }
 
+HTML = {"description": "An HTML page", "content": {"text/html": {"schema": STR}}}
+FILE = {"description": "The file", "content": {"application/octet-stream": {"schema": STR}}}
+REDIRECT = {"description": "No console session: redirect to /login"}
+NEVER_200 = {"description": "Never sent: the answer is a redirect (303)"}
+TEXT_METRICS = {"description": "Prometheus text exposition format",
+                "content": {"text/plain": {"schema": STR}}}
+
+
+def HTML_ERROR(description: str) -> dict[str, Any]:  # noqa: N802 - reads as a constant
+    return {"description": description, "content": {"text/html": {"schema": STR}}}
+
+
 # -- operations ----------------------------------------------------------------------------
 
 
@@ -128,6 +140,7 @@ def op(
     writes: bool = False,
     sends: bool = False,
     auth: str = "api",
+    form: Schema | None = None,
     description: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -161,15 +174,25 @@ def op(
             "description": "JSON, whatever Content-Type is declared",
             "content": {"application/json": {"schema": body}},
         }
+    if form is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/x-www-form-urlencoded": {"schema": form}},
+        }
     if auth == "none":
         operation["security"] = []
+    elif auth == "console":
+        operation["security"] = [{"consoleSession": []}]
+    elif auth == "metrics":
+        operation["security"] = [{}, {"apiKeyHeader": []}, {"bearer": []},
+                                 {"consoleSession": []}]
     elif auth == "admin":
         operation["security"] = [{"adminKey": []}]
     elif auth == "owner":
         operation["security"] = [{"agentToken": []}, {"adminKey": []}]
     elif auth == "ws":
         operation["security"] = [{}, {"apiKeyQuery": []}, {"apiKeyHeader": []},
-                                 {"agentToken": []}]
+                                 {"agentToken": []}, {"consoleSession": []}]
     return operation
 
 
@@ -490,6 +513,50 @@ PATHS: dict[str, dict[str, Any]] = {
                     "send are answered with `{\"type\": \"error\", \"error\": ...}`.")},
     "/api/openapi.json": {"get": op(
         "system", "This OpenAPI document", {"type": "object"})},
+    # -- observability ---------------------------------------------------------------------
+    "/metrics": {"get": op(
+        "observability", "Prometheus metrics: the worker's, then the supervisor's",
+        TEXT_METRICS, auth="metrics",
+        extra={"401": error("401", "Invalid or missing API key (metrics_auth on)")})},
+    # -- web console -----------------------------------------------------------------------
+    "/": {"get": op(
+        "console", "The web console (redirects to /login without a session)", HTML,
+        auth="console", extra={"303": REDIRECT})},
+    "/login": {
+        "get": op("console", "The login form", HTML, auth="none", extra={"303": REDIRECT}),
+        "post": op("console", "Open a console session with the API key or the admin key",
+                   NEVER_200, auth="none",
+                   body=None, form=obj("key", key=STR),
+                   extra={"303": {"description": "Logged in: session cookie set, to /"},
+                          "401": HTML_ERROR("Invalid key"),
+                          "429": HTML_ERROR("Too many failed logins from this address"),
+                          "403": HTML_ERROR("Not from meshd's own page (Origin)")})},
+    "/logout": {"post": op(
+        "console", "Close the console session", NEVER_200, "403", auth="console",
+        form=obj(csrf=STR), extra={"303": {"description": "Logged out, to /login"}})},
+    "/console/panels": {"get": op(
+        "console", "Every console panel rendered as HTML, by name",
+        {"type": "object", "additionalProperties": STR}, auth="console",
+        extra={"401": error("401", "No console session")})},
+    "/console/actions/{action}": {"post": op(
+        "console", "An operator action (admin session, same origin, X-CSRF-Token)",
+        obj("action", "result", action=STR, result=ANY), "400", "403", "404", "503",
+        auth="console", params=(path("action", "backup, drill, abort or mode"),
+                                header("X-CSRF-Token", "the session's CSRF token")),
+        body=obj(agents=STR_LIST, runId=STR, mode=enum("read-only", "read-write")),
+        body_required=False, extra={"401": error("401", "No console session")})},
+    "/console/static/{name}": {"get": op(
+        "console", "A console stylesheet or script", FILE, "404", auth="none",
+        params=(path("name", "file name"),))},
+    "/docs": {"get": op(
+        "console", "Interactive API documentation (Swagger UI)", HTML, auth="console",
+        extra={"303": REDIRECT})},
+    "/docs/openapi.json": {"get": op(
+        "console", "This OpenAPI document, for a console session", {"type": "object"},
+        auth="console", extra={"401": error("401", "No console session")})},
+    "/docs/static/{name}": {"get": op(
+        "console", "A Swagger UI file (from the swagger-ui-bundle package)", FILE, "404",
+        auth="none", params=(path("name", "file name"),))},
 }
 
 AGENT_FORBIDDEN = ("Another agent's token acts here, or the shared key with "
@@ -595,7 +662,7 @@ DOCUMENT: dict[str, Any] = {
     },
     "tags": [{"name": t} for t in ("agents", "messages", "skills", "groups", "memory",
                                    "files", "updates", "catastrophe", "health", "system",
-                                   "admin")],
+                                   "admin", "observability", "console")],
     "security": [{"apiKeyHeader": []}, {"apiKeyQuery": []}, {"bearer": []},
                  {"agentToken": []}],
     "paths": PATHS,
@@ -610,6 +677,8 @@ DOCUMENT: dict[str, Any] = {
                                           "sent beside it"},
             "adminKey": {"type": "apiKey", "in": "header", "name": "X-Admin-Key",
                          "description": "the admin_key setting; /api/admin/* only"},
+            "consoleSession": {"type": "apiKey", "in": "cookie", "name": "meshd_session",
+                               "description": "the web console's session (POST /login)"},
         },
         "schemas": SCHEMAS,
     },

@@ -18,6 +18,7 @@ from aiohttp import WSMsgType, web
 from meshd import log as logging
 from meshd.api import auth, enforcement
 from meshd.api.auth import Identity, Kind
+from meshd.api.console import sessions as console_sessions
 from meshd.api.keys import HUB, SETTINGS, STORAGE
 from meshd.api.middleware import AUTH_FAILED
 from meshd.clock import db_time, new_id
@@ -127,10 +128,18 @@ def _view(identity: Identity, ws_auth: str, agent_auth: str) -> View:
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
+    # The web console authenticates with its session cookie, accepted from meshd's own pages
+    # only: a foreign page riding the cookie is refused (cross-site WebSocket hijacking).
+    console = console_sessions.ws_access(request)
+    if console is False:
+        return web.json_response({"error": "cross-origin console connection refused"},
+                                 status=403)
     try:
         identity = await auth.identify(request)
     except MeshError as exc:
         return web.json_response({"error": exc.message}, status=exc.status)
+    if console and identity.kind is Kind.ANONYMOUS:
+        identity = Identity(Kind.SHARED)  # a console session sees what the shared key sees
     if settings.ws_auth == "required" and identity.kind is Kind.ANONYMOUS:
         return web.json_response({"error": AUTH_FAILED}, status=401)
     view = _view(identity, settings.ws_auth, settings.agent_auth)

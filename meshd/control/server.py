@@ -13,6 +13,7 @@ from meshd.recovery import corruption
 from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
 from meshd.store import backups
 from meshd.store import restore as restore_mod
+from meshd.supervisor import metrics as supervisor_metrics
 from meshd.supervisor.maintenance import backup_listing
 
 if TYPE_CHECKING:
@@ -121,8 +122,12 @@ def make_control_app(sup: Supervisor) -> web.Application:
         sup.disk_state(body.get("state") == "full", body.get("detail"))
         return web.json_response({"accepted": True})
 
+    async def metrics(request: web.Request) -> web.Response:
+        return supervisor_metrics.metrics_response(sup)
+
     app = web.Application()
     app.router.add_get("/status", status)
+    app.router.add_get("/control/metrics", metrics)
     app.router.add_post("/control/corruption", corruption_reported)
     app.router.add_post("/control/storage", storage)
     app.router.add_post("/control/backup", backup)

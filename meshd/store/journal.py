@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,6 +156,7 @@ class Journal:
         self.torn_tail_bytes = 0
         self._fh = None
         self._size = 0
+        self.last_fsync_seconds = 0.0  # of the latest append, for the metrics
 
     def open(self) -> None:
         """Find the last good record of this epoch and cut any torn tail, so appends continue
@@ -196,7 +198,9 @@ class Journal:
                     self._fh.write(part)
                     written += len(part)
             self._fh.flush()
+            started = time.perf_counter()
             os.fsync(self._fh.fileno())
+            self.last_fsync_seconds = time.perf_counter() - started
         except OSError:
             self._cut_back(start)
             raise

@@ -177,6 +177,8 @@ class SqliteStorage:
         self._seq = 0
         self.journal_epoch = 1
         self._corruption_reported = False
+        # Called on the writer thread after each journaled batch: (writes, fsync seconds).
+        self.on_batch: Callable[[int, float], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -427,6 +429,8 @@ class SqliteStorage:
             log.error("journal.append_failed", error=str(exc), records=len(records))
             return [(False, err) if ok else (ok, v) for ok, v in outcomes]
         self._seq = last_seq
+        if self.on_batch:
+            self.on_batch(len(records), self._journal.last_fsync_seconds)
         try:
             conn.execute("COMMIT")
             if self._disk_refused:

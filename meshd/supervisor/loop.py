@@ -36,6 +36,7 @@ from meshd.recovery.protocols import PROTOCOLS
 from meshd.store import backups
 from meshd.store import restore as restore_mod
 from meshd.supervisor import alerts
+from meshd.supervisor import metrics as supervisor_metrics
 from meshd.supervisor.maintenance import Maintenance, last_backup
 from meshd.supervisor.restart import Policy, RestartState
 from meshd.supervisor.sdnotify import Notifier
@@ -450,6 +451,7 @@ class Supervisor:
         if self._fallback is not None:
             return
         app = web.Application()
+        app.router.add_get("/metrics", supervisor_metrics.fallback_handler(self))
         app.router.add_route("*", "/{tail:.*}", self._fallback_handler)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

@@ -39,6 +39,21 @@ class SupervisorClient:
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise Unavailable(f"the supervisor did not answer: {exc}") from None
 
+    async def text(self, path: str, timeout: float = 2.0) -> str:
+        """GET a text answer (the supervisor's metrics exposition)."""
+        if not self.supervised:
+            raise Unavailable("no supervisor: meshd runs unsupervised")
+        connector = aiohttp.UnixConnector(path=str(self.settings.control_socket))
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session, session.get(
+                f"http://meshd{path}", timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                if resp.status != 200:
+                    raise Unavailable(f"the supervisor answered {resp.status}")
+                return await resp.text()
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise Unavailable(f"the supervisor did not answer: {exc}") from None
+
     def report(self, path: str, body: dict[str, Any]) -> None:
         """Tell the supervisor something, fire and forget (logged when it cannot be told)."""
         if not self.supervised:

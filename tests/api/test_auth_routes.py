@@ -182,6 +182,11 @@ async def test_route_with_agent_auth_required(aiohttp_client, tmp_path, route):
         by_admin = await mesh.call(method, path, body, ADMIN)
         if rule.scope is auth.Scope.OPEN:
             assert not refused(anonymous[0]), anonymous
+        elif rule.scope is auth.Scope.SELF:
+            # The route's own check decides (test_console, test_metrics, test_mcp_mount);
+            # whatever it answers, no credential makes it fail.
+            for reply in (anonymous, by_token, by_shared, by_admin):
+                assert reply[0] < 500, reply
         elif rule.scope is auth.Scope.ADMIN:
             assert (anonymous[0], by_token[0], by_shared[0]) == (403, 403, 403)
             assert not refused(by_admin[0]), by_admin
