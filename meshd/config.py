@@ -74,6 +74,17 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     return parse
 
 
+def _replicas(value: Any) -> tuple[str, ...]:
+    """Checked here so a malformed URL refuses to start (urls.parse_list says why)."""
+    from meshd.store.replica.urls import parse_list
+
+    return tuple(u.url for u in parse_list(value))
+
+
+def _optional_path(value: Any) -> Path | None:
+    return Path(value) if str(value) else None
+
+
 def _optional_str(value: Any) -> str | None:
     text = str(value)
     return text if text else None
@@ -147,6 +158,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("alert_webhook", _optional_str, None,
            "URL POSTed each critical event / protocol transition as JSON"),
     Option("alert_timeout", parse_duration, 10.0, "time limit of one alert hook"),
+    Option("replica", _replicas, (),
+           "off-site replicas of backups and journal: file:///dir, sftp://user@host/dir, "
+           "s3://bucket/prefix (comma-separated, or a TOML list)"),
+    Option("replica_credentials", _optional_path, None,
+           "KEY=VALUE file with replica secrets (AWS_*, MESHD_SFTP_*), read over the environment"),
+    Option("replica_interval", parse_duration, 1.0, "how often new journal records are shipped"),
+    Option("drill_interval", parse_duration, 86400.0,
+           "how often the newest replica is restored into a scratch file and checked"),
     Option("readers", int, 4, "reader connections (threads)"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
@@ -197,6 +216,10 @@ class Settings:
     alert_command: str | None = None
     alert_webhook: str | None = None
     alert_timeout: float = 10.0
+    replica: tuple[str, ...] = ()
+    replica_credentials: Path | None = None
+    replica_interval: float = 1.0
+    drill_interval: float = 86400.0
     readers: int = 4
     drain_timeout: float = 10.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -228,6 +251,9 @@ def from_json(text: str) -> Settings:
     data = json.loads(text)
     for name in ("data_dir", "database", "backup_dir"):
         data[name] = Path(data[name])
+    data["replica"] = tuple(data.get("replica") or ())
+    if data.get("replica_credentials"):
+        data["replica_credentials"] = Path(data["replica_credentials"])
     return Settings(**data)
 
 
@@ -302,6 +328,8 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"port: {settings.port} is not a TCP port")
     if settings.readers < 1:
         raise ConfigError("readers: at least 1")
+    if settings.replica_interval <= 0 or settings.drill_interval <= 0:
+        raise ConfigError("replica_interval and drill_interval: more than 0")
 
 
 def refuse_unsafe(settings: Settings) -> str | None:

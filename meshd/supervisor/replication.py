@@ -1,0 +1,181 @@
+"""Shipping to the off-site replicas, run by the supervisor: one task per replica, so a slow
+or dead one holds up neither the others nor anything else. The worker (API and writer) never
+waits for a replica: the tasks read journal segments and backups the worker has already
+fsync'd.
+
+A replica that fails opens one `replica_failed` event per outage (and alerts); it is retried
+with backoff and resolved when shipping has caught up. The restore drill runs here too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from meshd import log as logging
+from meshd.clock import db_time
+from meshd.store.replica import pull, ship, urls
+from meshd.store.replica.targets import Target, open_target, read_credentials
+from meshd.supervisor import alerts
+
+if TYPE_CHECKING:
+    from meshd.supervisor.loop import Supervisor
+
+log = logging.get("meshd.replication")
+
+BACKOFF_MAX = 30.0
+HOUSEKEEPING = 300.0  # backups catch-up, retention and compaction at least this often
+
+
+@dataclass(eq=False)
+class Replica:
+    name: str
+    target: Target
+    shipper: ship.Shipper
+    failures: int = 0
+    last_error: str | None = None
+    last_ok_at: str | None = None
+    last_ok: float | None = None
+    next_housekeeping: float = 0.0
+    event: dict[str, Any] | None = None
+    last_drill: dict[str, Any] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Replication:
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+        self.replicas: list[Replica] = []
+        self.config_error: str | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def start(self) -> None:
+        s = self.sup.settings
+        if not s.replica:
+            return
+        try:
+            env = read_credentials(s.replica_credentials)
+        except OSError as exc:
+            self.config_error = f"replica_credentials unreadable: {exc}"
+            log.error("replica.credentials_unreadable", error=str(exc))
+            env = read_credentials(None)
+        retention = ship.Retention(s.backup_keep, s.backup_keep_daily, s.backup_keep_weekly)
+        for text in s.replica:
+            url = urls.parse(text)
+            target = open_target(url, env)
+            shipper = ship.Shipper(target, s.data_dir / "journal", s.backup_dir, retention)
+            replica = Replica(url.name, target, shipper)
+            self.replicas.append(replica)
+            self._spawn(self._run(replica))
+        self._spawn(self._drills())
+        log.info("replica.started", replicas=[r.name for r in self.replicas],
+                 interval_s=s.replica_interval)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def backup_taken(self) -> None:
+        """A new verified backup: ship it on the next pass rather than at housekeeping."""
+        for replica in self.replicas:
+            replica.next_housekeeping = 0.0
+            replica.wake.set()
+
+    async def _run(self, replica: Replica) -> None:
+        while True:
+            delay = self.sup.settings.replica_interval
+            try:
+                await replica.shipper.ship_journal()
+                if time.monotonic() >= replica.next_housekeeping:
+                    await replica.shipper.ship_backups()
+                    await replica.shipper.compact()
+                    replica.next_housekeeping = time.monotonic() + HOUSEKEEPING
+                self._succeeded(replica)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure is retried, never fatal
+                self._failed(replica, exc)
+                delay = min(BACKOFF_MAX, delay * 2 ** min(replica.failures, 8))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(replica.wake.wait(), delay)
+            replica.wake.clear()
+
+    def _failed(self, replica: Replica, exc: Exception) -> None:
+        replica.failures += 1
+        replica.last_error = str(exc) or type(exc).__name__
+        replica.shipper.position = None  # ask the replica where it stands after an outage
+        log.warning("replica.ship_failed", replica=replica.name, error=replica.last_error,
+                    failures=replica.failures)
+        if replica.event is None:
+            replica.event = self.sup.record_event(
+                "replica_failed", "major", f"Replica failing: {replica.name}",
+                f"shipping to {replica.name} failed: {replica.last_error}; the mesh keeps "
+                "serving and writes stay local until the replica is back, then shipping "
+                "catches up")
+            self._alert(replica.event)
+
+    def _succeeded(self, replica: Replica) -> None:
+        replica.last_ok, replica.last_ok_at = time.monotonic(), db_time()
+        if replica.failures:
+            log.info("replica.recovered", replica=replica.name, failures=replica.failures,
+                     position=replica.shipper.position)
+        replica.failures, replica.last_error = 0, None
+        if replica.event is not None:
+            event, replica.event = replica.event, None
+            epoch, seq = replica.shipper.position or (0, 0)
+            event.update(status="resolved", resolved_at=db_time(),
+                         resolution_notes=f"shipping caught up (epoch {epoch}, seq {seq})")
+            self.sup.queue_record(event)
+            self._alert(event)
+
+    def _alert(self, event: dict[str, Any]) -> None:
+        s = self.sup.settings
+        if s.alert_command or s.alert_webhook:
+            self._spawn(alerts.send(s, {"type": "catastrophe_event", "event": event}))
+
+    async def _drills(self) -> None:
+        while True:
+            await asyncio.sleep(self.sup.settings.drill_interval)
+            if self.sup.idle_for_maintenance():
+                await self.drill_all()
+
+    async def drill_all(self) -> list[dict[str, Any]]:
+        results = []
+        for i, replica in enumerate(self.replicas):
+            scratch = self.sup.settings.data_dir / "drill" / str(i)
+            result = asdict(await pull.drill(replica.target, scratch))
+            replica.last_drill = result
+            results.append(result)
+            if not result["ok"]:
+                self.sup.record_event(
+                    "replica_drill_failed", "major", f"Restore drill failed: {replica.name}",
+                    "; ".join(result["problems"][:3]))
+        return results
+
+    def status(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        out = []
+        for r in self.replicas:
+            epoch, seq = r.shipper.position or (None, None)
+            out.append({"replica": r.name, "ok": r.failures == 0 and r.last_ok is not None,
+                        "shipped_epoch": epoch, "shipped_seq": seq,
+                        "last_ok_at": r.last_ok_at,
+                        "since_last_ok_s": round(now - r.last_ok, 1) if r.last_ok else None,
+                        "failures": r.failures, "last_error": r.last_error,
+                        "objects_shipped": r.shipper.objects_shipped,
+                        "last_drill": r.last_drill})
+        return out
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for r in self.replicas:
+            with contextlib.suppress(Exception):
+                await r.target.close()
