@@ -86,7 +86,6 @@ class Maintenance:
                                 s.backup_keep_daily, s.backup_keep_weekly)
         await self._run(backups.prune_journal, s.data_dir / "journal", s.backup_dir,
                                 s.backup_keep)
-        self.sup.replication.backup_taken()
         return asdict(manifest)
 
     async def scheduled_check(self, full: bool) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from meshd import log as logging
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 log = logging.get("meshd.replication")
 
 BACKOFF_MAX = 30.0
-HOUSEKEEPING = 300.0  # backups catch-up, retention and compaction at least this often
+HOUSEKEEPING = 300.0  # retention and compaction at least this often (new backups at once)
 
 
 @dataclass(eq=False)
@@ -42,7 +42,6 @@ class Replica:
     next_housekeeping: float = 0.0
     event: dict[str, Any] | None = None
     last_drill: dict[str, Any] | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Replication:
@@ -79,18 +78,13 @@ class Replication:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def backup_taken(self) -> None:
-        """A new verified backup: ship it on the next pass rather than at housekeeping."""
-        for replica in self.replicas:
-            replica.next_housekeeping = 0.0
-            replica.wake.set()
-
     async def _run(self, replica: Replica) -> None:
         while True:
             delay = self.sup.settings.replica_interval
             try:
                 await replica.shipper.ship_journal()
-                if time.monotonic() >= replica.next_housekeeping:
+                if (replica.shipper.backups_changed()
+                        or time.monotonic() >= replica.next_housekeeping):
                     await replica.shipper.ship_backups()
                     await replica.shipper.compact()
                     replica.next_housekeeping = time.monotonic() + HOUSEKEEPING
@@ -100,9 +94,7 @@ class Replication:
             except Exception as exc:  # noqa: BLE001 - any failure is retried, never fatal
                 self._failed(replica, exc)
                 delay = min(BACKOFF_MAX, delay * 2 ** min(replica.failures, 8))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(replica.wake.wait(), delay)
-            replica.wake.clear()
+            await asyncio.sleep(delay)
 
     def _failed(self, replica: Replica, exc: Exception) -> None:
         replica.failures += 1

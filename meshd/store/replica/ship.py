@@ -80,6 +80,15 @@ class Shipper:
         self.position: tuple[int, int] | None = None  # (epoch, seq) the replica holds
         self.objects_shipped = 0
         self._manifests: dict[str, backups.Manifest] = {}
+        self._local_backups: frozenset[str] | None = None
+
+    def backups_changed(self) -> bool:
+        """Whether a backup was taken or pruned locally since the last ship_backups: a glob
+        of manifest names, cheap enough for every pass."""
+        return self._local_names() != self._local_backups
+
+    def _local_names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.backup_dir.glob("*.json"))
 
     async def load_position(self) -> tuple[int, int]:
         objs = ob.journal_objects(await self.target.list(ob.JOURNAL))
@@ -109,6 +118,7 @@ class Shipper:
     async def ship_backups(self) -> list[str]:
         """Upload verified local backups the replica lacks (the .db, checked, then its
         manifest), then apply the local retention rule there."""
+        local_names = self._local_names()
         remote = await self.target.list(ob.BACKUPS)
         shipped = []
         for m in reversed([m for m in backups.list_backups(self.backup_dir) if m.verified]):
@@ -127,6 +137,7 @@ class Shipper:
             log.info("replica.backup_shipped", replica=self.target.name, file=m.file,
                      bytes=m.size)
         await self.apply_retention()
+        self._local_backups = local_names
         return shipped
 
     async def apply_retention(self) -> list[str]:
