@@ -40,6 +40,7 @@ class Replica:
     last_ok_at: str | None = None
     last_ok: float | None = None
     next_housekeeping: float = 0.0
+    housekeeping_error: str | None = None  # backups, retention or compaction failing
     event: dict[str, Any] | None = None
     last_drill: dict[str, Any] | None = None
 
@@ -69,6 +70,7 @@ class Replication:
             replica = Replica(url.name, target, shipper)
             self.replicas.append(replica)
             self._spawn(self._run(replica))
+            self._spawn(self._housekeeping(replica))
         self._spawn(self._drills())
         log.info("replica.started", replicas=[r.name for r in self.replicas],
                  interval_s=s.replica_interval)
@@ -79,15 +81,12 @@ class Replication:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, replica: Replica) -> None:
+        """Journal shipping, every replica_interval; nothing else runs in this task, so a
+        large backup upload or a compaction never delays it."""
         while True:
             delay = self.sup.settings.replica_interval
             try:
                 await replica.shipper.ship_journal()
-                if (replica.shipper.backups_changed()
-                        or time.monotonic() >= replica.next_housekeeping):
-                    await replica.shipper.ship_backups()
-                    await replica.shipper.compact()
-                    replica.next_housekeeping = time.monotonic() + HOUSEKEEPING
                 self._succeeded(replica)
             except asyncio.CancelledError:
                 raise
@@ -96,10 +95,32 @@ class Replication:
                 delay = min(BACKOFF_MAX, delay * 2 ** min(replica.failures, 8))
             await asyncio.sleep(delay)
 
-    def _failed(self, replica: Replica, exc: Exception) -> None:
+    async def _housekeeping(self, replica: Replica) -> None:
+        """New backups as soon as they exist; retention and compaction every HOUSEKEEPING."""
+        failures = 0
+        while True:
+            delay = 1.0
+            if (replica.shipper.backups_changed()
+                    or time.monotonic() >= replica.next_housekeeping):
+                try:
+                    await replica.shipper.ship_backups()
+                    await replica.shipper.compact()
+                    replica.next_housekeeping = time.monotonic() + HOUSEKEEPING
+                    replica.housekeeping_error, failures = None, 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - retried, never fatal
+                    failures += 1
+                    replica.housekeeping_error = str(exc) or type(exc).__name__
+                    self._failed(replica, exc, journal=False)
+                    delay = min(BACKOFF_MAX, 2.0 ** min(failures, 8))
+            await asyncio.sleep(delay)
+
+    def _failed(self, replica: Replica, exc: Exception, journal: bool = True) -> None:
         replica.failures += 1
         replica.last_error = str(exc) or type(exc).__name__
-        replica.shipper.position = None  # ask the replica where it stands after an outage
+        if journal:
+            replica.shipper.position = None  # ask the replica where it stands after an outage
         log.warning("replica.ship_failed", replica=replica.name, error=replica.last_error,
                     failures=replica.failures)
         if replica.event is None:
@@ -115,8 +136,8 @@ class Replication:
         if replica.failures:
             log.info("replica.recovered", replica=replica.name, failures=replica.failures,
                      position=replica.shipper.position)
-        replica.failures, replica.last_error = 0, None
-        if replica.event is not None:
+        replica.failures, replica.last_error = 0, replica.housekeeping_error
+        if replica.event is not None and replica.housekeeping_error is None:
             event, replica.event = replica.event, None
             epoch, seq = replica.shipper.position or (0, 0)
             event.update(status="resolved", resolved_at=db_time(),
@@ -153,12 +174,14 @@ class Replication:
         out = []
         for r in self.replicas:
             epoch, seq = r.shipper.position or (None, None)
-            out.append({"replica": r.name, "ok": r.failures == 0 and r.last_ok is not None,
+            out.append({"replica": r.name, "ok": r.failures == 0 and r.last_ok is not None
+                        and r.housekeeping_error is None,
                         "shipped_epoch": epoch, "shipped_seq": seq,
                         "last_ok_at": r.last_ok_at,
                         "since_last_ok_s": round(now - r.last_ok, 1) if r.last_ok else None,
                         "failures": r.failures, "last_error": r.last_error,
                         "objects_shipped": r.shipper.objects_shipped,
+                        "backups": r.shipper.backups_held,
                         "last_drill": r.last_drill})
         return out
 

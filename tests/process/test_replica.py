@@ -46,10 +46,12 @@ def replicas(proc: MeshdProcess) -> list[dict]:
     return proc.status()["replicas"]
 
 
-async def wait_shipped(proc: MeshdProcess, seq: int, timeout: float = 60) -> None:
+async def wait_shipped(proc: MeshdProcess, seq: int, backups: int = 1,
+                       timeout: float = 60) -> None:
     def done() -> bool:
         rows = replicas(proc)
-        return all(r["ok"] and (r["shipped_seq"] or 0) >= seq for r in rows)
+        return all(r["ok"] and (r["shipped_seq"] or 0) >= seq and (r["backups"] or 0) >= backups
+                   for r in rows)
 
     await async_poll(lambda: asyncio.to_thread(done), timeout,
                      f"every replica to hold journal seq {seq}", interval=0.2)
@@ -96,7 +98,7 @@ async def test_host_loss_restore_from_s3_and_from_sftp(meshd_proc, tmp_path):
         # Everything acknowledged so far is at or below this sequence; once both replicas
         # hold it, the host may go.
         acked_before = list(load.acked)
-        await wait_shipped(proc, local_seq(proc.data_dir))
+        await wait_shipped(proc, local_seq(proc.data_dir), backups=2)
         await async_poll(lambda: len(load.acked) >= len(acked_before) + 50, 30, "more writes")
         killed_at = time.monotonic()
         proc.kill_tree()  # the host is lost, mid-load

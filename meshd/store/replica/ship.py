@@ -79,6 +79,7 @@ class Shipper:
         self.tail = ob.JournalTail(journal_dir)
         self.position: tuple[int, int] | None = None  # (epoch, seq) the replica holds
         self.objects_shipped = 0
+        self.backups_held: int | None = None  # verified backups on the replica, once known
         self._manifests: dict[str, backups.Manifest] = {}
         self._local_backups: frozenset[str] | None = None
 
@@ -95,14 +96,15 @@ class Shipper:
         self.position = max(((o.epoch, o.last_seq) for o in objs), default=(0, 0))
         return self.position
 
-    async def ship_journal(self) -> int:
-        """Ship every record appended since the last call; the number of records shipped."""
+    async def ship_journal(self, limit_bytes: int = 8 << 20) -> int:
+        """Ship the records appended since the last call as one object (more only when they
+        exceed `limit_bytes`); the number of records shipped."""
         if self.position is None:
             await self.load_position()
         shipped = 0
         try:
             while True:
-                epoch, records = self.tail.read_after(*self.position)
+                epoch, records = self.tail.read_after(*self.position, limit_bytes)
                 if not records:
                     return shipped
                 obj, data = ob.make_object(epoch, records)
@@ -111,6 +113,9 @@ class Shipper:
                 self.position = (epoch, obj.last_seq)
                 self.objects_shipped += 1
                 shipped += len(records)
+                log.debug("replica.shipped", replica=self.target.name, key=obj.key)
+                if len(data) < limit_bytes:
+                    return shipped  # what arrives meanwhile waits for the next interval
         except BaseException:
             self.tail.rewind()  # read the unshipped records again next time
             raise
@@ -144,6 +149,7 @@ class Shipper:
         r = self.retention
         manifests = await fetch_manifests(self.target, self._manifests)
         kept = backups.retained(manifests, r.keep, r.keep_daily, r.keep_weekly)
+        self.backups_held = len(kept)
         deleted = []
         for m in manifests:
             if m.file in kept:
