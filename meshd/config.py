@@ -164,6 +164,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("replica_credentials", _optional_path, None,
            "KEY=VALUE file with replica secrets (AWS_*, MESHD_SFTP_*), read over the environment"),
     Option("replica_interval", parse_duration, 1.0, "how often new journal records are shipped"),
+    Option("replica_sync", parse_bool, False,
+           "acknowledge a write only once a replica holds its journal records (RPO 0)"),
+    Option("replica_sync_timeout", parse_duration, 2.0,
+           "with replica_sync, a write no replica confirms within this is aborted (503)"),
     Option("drill_interval", parse_duration, 86400.0,
            "how often the newest replica is restored into a scratch file and checked"),
     Option("readers", int, 4, "reader connections (threads)"),
@@ -219,6 +223,8 @@ class Settings:
     replica: tuple[str, ...] = ()
     replica_credentials: Path | None = None
     replica_interval: float = 1.0
+    replica_sync: bool = False
+    replica_sync_timeout: float = 2.0
     drill_interval: float = 86400.0
     readers: int = 4
     drain_timeout: float = 10.0
@@ -328,8 +334,11 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"port: {settings.port} is not a TCP port")
     if settings.readers < 1:
         raise ConfigError("readers: at least 1")
-    if settings.replica_interval <= 0 or settings.drill_interval <= 0:
-        raise ConfigError("replica_interval and drill_interval: more than 0")
+    if min(settings.replica_interval, settings.drill_interval,
+           settings.replica_sync_timeout) <= 0:
+        raise ConfigError("replica_interval, replica_sync_timeout, drill_interval: more than 0")
+    if settings.replica_sync and not settings.replica:
+        raise ConfigError("replica_sync: needs at least one replica")
 
 
 def refuse_unsafe(settings: Settings) -> str | None:

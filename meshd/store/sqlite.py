@@ -177,6 +177,9 @@ class SqliteStorage:
         self._seq = 0
         self.journal_epoch = 1
         self._corruption_reported = False
+        # replica_sync: called on the writer thread with (epoch, last seq) after the journal
+        # fsync and before COMMIT; False means no replica holds the batch: it is aborted.
+        self.replica_sync: Callable[[int, int], bool] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -427,6 +430,15 @@ class SqliteStorage:
             log.error("journal.append_failed", error=str(exc), records=len(records))
             return [(False, err) if ok else (ok, v) for ok, v in outcomes]
         self._seq = last_seq
+        if self.replica_sync is not None and not self.replica_sync(self.journal_epoch, last_seq):
+            self._abort(records[0].seq, last_seq)  # shipped too: replay skips the batch
+            with contextlib.suppress(sqlite3.DatabaseError):
+                conn.execute("ROLLBACK")
+            log.warning("store.replica_sync_failed", first_seq=records[0].seq,
+                        last_seq=last_seq)
+            err = Unavailable("no replica confirmed the write within replica_sync_timeout; "
+                              "nothing was committed", retry_after=2)
+            return [(False, err) if ok else (ok, v) for ok, v in outcomes]
         try:
             conn.execute("COMMIT")
             if self._disk_refused:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from meshd import log as logging
@@ -43,6 +43,7 @@ class Replica:
     housekeeping_error: str | None = None  # backups, retention or compaction failing
     event: dict[str, Any] | None = None
     last_drill: dict[str, Any] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one journal ship at a time
 
 
 class Replication:
@@ -86,7 +87,8 @@ class Replication:
         while True:
             delay = self.sup.settings.replica_interval
             try:
-                await replica.shipper.ship_journal()
+                async with replica.lock:
+                    await replica.shipper.ship_journal()
                 self._succeeded(replica)
             except asyncio.CancelledError:
                 raise
@@ -115,6 +117,41 @@ class Replication:
                     self._failed(replica, exc, journal=False)
                     delay = min(BACKOFF_MAX, 2.0 ** min(failures, 8))
             await asyncio.sleep(delay)
+
+    async def sync(self, epoch: int, seq: int, timeout: float) -> str | None:
+        """replica_sync: ship up to (epoch, seq) now; the first replica that verifiably holds
+        it, or None when none does within `timeout`. Slower replicas finish in the
+        background (their upload is not wasted)."""
+
+        async def one(replica: Replica) -> str | None:
+            async with replica.lock:
+                if (replica.shipper.position or (0, 0)) < (epoch, seq):
+                    try:
+                        await replica.shipper.ship_journal()
+                    except Exception as exc:  # noqa: BLE001 - reported, then retried
+                        self._failed(replica, exc)
+                        return None
+                    self._succeeded(replica)
+            held = (replica.shipper.position or (0, 0)) >= (epoch, seq)
+            return replica.name if held else None
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = set()
+        for replica in self.replicas:
+            task = asyncio.create_task(one(replica))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            pending.add(task)
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            for task in done:
+                if not task.cancelled() and task.result():
+                    return task.result()
+        return None
 
     def _failed(self, replica: Replica, exc: Exception, journal: bool = True) -> None:
         replica.failures += 1

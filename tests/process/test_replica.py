@@ -203,3 +203,84 @@ def test_a_malformed_replica_url_refuses_to_start(meshd_proc):
     assert proc.wait_exit(30) == 2
     text = proc.log_text()
     assert "replica" in text and "password" in text and "pw@" not in text
+
+
+async def write_latencies(proc: MeshdProcess, prefix: str, count: int) -> list[float]:
+    """Sequential registrations, each one timed (figures for the report, not asserted)."""
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(count):
+            started = time.perf_counter()
+            status, body = await api(session, proc, "POST", "/api/agents/register",
+                                     {"name": f"{prefix}-{i}"})
+            assert status == 200, body
+            out.append(time.perf_counter() - started)
+    return sorted(out)
+
+
+def describe(values: list[float]) -> str:
+    return (f"p50 {statistics.median(values) * 1000:.1f} ms, "
+            f"p99 {values[max(0, int(len(values) * 0.99) - 1)] * 1000:.1f} ms")
+
+
+async def test_replica_sync_every_acknowledged_write_survives_host_loss(meshd_proc, tmp_path):
+    s3 = S3Server(tmp_path / "s3").start()
+    sftp = SftpServer(tmp_path / "sftp").start()
+    try:
+        env = {**s3.env, **sftp.env}
+        # Asynchronous shipping first, as the baseline of the latency figures.
+        plain = meshd_proc()
+        plain.start([*FAST, "--replica", s3.url("plain")], env=env)
+        plain.wait_serving(timeout=30)
+        async_lat = await write_latencies(plain, "a", 200)
+        plain.kill_tree()
+
+        proc = meshd_proc()
+        proc.start([*FAST, "--replica", f"{s3.url()},{sftp.url()}", "--replica-sync",
+                    "--replica-sync-timeout", "1s"], env=env)
+        proc.wait_serving(timeout=30)
+        sync_lat = await write_latencies(proc, "s", 200)
+        sys.stderr.write(f"\nwrite latency, replica_interval 1s: {describe(async_lat)}; "
+                         f"replica_sync (S3 + SFTP on loopback): {describe(sync_lat)}\n")
+
+        # A replica going away: the other still confirms, writes go on.
+        sftp.stop()
+        async with aiohttp.ClientSession() as session:
+            status, body = await api(session, proc, "POST", "/api/agents/register",
+                                     {"name": "one-replica-left"})
+            assert status == 200, body
+            # Both gone: nothing is committed and the client is told to retry.
+            s3.stop()
+            async with session.post(proc.url + "/api/agents/register",
+                                    json={"name": "unconfirmed"},
+                                    headers=proc.headers) as resp:
+                assert resp.status == 503
+                assert resp.headers["Retry-After"]
+                assert "replica" in (await resp.json())["error"]
+            status, agents = await api(session, proc, "GET", "/api/agents")
+            assert "unconfirmed" not in {a["name"] for a in agents}
+        sftp.start()  # same port, same files: writes are confirmed again
+
+        load = WriteLoad(proc, "w")
+        task = asyncio.create_task(load.run(4))
+        await async_poll(lambda: len(load.acked) >= 200, 60, "200 acknowledged writes")
+        proc.kill_tree()  # the host is lost, mid-load
+        load.stop.set()
+        await task
+        shutil.rmtree(proc.data_dir)
+        shutil.rmtree(proc.backup_dir)
+
+        new = meshd_proc()
+        done = await asyncio.to_thread(cli, new, env, "restore", "--from", sftp.url())
+        assert done.returncode == 0, done.stderr
+        new.start(FAST)
+        new.wait_serving(timeout=30)
+        names = await agent_names(new)
+        acked = set(load.acked) | {f"s-{i}" for i in range(200)} | {"one-replica-left"}
+        missing = acked - names
+        assert not missing, f"{len(missing)} acknowledged writes lost with replica_sync"
+        assert "unconfirmed" not in names
+        sys.stderr.write(f"\nRPO replica_sync: 0 of {len(acked)} acknowledged writes lost\n")
+    finally:
+        s3.stop()
+        sftp.stop()
