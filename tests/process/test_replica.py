@@ -6,6 +6,7 @@ shipped interval. A replica that goes away opens `replica_failed` and shipping c
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import statistics
 import subprocess
@@ -86,8 +87,15 @@ async def test_host_loss_restore_from_s3_and_from_sftp(meshd_proc, tmp_path):
     try:
         env = {**s3.env, **sftp.env}
         proc = meshd_proc()
-        proc.start([*FAST, "--replica", f"{s3.url()},{sftp.url()}"], env=env)
+        proc.start([*FAST, "--replica", f"{s3.url()},{sftp.url()}", "--drill-interval", "2s"],
+                   env=env)
         proc.wait_serving(timeout=30)
+
+        def drilled() -> bool:
+            return all((r["last_drill"] or {}).get("ok") for r in replicas(proc))
+
+        await async_poll(lambda: asyncio.to_thread(drilled), 60,
+                         "a passing restore drill of each replica", interval=0.2)
         load = WriteLoad(proc, "w")
         clock = AckClock(load)
         tasks = [asyncio.create_task(load.run(4)), asyncio.create_task(clock.run())]
@@ -142,8 +150,9 @@ async def test_replica_outage_opens_event_keeps_serving_and_catches_up(meshd_pro
     sftp = SftpServer(tmp_path / "sftp").start()
     try:
         proc = meshd_proc()
-        proc.start([*FAST, "--replica", sftp.url(), "--replica-interval", "200ms"],
-                   env=sftp.env)
+        alerts = tmp_path / "alerts.jsonl"
+        proc.start([*FAST, "--replica", sftp.url(), "--replica-interval", "200ms",
+                    "--alert-command", f"cat >> {alerts}"], env=sftp.env)
         proc.wait_serving(timeout=30)
         await wait_shipped(proc, local_seq(proc.data_dir))
         load = WriteLoad(proc, "o")
@@ -179,6 +188,9 @@ async def test_replica_outage_opens_event_keeps_serving_and_catches_up(meshd_pro
         load.stop.set()
         await task
         assert not load.server_errors()
+        sent = [json.loads(line)["event"] for line in alerts.read_text().splitlines()]
+        assert [(e["event_type"], e["status"]) for e in sent] == [
+            ("replica_failed", "active"), ("replica_failed", "resolved")]
         await wait_shipped(proc, local_seq(proc.data_dir))
         for phase, values in latencies.items():
             values.sort()
