@@ -24,6 +24,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "backup_latency": ([], ["--size-mb", "20", "--seconds", "2"]),
     "recovery_time": ([], ["--db-mb", "10", "--journal-seconds", "5"]),
     "throughput": ([], ["--seconds", "3"]),
+    "replica": ([], ["--writes", "100", "--load-seconds", "2"]),
 }
 ORDER = list(ARGS)
 
