@@ -66,7 +66,13 @@ class Replication:
         retention = ship.Retention(s.backup_keep, s.backup_keep_daily, s.backup_keep_weekly)
         for text in s.replica:
             url = urls.parse(text)
-            target = open_target(url, env)
+            try:
+                target = open_target(url, env)
+            except Exception as exc:  # noqa: BLE001 - a client that refuses its settings
+                log.error("replica.client_failed", replica=url.name, error=str(exc))
+                self.sup.record_event("replica_failed", "major",
+                                      f"Replica unusable: {url.name}", str(exc))
+                continue
             shipper = ship.Shipper(target, s.data_dir / "journal", s.backup_dir, retention)
             replica = Replica(url.name, target, shipper)
             self.replicas.append(replica)

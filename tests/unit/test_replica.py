@@ -12,6 +12,7 @@ import pytest
 
 from meshd.clock import db_time
 from meshd.store import agents, backups
+from meshd.store import journal as jr
 from meshd.store.replica import objects as ob
 from meshd.store.replica import pull, ship, urls
 from meshd.store.replica.targets import FileTarget, TargetError
@@ -244,3 +245,28 @@ def test_bad_replica_urls(text, message):
 def test_url_names_never_hold_the_query():
     u = urls.parse("s3://bucket/p?endpoint=http://127.0.0.1:9000")
     assert u.name == "s3://bucket/p"
+
+
+def test_journal_tail_reads_only_new_complete_records(tmp_path):
+    journal = jr.Journal(tmp_path, 1)
+    journal.open()
+    journal.append([jr.Record(1, jr.WRITE, "t", []), jr.Record(2, jr.WRITE, "t", [])])
+    tail = ob.JournalTail(tmp_path)
+    assert [r.seq for r, _ in tail.read_after(1, 0)[1]] == [1, 2]
+    assert tail.read_after(1, 2)[1] == []
+    segment = jr.list_segments(tmp_path)[0].path
+    half = jr.encode(jr.Record(3, jr.WRITE, "t", ["x" * 100]))
+    with segment.open("ab") as fh:
+        fh.write(half[:20])  # an append in progress
+    assert tail.read_after(1, 2)[1] == []
+    with segment.open("ab") as fh:
+        fh.write(half[20:])
+    epoch, found = tail.read_after(1, 2)
+    assert (epoch, [r.seq for r, _ in found]) == (1, [3])
+    assert found[0][1] == half  # the frame exactly as in the segment
+    # A later epoch (after a point-in-time restore) follows the earlier one.
+    journal.close()
+    later = jr.Journal(tmp_path, 2)
+    later.open()
+    later.append([jr.Record(1, jr.WRITE, "t", [])])
+    assert tail.read_after(1, 3)[0] == 2

@@ -103,6 +103,8 @@ class JournalTail:
         start = self._offsets.get(name, 0)
         try:
             with seg.path.open("rb") as fh:
+                if fh.seek(0, 2) < start:
+                    start = 0  # the writer cut a failed append back: read the segment again
                 fh.seek(start)
                 data = fh.read()
         except FileNotFoundError:

@@ -8,6 +8,7 @@ the backup job have already fsync'd, so the API and the writer never wait for a 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,21 +105,29 @@ class Shipper:
         shipped = 0
         try:
             while True:
-                epoch, records = self.tail.read_after(*self.position, limit_bytes)
-                if not records:
+                # Parsing and hashing off the event loop: a large record (a file upload) must
+                # not stall the supervisor's probes.
+                prepared = await asyncio.to_thread(self._prepare, limit_bytes)
+                if prepared is None:
                     return shipped
-                obj, data = ob.make_object(epoch, records)
-                await put_verified(self.target, obj.key, len(data),
-                                   hashlib.sha256(data).hexdigest(), data=data)
-                self.position = (epoch, obj.last_seq)
+                obj, data, digest, count = prepared
+                await put_verified(self.target, obj.key, len(data), digest, data=data)
+                self.position = (obj.epoch, obj.last_seq)
                 self.objects_shipped += 1
-                shipped += len(records)
+                shipped += count
                 log.debug("replica.shipped", replica=self.target.name, key=obj.key)
                 if len(data) < limit_bytes:
                     return shipped  # what arrives meanwhile waits for the next interval
         except BaseException:
             self.tail.rewind()  # read the unshipped records again next time
             raise
+
+    def _prepare(self, limit_bytes: int):
+        epoch, records = self.tail.read_after(*self.position, limit_bytes)
+        if not records:
+            return None
+        obj, data = ob.make_object(epoch, records)
+        return obj, data, hashlib.sha256(data).hexdigest(), len(records)
 
     async def ship_backups(self) -> list[str]:
         """Upload verified local backups the replica lacks (the .db, checked, then its
@@ -185,15 +194,14 @@ class Shipper:
             try:
                 for o in run:
                     part = await self.target.get_bytes(o.key)
-                    ob.decode_object(o, part)
+                    await asyncio.to_thread(ob.decode_object, o, part)
                     parts.append(part)
             except ob.ObjectCorrupt as exc:
                 log.error("replica.object_corrupt", replica=self.target.name, error=str(exc))
                 continue
             data = b"".join(parts)
-            whole, _ = ob.make_object(run[0].epoch, list(jr.iter_frames(data)))
-            await put_verified(self.target, whole.key, len(data),
-                               hashlib.sha256(data).hexdigest(), data=data)
+            whole, digest = await asyncio.to_thread(_merge, run[0].epoch, data)
+            await put_verified(self.target, whole.key, len(data), digest, data=data)
             for o in run:
                 if o.key != whole.key:
                     await self.target.delete(o.key)
@@ -201,6 +209,11 @@ class Shipper:
             log.info("replica.compacted", replica=self.target.name, objects=len(run),
                      first_seq=whole.first_seq, last_seq=whole.last_seq)
         return merged
+
+
+def _merge(epoch: int, data: bytes) -> tuple[ob.JournalObject, str]:
+    whole, _ = ob.make_object(epoch, list(jr.iter_frames(data)))
+    return whole, hashlib.sha256(data).hexdigest()
 
 
 def _small_runs(objs: list[ob.JournalObject]) -> list[list[ob.JournalObject]]:
