@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="restore from a replica (file://, sftp://, s3://) into a new "
                               "data directory, as on a fresh machine")
     restore.add_argument("--credentials", help="KEY=VALUE file of replica secrets")
+    restore.add_argument("--key-file", help="the replica_key_file, when the replica is "
+                         "encrypted")
     replicas = sub.add_parser("replicas", help="what each replica holds: backups, journal "
                               "range, epochs")
     _daemon_arguments(replicas)
@@ -43,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     replicas.add_argument("--from", dest="from_url", action="append", metavar="URL",
                           help="a replica URL (repeatable; default: the `replica` setting)")
     replicas.add_argument("--credentials", help="KEY=VALUE file of replica secrets")
+    replicas.add_argument("--key-file", help="the replica_key_file, when encrypted "
+                          "(default: the setting)")
     replicas.add_argument("--drill", action="store_true",
                           help="also restore each into a scratch directory and check it")
     mode = sub.add_parser("mode", help="switch the running daemon read-only or read-write")

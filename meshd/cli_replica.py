@@ -12,11 +12,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from meshd import config
-from meshd.store.replica import pull, urls
+from meshd.store.replica import crypt, pull, urls
+from meshd.store.replica.objects import ObjectCorrupt
 from meshd.store.replica.targets import TargetError, open_target, read_credentials
 
 
-def _target(text: str, credentials: str | None):
+def _target(text: str, credentials: str | None, key_file: str | Path | None = None):
     try:
         url = urls.parse(text)
     except urls.ReplicaURLError as exc:
@@ -27,7 +28,12 @@ def _target(text: str, credentials: str | None):
     except OSError as exc:
         sys.stderr.write(f"meshd: cannot read credentials: {exc}\n")
         raise SystemExit(2) from None
-    return open_target(url, env)
+    try:
+        key = crypt.load_key(Path(key_file)) if key_file else None
+    except (OSError, ValueError) as exc:
+        sys.stderr.write(f"meshd: --key-file: {exc}\n")
+        raise SystemExit(2) from None
+    return open_target(url, env, key)
 
 
 def _out(args: argparse.Namespace, data, text: str) -> None:
@@ -47,7 +53,7 @@ def restore_from_replica(args: argparse.Namespace) -> int:
                          "(or the newest before --to-time); it names no backup\n")
         return 2
     to_time = _parse_when(args.to_time)
-    target = _target(args.from_url, args.credentials)
+    target = _target(args.from_url, args.credentials, args.key_file)
     paths = control.offline_paths(args)
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(paths.data_dir / "writer.lock")
@@ -66,7 +72,7 @@ def restore_from_replica(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run())
-    except (pull.PullError, TargetError, FileNotFoundError) as exc:
+    except (pull.PullError, TargetError, FileNotFoundError, ObjectCorrupt) as exc:
         sys.stderr.write(f"meshd: {exc}\n")
         return 1
     finally:
@@ -81,26 +87,28 @@ def restore_from_replica(args: argparse.Namespace) -> int:
 
 
 def cmd_replicas(args: argparse.Namespace) -> int:
-    names = args.from_url
-    if not names:
+    names, key_file = args.from_url, args.key_file
+    if not names or not key_file:
         try:
-            names = list(config.load({"config": args.config}).replica)
+            settings = config.load({"config": args.config})
         except config.ConfigError as exc:
             sys.stderr.write(f"meshd: configuration error: {exc}\n")
             return 2
+        names = names or list(settings.replica)
+        key_file = key_file or settings.replica_key_file
     if not names:
         sys.stderr.write("meshd: no replica configured (set `replica`, or pass --from URL)\n")
         return 2
 
     async def one(text: str):
-        target = _target(text, args.credentials)
+        target = _target(text, args.credentials, key_file)
         try:
             data = await pull.inventory(target)
             if args.drill:
                 with tempfile.TemporaryDirectory(prefix="meshd-drill-") as scratch:
                     data["drill"] = asdict(await pull.drill(target, Path(scratch) / "d"))
             return data
-        except (TargetError, OSError) as exc:
+        except (TargetError, OSError, ObjectCorrupt) as exc:
             return {"replica": target.name, "error": str(exc)}
         finally:
             await target.close()

@@ -163,6 +163,8 @@ OPTIONS: tuple[Option, ...] = (
            "s3://bucket/prefix (comma-separated, or a TOML list)"),
     Option("replica_credentials", _optional_path, None,
            "KEY=VALUE file with replica secrets (AWS_*, MESHD_SFTP_*), read over the environment"),
+    Option("replica_key_file", _optional_path, None,
+           "file with a 256-bit key (64 hex characters): encrypt everything shipped to replicas"),
     Option("replica_interval", parse_duration, 1.0, "how often new journal records are shipped"),
     Option("replica_sync", parse_bool, False,
            "acknowledge a write only once a replica holds its journal records (RPO 0)"),
@@ -222,6 +224,7 @@ class Settings:
     alert_timeout: float = 10.0
     replica: tuple[str, ...] = ()
     replica_credentials: Path | None = None
+    replica_key_file: Path | None = None
     replica_interval: float = 1.0
     replica_sync: bool = False
     replica_sync_timeout: float = 2.0
@@ -258,8 +261,9 @@ def from_json(text: str) -> Settings:
     for name in ("data_dir", "database", "backup_dir"):
         data[name] = Path(data[name])
     data["replica"] = tuple(data.get("replica") or ())
-    if data.get("replica_credentials"):
-        data["replica_credentials"] = Path(data["replica_credentials"])
+    for name in ("replica_credentials", "replica_key_file"):
+        if data.get(name):
+            data[name] = Path(data[name])
     return Settings(**data)
 
 
@@ -339,6 +343,13 @@ def validate(settings: Settings) -> None:
         raise ConfigError("replica_interval, replica_sync_timeout, drill_interval: more than 0")
     if settings.replica_sync and not settings.replica:
         raise ConfigError("replica_sync: needs at least one replica")
+    if settings.replica_key_file is not None:
+        from meshd.store.replica.crypt import load_key
+
+        try:
+            load_key(settings.replica_key_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"replica_key_file: {exc}") from None
 
 
 def refuse_unsafe(settings: Settings) -> str | None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshd import log as logging
 from meshd.clock import db_time
-from meshd.store.replica import pull, ship, urls
+from meshd.store.replica import crypt, pull, ship, urls
 from meshd.store.replica.targets import Target, open_target, read_credentials
 from meshd.supervisor import alerts
 
@@ -63,11 +63,12 @@ class Replication:
             self.config_error = f"replica_credentials unreadable: {exc}"
             log.error("replica.credentials_unreadable", error=str(exc))
             env = read_credentials(None)
+        key = crypt.load_key(s.replica_key_file) if s.replica_key_file else None
         retention = ship.Retention(s.backup_keep, s.backup_keep_daily, s.backup_keep_weekly)
         for text in s.replica:
             url = urls.parse(text)
             try:
-                target = open_target(url, env)
+                target = open_target(url, env, key)
             except Exception as exc:  # noqa: BLE001 - a client that refuses its settings
                 log.error("replica.client_failed", replica=url.name, error=str(exc))
                 self.sup.record_event("replica_failed", "major",

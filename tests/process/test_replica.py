@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -151,7 +152,10 @@ async def test_replica_outage_opens_event_keeps_serving_and_catches_up(meshd_pro
     try:
         proc = meshd_proc()
         alerts = tmp_path / "alerts.jsonl"
+        key_file = tmp_path / "replica.key"  # this replica is encrypted client-side
+        key_file.write_text(os.urandom(32).hex() + "\n")
         proc.start([*FAST, "--replica", sftp.url(), "--replica-interval", "200ms",
+                    "--replica-key-file", str(key_file),
                     "--alert-command", f"cat >> {alerts}"], env=sftp.env)
         proc.wait_serving(timeout=30)
         await wait_shipped(proc, local_seq(proc.data_dir))
@@ -201,10 +205,14 @@ async def test_replica_outage_opens_event_keeps_serving_and_catches_up(meshd_pro
         proc.kill_tree()
         new = meshd_proc()
         done = await asyncio.to_thread(cli, new, sftp.env, "restore", "--from", sftp.url())
+        assert done.returncode != 0 and "is encrypted" in done.stderr  # no key, no restore
+        done = await asyncio.to_thread(cli, new, sftp.env, "restore", "--from", sftp.url(),
+                                       "--key-file", str(key_file))
         assert done.returncode == 0, done.stderr
         new.start(FAST)
         new.wait_serving(timeout=30)
         assert set(load.acked) <= await agent_names(new)
+        assert not any(b"o-0-" in p.read_bytes() for p in sftp.files.rglob("*.jrn"))
     finally:
         sftp.stop()
 

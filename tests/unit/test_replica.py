@@ -4,6 +4,7 @@ compaction, restore into a new directory, the drill, and URL checks."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +14,9 @@ import pytest
 from meshd.clock import db_time
 from meshd.store import agents, backups
 from meshd.store import journal as jr
+from meshd.store.replica import crypt, pull, ship, urls
 from meshd.store.replica import objects as ob
-from meshd.store.replica import pull, ship, urls
-from meshd.store.replica.targets import FileTarget, TargetError
+from meshd.store.replica.targets import FileTarget, TargetError, open_target
 from meshd.store.sqlite import SqliteStorage
 
 
@@ -270,3 +271,63 @@ def test_journal_tail_reads_only_new_complete_records(tmp_path):
     later.open()
     later.append([jr.Record(1, jr.WRITE, "t", [])])
     assert tail.read_after(1, 3)[0] == 2
+
+
+async def test_an_encrypted_replica_holds_no_plaintext_and_restores_with_its_key(
+        host, replica_dir, tmp_path):
+    key = os.urandom(32)
+    target = open_target(urls.parse(f"file://{replica_dir}"), {}, key)
+    s = shipper(host, target)
+    await register(host, ["secret-agent-name"])
+    backups.take_backup(host.database, host.backups)
+    await s.ship_backups()
+    await register(host, ["second-secret-name"])
+    assert await s.ship_journal() == 2
+    for path in replica_dir.rglob("*"):
+        if path.is_file():
+            assert b"secret" not in path.read_bytes(), path
+            assert b"SQLite format" not in path.read_bytes(), path
+    # Listed sizes are the plaintext's, so the CRC/size checks hold as without encryption.
+    obj = journal_keys(replica_dir)[0]
+    listed = ob.journal_objects(await target.list("journal"))[0]
+    assert listed.size == crypt.plain_size(obj.size) < obj.size
+    new = Host(tmp_path / "new")
+    await pull.restore_from(target, new.database, new.data, new.backups)
+    assert names_in(new.database) == {"secret-agent-name", "second-secret-name"}
+    assert (await pull.drill(target, tmp_path / "drill")).ok
+    wrong = open_target(urls.parse(f"file://{replica_dir}"), {}, os.urandom(32))
+    other = Host(tmp_path / "other")
+    with pytest.raises(ob.ObjectCorrupt, match="does not open"):
+        await pull.restore_from(wrong, other.database, other.data, other.backups)
+
+
+def test_encryption_detects_truncation_and_tampering():
+    key = os.urandom(32)
+    data = os.urandom(crypt.CHUNK * 2 + 5)
+    sealed = crypt.encrypt_bytes(key, data)
+    assert crypt.decrypt_bytes(key, sealed) == data
+    assert crypt.plain_size(len(sealed)) == len(data)
+    first = crypt.HEADER + 4 + int.from_bytes(sealed[crypt.HEADER:crypt.HEADER + 4], "big")
+    for bad in (sealed[:-1], sealed[:first], sealed[:40] + bytes([sealed[40] ^ 1]) +
+                sealed[41:]):
+        with pytest.raises(crypt.DecryptError):
+            crypt.decrypt_bytes(key, bad)
+
+def test_key_files_are_checked_when_settings_load(tmp_path):
+    from meshd import config
+
+    path = tmp_path / "key"
+    path.write_text("ab" * 16)
+    with pytest.raises(config.ConfigError, match="32 bytes"):
+        config.load({"replica": "file:///x", "replica_key_file": str(path)}, environ={})
+    path.write_text("not hex\n")
+    with pytest.raises(config.ConfigError, match="not hex"):
+        config.load({"replica": "file:///x", "replica_key_file": str(path)}, environ={})
+    path.write_text(os.urandom(32).hex() + "\n")
+    settings = config.load({"replica": "file:///x", "replica_key_file": str(path)},
+                           environ={})
+    assert crypt.load_key(settings.replica_key_file) and settings.replica == ("file:///x",)
+    with pytest.raises(config.ConfigError, match="replica_sync"):
+        config.load({"replica_sync": "true"}, environ={})
+    with pytest.raises(config.ConfigError, match="replica"):
+        config.load({"replica": "file:///x,ftp://y"}, environ={})

@@ -53,8 +53,8 @@ async def fetch_journal(target: Target, epoch: int, after_seq: int) -> JournalRa
     by_seq: dict[int, tuple[jr.Record, bytes]] = {}
     corrupt = []
     for obj in objs:
-        data = await target.get_bytes(obj.key)
         try:
+            data = await target.get_bytes(obj.key)
             frames = await asyncio.to_thread(_frames, obj, data)
         except ob.ObjectCorrupt as exc:
             corrupt.append(str(exc))
@@ -116,6 +116,8 @@ async def download_backup(target: Target, manifest: backups.Manifest, backup_dir
         await target.get_file(f"{ob.BACKUPS}/{manifest.file}", tmp)
         fsync_path(tmp)
         os.replace(tmp, final)
+    except ob.ObjectCorrupt as exc:  # an encrypted copy that does not open
+        return [str(exc)]
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -18,6 +18,7 @@ import orjson
 from meshd import log as logging
 from meshd.store import backups
 from meshd.store import journal as jr
+from meshd.store.replica import crypt
 from meshd.store.replica import objects as ob
 from meshd.store.replica.targets import Target, TargetError
 
@@ -58,8 +59,12 @@ async def fetch_manifests(target: Target, cache: dict[str, backups.Manifest] | N
         if not key.endswith(".json"):
             continue
         if key not in cache:
+            body = await target.get_bytes(key)
+            if body.startswith(crypt.MAGIC):
+                raise ob.ObjectCorrupt(f"{target.name} is encrypted: give its key "
+                                       "(replica_key_file, or --key-file)")
             try:
-                cache[key] = backups.Manifest(**orjson.loads(await target.get_bytes(key)))
+                cache[key] = backups.Manifest(**orjson.loads(body))
             except (orjson.JSONDecodeError, TypeError) as exc:
                 log.warning("replica.manifest_unreadable", replica=target.name, key=key,
                             error=str(exc))
