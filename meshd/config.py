@@ -343,6 +343,13 @@ def validate(settings: Settings) -> None:
         raise ConfigError("replica_interval, replica_sync_timeout, drill_interval: more than 0")
     if settings.replica_sync and not settings.replica:
         raise ConfigError("replica_sync: needs at least one replica")
+    if settings.replica_credentials is not None:
+        from meshd.store.replica.targets import read_credentials
+
+        try:
+            read_credentials(settings.replica_credentials, {})
+        except OSError as exc:
+            raise ConfigError(f"replica_credentials: {exc}") from None
     if settings.replica_key_file is not None:
         from meshd.store.replica.crypt import load_key
 

@@ -44,13 +44,14 @@ class Replica:
     event: dict[str, Any] | None = None
     last_drill: dict[str, Any] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one journal ship at a time
+    # Housekeeping and the drill: compaction must not delete parts the drill is reading.
+    busy: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Replication:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         self.replicas: list[Replica] = []
-        self.config_error: str | None = None
         self._tasks: set[asyncio.Task] = set()
 
     def start(self) -> None:
@@ -59,11 +60,13 @@ class Replication:
             return
         try:
             env = read_credentials(s.replica_credentials)
-        except OSError as exc:
-            self.config_error = f"replica_credentials unreadable: {exc}"
-            log.error("replica.credentials_unreadable", error=str(exc))
-            env = read_credentials(None)
-        key = crypt.load_key(s.replica_key_file) if s.replica_key_file else None
+            key = crypt.load_key(s.replica_key_file) if s.replica_key_file else None
+        except (OSError, ValueError) as exc:
+            # Checked at load; gone since. Never ship without the key that was asked for.
+            log.error("replica.settings_unreadable", error=str(exc))
+            self.sup.record_event("replica_failed", "major", "Replicas not started",
+                                  f"replica credentials or key unreadable: {exc}")
+            return
         retention = ship.Retention(s.backup_keep, s.backup_keep_daily, s.backup_keep_weekly)
         for text in s.replica:
             url = urls.parse(text)
@@ -112,8 +115,9 @@ class Replication:
             if (replica.shipper.backups_changed()
                     or time.monotonic() >= replica.next_housekeeping):
                 try:
-                    await replica.shipper.ship_backups()
-                    await replica.shipper.compact()
+                    async with replica.busy:
+                        await replica.shipper.ship_backups()
+                        await replica.shipper.compact()
                     replica.next_housekeeping = time.monotonic() + HOUSEKEEPING
                     replica.housekeeping_error, failures = None, 0
                 except asyncio.CancelledError:
@@ -198,13 +202,17 @@ class Replication:
         while True:
             await asyncio.sleep(self.sup.settings.drill_interval)
             if self.sup.idle_for_maintenance():
-                await self.drill_all()
+                try:
+                    await self.drill_all()
+                except Exception as exc:  # noqa: BLE001 - the next drill still runs
+                    log.error("replica.drill_crashed", error=str(exc))
 
     async def drill_all(self) -> list[dict[str, Any]]:
         results = []
         for i, replica in enumerate(self.replicas):
             scratch = self.sup.settings.data_dir / "drill" / str(i)
-            result = asdict(await pull.drill(replica.target, scratch))
+            async with replica.busy:
+                result = asdict(await pull.drill(replica.target, scratch))
             replica.last_drill = result
             results.append(result)
             if not result["ok"]:

@@ -331,3 +331,16 @@ def test_key_files_are_checked_when_settings_load(tmp_path):
         config.load({"replica_sync": "true"}, environ={})
     with pytest.raises(config.ConfigError, match="replica"):
         config.load({"replica": "file:///x,ftp://y"}, environ={})
+
+
+def test_a_credentials_file_overlays_the_environment_and_must_exist(tmp_path):
+    from meshd import config
+    from meshd.store.replica.targets import read_credentials
+
+    path = tmp_path / "creds"
+    path.write_text("# comment\nAWS_ACCESS_KEY_ID=from-file\nMESHD_SFTP_PASSWORD='pw'\n")
+    env = read_credentials(path, {"AWS_ACCESS_KEY_ID": "from-env", "OTHER": "x"})
+    assert env == {"AWS_ACCESS_KEY_ID": "from-file", "OTHER": "x", "MESHD_SFTP_PASSWORD": "pw"}
+    with pytest.raises(config.ConfigError, match="replica_credentials"):
+        config.load({"replica": "file:///x", "replica_credentials": str(tmp_path / "none")},
+                    environ={})

@@ -243,7 +243,7 @@ async def drill(target: Target, scratch: Path) -> DrillResult:
                      if counts.get(t) != n}
             if wrong:
                 problems.append(f"row counts differ from the manifest: {wrong}")
-    except (PullError, restore_mod.RestoreError, OSError, RuntimeError,
+    except (PullError, restore_mod.RestoreError, OSError, RuntimeError, ValueError,
             sqlite3.Error) as exc:
         problems.append(str(exc))
     finally:
