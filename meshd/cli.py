@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 
-from meshd import __version__, config
+from meshd import __version__, cli_replica, config
 from meshd import log as logging
 
 
@@ -32,23 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _daemon_arguments(restore)
     restore.add_argument("backup", nargs="?", help="backup file name (default: newest verified)")
     restore.add_argument("--to-time", help="point in time (ISO-8601, UTC if no zone)")
-    restore.add_argument("--from", dest="from_url", metavar="URL",
-                         help="restore from a replica (file://, sftp://, s3://) into a new "
-                              "data directory, as on a fresh machine")
-    restore.add_argument("--credentials", help="KEY=VALUE file of replica secrets")
-    restore.add_argument("--key-file", help="the replica_key_file, when the replica is "
-                         "encrypted")
-    replicas = sub.add_parser("replicas", help="what each replica holds: backups, journal "
-                              "range, epochs")
-    _daemon_arguments(replicas)
-    replicas.add_argument("--config", default=None, help="TOML file naming the replicas")
-    replicas.add_argument("--from", dest="from_url", action="append", metavar="URL",
-                          help="a replica URL (repeatable; default: the `replica` setting)")
-    replicas.add_argument("--credentials", help="KEY=VALUE file of replica secrets")
-    replicas.add_argument("--key-file", help="the replica_key_file, when encrypted "
-                          "(default: the setting)")
-    replicas.add_argument("--drill", action="store_true",
-                          help="also restore each into a scratch directory and check it")
+    cli_replica.add_arguments(sub, restore, _daemon_arguments)
     mode = sub.add_parser("mode", help="switch the running daemon read-only or read-write")
     _daemon_arguments(mode)
     mode.add_argument("mode", choices=["read-only", "read-write"])
@@ -203,9 +187,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from meshd.store import restore as restore_mod
 
     if args.from_url:
-        from meshd.cli_replica import restore_from_replica
-
-        return restore_from_replica(args)
+        return cli_replica.restore_from_replica(args)
     body = {"backup": args.backup, "to_time": _iso(args.to_time) if args.to_time else None}
     if control.daemon_running(args):
         data = control.call(args, "POST", "/control/restore", body, timeout=3600)
@@ -305,13 +287,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
 
 COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "status": cmd_status, "backup": cmd_backup,
             "backups": cmd_backups, "check": cmd_check, "restore": cmd_restore,
-            "mode": cmd_mode, "replicas": lambda args: _replicas(args)}
-
-
-def _replicas(args: argparse.Namespace) -> int:
-    from meshd.cli_replica import cmd_replicas
-
-    return cmd_replicas(args)
+            "mode": cmd_mode, "replicas": lambda args: cli_replica.cmd_replicas(args)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,27 @@ from meshd.store.replica.objects import ObjectCorrupt
 from meshd.store.replica.targets import TargetError, open_target, read_credentials
 
 
+def add_arguments(sub, restore: argparse.ArgumentParser, daemon_arguments) -> None:
+    """`restore --from` and the `replicas` command, added to the CLI's parser."""
+    restore.add_argument("--from", dest="from_url", metavar="URL",
+                         help="restore from a replica (file://, sftp://, s3://) into a new "
+                              "data directory, as on a fresh machine")
+    restore.add_argument("--credentials", help="KEY=VALUE file of replica secrets")
+    restore.add_argument("--key-file", help="the replica_key_file, when the replica is "
+                         "encrypted")
+    replicas = sub.add_parser("replicas", help="what each replica holds: backups, journal "
+                              "range, epochs")
+    daemon_arguments(replicas)
+    replicas.add_argument("--config", default=None, help="TOML file naming the replicas")
+    replicas.add_argument("--from", dest="from_url", action="append", metavar="URL",
+                          help="a replica URL (repeatable; default: the `replica` setting)")
+    replicas.add_argument("--credentials", help="KEY=VALUE file of replica secrets")
+    replicas.add_argument("--key-file", help="the replica_key_file, when encrypted "
+                          "(default: the setting)")
+    replicas.add_argument("--drill", action="store_true",
+                          help="also restore each into a scratch directory and check it")
+
+
 def _target(text: str, credentials: str | None, key_file: str | Path | None = None):
     try:
         url = urls.parse(text)
