@@ -25,6 +25,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "recovery_time": ([], ["--db-mb", "10", "--journal-seconds", "5"]),
     "throughput": ([], ["--seconds", "3"]),
     "mcp_memory": ([], ["--sessions", "5"]),
+    "replica": ([], ["--writes", "100", "--load-seconds", "2"]),
 }
 ORDER = list(ARGS)
 

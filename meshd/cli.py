@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 
-from meshd import __version__, config
+from meshd import __version__, cli_replica, config
 from meshd import log as logging
 
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     _daemon_arguments(restore)
     restore.add_argument("backup", nargs="?", help="backup file name (default: newest verified)")
     restore.add_argument("--to-time", help="point in time (ISO-8601, UTC if no zone)")
+    cli_replica.add_arguments(sub, restore, _daemon_arguments)
     mode = sub.add_parser("mode", help="switch the running daemon read-only or read-write")
     _daemon_arguments(mode)
     mode.add_argument("mode", choices=["read-only", "read-write"])
@@ -187,6 +188,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from meshd.control import client as control
     from meshd.store import restore as restore_mod
 
+    if args.from_url:
+        return cli_replica.restore_from_replica(args)
     body = {"backup": args.backup, "to_time": _iso(args.to_time) if args.to_time else None}
     if control.daemon_running(args):
         data = control.call(args, "POST", "/control/restore", body, timeout=3600)
@@ -294,7 +297,7 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 
 COMMANDS = {"mcp": cmd_mcp, "protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "status": cmd_status, "backup": cmd_backup,
             "backups": cmd_backups, "check": cmd_check, "restore": cmd_restore,
-            "mode": cmd_mode}
+            "mode": cmd_mode, "replicas": lambda args: cli_replica.cmd_replicas(args)}
 
 
 def main(argv: list[str] | None = None) -> int:

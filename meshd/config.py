@@ -105,6 +105,15 @@ def parse_origins(value: Any) -> str:
         raise ValueError("use * or a comma-separated list of origins such as "
                          "https://ui.example.org" + (f" (not an origin: {bad[0]})" if bad else ""))
     return ",".join(origins)
+def _replicas(value: Any) -> tuple[str, ...]:
+    """Checked here so a malformed URL refuses to start (urls.parse_list says why)."""
+    from meshd.store.replica.urls import parse_list
+
+    return tuple(u.url for u in parse_list(value))
+
+
+def _optional_path(value: Any) -> Path | None:
+    return Path(value) if str(value) else None
 
 
 def _optional_str(value: Any) -> str | None:
@@ -190,6 +199,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("alert_webhook", _optional_str, None,
            "URL POSTed each critical event / protocol transition as JSON"),
     Option("alert_timeout", parse_duration, 10.0, "time limit of one alert hook"),
+    Option("replica", _replicas, (),
+           "off-site replicas of backups and journal: file:///dir, sftp://user@host/dir, "
+           "s3://bucket/prefix (comma-separated, or a TOML list)"),
+    Option("replica_credentials", _optional_path, None,
+           "KEY=VALUE file with replica secrets (AWS_*, MESHD_SFTP_*), read over the environment"),
+    Option("replica_key_file", _optional_path, None,
+           "file with a 256-bit key (64 hex characters): encrypt everything shipped to replicas"),
+    Option("replica_interval", parse_duration, 1.0, "how often new journal records are shipped"),
+    Option("replica_sync", parse_bool, False,
+           "acknowledge a write only once a replica holds its journal records (RPO 0)"),
+    Option("replica_sync_timeout", parse_duration, 2.0,
+           "with replica_sync, a write no replica confirms within this is aborted (503)"),
+    Option("drill_interval", parse_duration, 86400.0,
+           "how often the newest replica is restored into a scratch file and checked"),
     Option("readers", int, 4, "reader connections (threads)"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
@@ -245,6 +268,13 @@ class Settings:
     alert_command: str | None = None
     alert_webhook: str | None = None
     alert_timeout: float = 10.0
+    replica: tuple[str, ...] = ()
+    replica_credentials: Path | None = None
+    replica_key_file: Path | None = None
+    replica_interval: float = 1.0
+    replica_sync: bool = False
+    replica_sync_timeout: float = 2.0
+    drill_interval: float = 86400.0
     readers: int = 4
     drain_timeout: float = 10.0
     mcp: bool = False
@@ -277,6 +307,10 @@ def from_json(text: str) -> Settings:
     data = json.loads(text)
     for name in ("data_dir", "database", "backup_dir"):
         data[name] = Path(data[name])
+    data["replica"] = tuple(data.get("replica") or ())
+    for name in ("replica_credentials", "replica_key_file"):
+        if data.get(name):
+            data[name] = Path(data[name])
     return Settings(**data)
 
 
@@ -351,6 +385,25 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"port: {settings.port} is not a TCP port")
     if settings.readers < 1:
         raise ConfigError("readers: at least 1")
+    if min(settings.replica_interval, settings.drill_interval,
+           settings.replica_sync_timeout) <= 0:
+        raise ConfigError("replica_interval, replica_sync_timeout, drill_interval: more than 0")
+    if settings.replica_sync and not settings.replica:
+        raise ConfigError("replica_sync: needs at least one replica")
+    if settings.replica_credentials is not None:
+        from meshd.store.replica.targets import read_credentials
+
+        try:
+            read_credentials(settings.replica_credentials, {})
+        except OSError as exc:
+            raise ConfigError(f"replica_credentials: {exc}") from None
+    if settings.replica_key_file is not None:
+        from meshd.store.replica.crypt import load_key
+
+        try:
+            load_key(settings.replica_key_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"replica_key_file: {exc}") from None
 
 
 def refuse_unsafe(settings: Settings) -> str | None:

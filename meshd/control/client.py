@@ -86,4 +86,8 @@ def render_status(data: dict[str, Any]) -> str:
                 "restarts", "agents", "open_events", "pending_records", "last_backup",
                 "listen", "data_dir", "database"):
         lines.append(f"  {key.replace('_', ' '):<16} {data.get(key)}")
+    for r in data.get("replicas") or []:
+        state = "ok" if r["ok"] else f"FAILING ({r['last_error']})"
+        lines.append(f"  replica          {r['replica']}: {state}, shipped seq "
+                     f"{r['shipped_seq']} (epoch {r['shipped_epoch']})")
     return "\n".join(lines) + "\n"

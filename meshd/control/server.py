@@ -125,12 +125,19 @@ def make_control_app(sup: Supervisor) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         return supervisor_metrics.metrics_response(sup)
 
+    async def replica_sync(request: web.Request) -> web.Response:
+        body = await request.json()
+        held_by = await sup.replication.sync(int(body["epoch"]), int(body["seq"]),
+                                             float(body["timeout"]))
+        return web.json_response({"ok": held_by is not None, "replica": held_by})
+
     app = web.Application()
     app.router.add_get("/status", status)
     app.router.add_get("/control/metrics", metrics)
     app.router.add_post("/control/corruption", corruption_reported)
     app.router.add_post("/control/storage", storage)
     app.router.add_post("/control/backup", backup)
+    app.router.add_post("/control/replica-sync", replica_sync)
     app.router.add_get("/control/backups", list_backups)
     app.router.add_post("/control/check", check)
     app.router.add_post("/control/restore", restore)

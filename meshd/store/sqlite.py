@@ -179,6 +179,9 @@ class SqliteStorage:
         self._corruption_reported = False
         # Called on the writer thread after each journaled batch: (writes, fsync seconds).
         self.on_batch: Callable[[int, float], None] | None = None
+        # replica_sync: called on the writer thread with (epoch, last seq) after the journal
+        # fsync and before COMMIT; False means no replica holds the batch: it is aborted.
+        self.replica_sync: Callable[[int, int], bool] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -431,6 +434,15 @@ class SqliteStorage:
         self._seq = last_seq
         if self.on_batch:
             self.on_batch(len(records), self._journal.last_fsync_seconds)
+        if self.replica_sync is not None and not self.replica_sync(self.journal_epoch, last_seq):
+            self._abort(records[0].seq, last_seq)  # shipped too: replay skips the batch
+            with contextlib.suppress(sqlite3.DatabaseError):
+                conn.execute("ROLLBACK")
+            log.warning("store.replica_sync_failed", first_seq=records[0].seq,
+                        last_seq=last_seq)
+            err = Unavailable("no replica confirmed the write within replica_sync_timeout; "
+                              "nothing was committed", retry_after=2)
+            return [(False, err) if ok else (ok, v) for ok, v in outcomes]
         try:
             conn.execute("COMMIT")
             if self._disk_refused:

@@ -38,6 +38,7 @@ from meshd.store import restore as restore_mod
 from meshd.supervisor import alerts
 from meshd.supervisor import metrics as supervisor_metrics
 from meshd.supervisor.maintenance import Maintenance, last_backup
+from meshd.supervisor.replication import Replication
 from meshd.supervisor.restart import Policy, RestartState
 from meshd.supervisor.sdnotify import Notifier
 from meshd.worker.serve import EXIT_DB_CORRUPT, bind_socket
@@ -106,6 +107,7 @@ class Supervisor:
         self._operator_read_write = asyncio.Event()
         self.engine = Engine(self, self.settings.data_dir / "protocols", PROTOCOLS)
         self.maintenance = Maintenance(self)
+        self.replication = Replication(self)
 
     def _policy(self) -> Policy:
         s = self.settings
@@ -138,6 +140,7 @@ class Supervisor:
             await self._check_after_unclean_stop(unclean_pid)
         self._spawn_task(self._watchdog_pings())
         self.maintenance.start()
+        self.replication.start()
         while not self._stopping:
             await self._reap()
             await self._probe()
@@ -433,6 +436,7 @@ class Supervisor:
                                        else "read-write"),
             "last_backup": last_backup(self.settings.backup_dir),
             "last_check": self.maintenance.last_check,
+            "replicas": self.replication.status(),
             "protocol_runs": [r.public() | {"steps": len(r.steps)} for r in
                               self.engine.runs.values() if r.outcome == "running"],
             "open_events": (open_events or 0) + pending_open if open_events is not None
@@ -577,6 +581,7 @@ class Supervisor:
         self.notifier.stopping()
         log.info("supervisor.stopping")
         self.maintenance.stop()
+        await self.replication.stop()
         await self._stop_fallback()
         await self._stop_worker()
         for task in list(self._tasks):

@@ -30,6 +30,7 @@ from meshd.store import backups, records
 from meshd.store.sqlite import SqliteStorage, is_corruption
 from meshd.worker import jobs
 from meshd.worker.internal import make_internal_app
+from meshd.worker.replica_sync import ReplicaSync
 from meshd.worker.supervisor_client import SupervisorClient
 
 log = logging.get("meshd.worker")
@@ -182,6 +183,8 @@ async def serve(
                                  {"state": "full" if detail else "ok", "detail": detail})
 
     storage = open_storage(settings, on_corruption, on_disk)
+    if supervised and settings.replica_sync:
+        storage.replica_sync = ReplicaSync(settings)
     await storage.start()
     storage.set_read_only(read_only_reason)
     baseline_problem = await take_baseline_backup(settings, storage)
