@@ -105,6 +105,8 @@ def parse_origins(value: Any) -> str:
         raise ValueError("use * or a comma-separated list of origins such as "
                          "https://ui.example.org" + (f" (not an origin: {bad[0]})" if bad else ""))
     return ",".join(origins)
+
+
 def _replicas(value: Any) -> tuple[str, ...]:
     """Checked here so a malformed URL refuses to start (urls.parse_list says why)."""
     from meshd.store.replica.urls import parse_list
