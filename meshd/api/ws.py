@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiohttp import WSMsgType, web
 
+from meshd import incidents
 from meshd import log as logging
 from meshd.api import enforcement
 from meshd.api.keys import HUB, SETTINGS, STORAGE
@@ -115,7 +116,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         # A client that connects (or reconnects after an outage) learns what is still open.
         try:
             for row in await request.app[STORAGE].read(records.open_events):
-                await ws.send_str(orjson.dumps(records.alert(row)).decode())
+                await ws.send_str(orjson.dumps(incidents.alert(row)).decode())
         except MeshError as exc:
             log.warning("ws.open_events_failed", error=exc.message)
         if await _refused(request, client):

@@ -22,8 +22,8 @@ from typing import Any, TypeVar
 from meshd import log as logging
 from meshd.clock import db_time
 from meshd.errors import Conflict, CorruptDatabase, InsufficientStorage, MeshError, Unavailable
+from meshd.store import backups, schema
 from meshd.store import journal as jr
-from meshd.store import schema
 from meshd.store.base import Row
 
 T = TypeVar("T")
@@ -492,6 +492,10 @@ class SqliteStorage:
     @property
     def journal_seq(self) -> int:
         return self._seq
+
+    async def backup(self, backup_dir: Path, note: str) -> backups.Manifest:
+        """A verified backup of this database (`store.backups`), off the event loop."""
+        return await asyncio.to_thread(backups.take_backup, self.path, backup_dir, note)
 
     def file_size(self) -> int:
         try:
