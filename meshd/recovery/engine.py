@@ -107,8 +107,10 @@ class Run:
 
 
 class Engine:
-    def __init__(self, host: RecoveryHost, runs_dir: Path, protocols: dict[str, ProtocolSpec]) -> None:
+    def __init__(self, host: RecoveryHost, runs_dir: Path, protocols: dict[str, ProtocolSpec],
+                 retry_pause: float = 0.5) -> None:
         self.host = host
+        self.retry_pause = retry_pause  # before the first retry; doubles, at most 5 s
         self.runs_dir = runs_dir
         self.protocols = protocols
         self.runs: dict[str, Run] = {}
@@ -232,7 +234,7 @@ class Engine:
                 detail = f"{type(exc).__name__}: {exc}"
             log.warning("protocol.step_retry", run_id=run.id, state=run.state,
                         attempt=attempt + 1, detail=detail)
-            await asyncio.sleep(min(0.5 * (2 ** attempt), 5.0))
+            await asyncio.sleep(min(self.retry_pause * (2 ** attempt), 5.0))
         return False, detail
 
     async def _transition(self, run: Run) -> None:
