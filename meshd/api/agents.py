@@ -14,10 +14,11 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import AGENT_ID, hub, storage
+from meshd.api.keys import AGENT_ID, storage
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound
 from meshd.store import agents as store
+from meshd.store.events import Event, emitting
 
 routes = web.RouteTableDef()
 
@@ -37,18 +38,22 @@ async def register(request: web.Request) -> web.Response:
     capabilities = body.get("capabilities", MISSING)
     # Absent capabilities keep the stored ones (the Node server wiped them, RB-12).
     caps_json = None if capabilities is MISSING else dumps(capabilities or []).decode()
+
+    def joined(result: tuple[str, bool]) -> list[Event]:
+        agent_id, existed = result
+        if existed:
+            return []
+        agent = {"id": agent_id, "name": body["name"],
+                 **{key: body[key] for key in ("endpoint", "capabilities") if key in body}}
+        return [Event("agent_joined", {"agent": agent})]
+
     agent_id, existed = await storage(request).write(
-        store.register, name, endpoint, caps_json, db_time())
+        emitting(store.register, joined), name, endpoint, caps_json, db_time())
     request[AGENT_ID] = agent_id
     if existed:
         return json_response({"success": True, "agentId": agent_id,
                               "message": "Agent re-registered with existing ID",
                               "existed": True})
-    agent = {"id": agent_id, "name": body["name"]}
-    for key in ("endpoint", "capabilities"):
-        if key in body:
-            agent[key] = body[key]
-    hub(request).publish({"type": "agent_joined", "agent": agent})
     return json_response({"success": True, "agentId": agent_id,
                           "message": "Agent registered successfully", "existed": False})
 

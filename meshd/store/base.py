@@ -14,7 +14,10 @@ functions by implementing these protocols; backend-only SQL stays in the backend
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from meshd.store.events import Event, Sink
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -29,6 +32,9 @@ class Reader(Protocol):
 class Tx(Reader, Protocol):
     """A write transaction; every `execute` is recorded for the journal."""
 
+    def emit(self, event: Event) -> None:
+        """Declare an event this write causes (`store.events`): encoded now, delivered after
+        COMMIT, dropped with a rollback."""
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int: ...
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int: ...
     def insert_large(self, table: str, key_column: str, key: str, column: str,
@@ -53,6 +59,8 @@ class Storage(ReadStorage, Protocol):
     async def trial(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a write function and roll it back (the self-test of the write path)."""
     def set_read_only(self, reason: str | None) -> None: ...
+    def set_event_sink(self, sink: Sink | None) -> None:
+        """Where committed writes' events go (the WebSocket hub), in commit order."""
     async def backup(self, backup_dir: Any, note: str) -> Any:
         """A verified backup of the database as it is now, into `backup_dir`."""
     @property

@@ -11,6 +11,7 @@ from meshd import incidents
 from meshd.clock import new_id
 from meshd.errors import Invalid
 from meshd.store.base import Reader, Tx
+from meshd.store.events import Event
 
 EVENT_FIELDS = ("id", "event_type", "severity", "title", "occurred_at", "status")
 
@@ -92,12 +93,14 @@ def upsert_run(tx: Tx, run: dict[str, Any]) -> None:
 
 
 def apply_all(tx: Tx, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Apply every record; the WebSocket alerts to publish for the events among them."""
+    """Apply every record; each event among them emits its `catastrophe_alert`."""
     alerts = []
     for item in items:
         kind = item.get("kind") if isinstance(item, dict) else None
         if kind == "event":
-            alerts.append(incidents.alert(upsert_event(tx, item)))
+            alert = incidents.alert(upsert_event(tx, item))
+            tx.emit(Event(alert.pop("type"), alert))
+            alerts.append(alert)
         elif kind == "run":
             upsert_run(tx, item["run"])
         elif kind == "update_complete":

@@ -65,9 +65,7 @@ async def apply_records(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
     # Records are what the supervisor recorded while it could not write: they must land even
     # when the API refuses writes (read-only after a restore).
-    applied = await storage.write_internal(records.apply_all, items)
-    for event in applied:
-        request.app[HUB].publish(event)
+    await storage.write_internal(records.apply_all, items)
     return json_response({"applied": len(items)})
 
 

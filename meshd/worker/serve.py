@@ -185,7 +185,7 @@ async def serve(
         await web.UnixSite(internal_runner, str(settings.worker_socket)).start()
         os.chmod(settings.worker_socket, 0o600)
     port = sock.getsockname()[1]
-    background = jobs.start(settings, storage, hub, supervisor_client)
+    background = jobs.start(settings, storage, supervisor_client)
     if baseline_event:
         background.append(asyncio.create_task(_retry_baseline(settings, storage, baseline_event)))
     if supervised:
