@@ -11,7 +11,6 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from meshd import config
 from meshd.store.replica import crypt, pull, urls
 from meshd.store.replica.objects import ObjectCorrupt
 from meshd.store.replica.targets import TargetError, open_target, read_credentials
@@ -28,7 +27,6 @@ def add_arguments(sub, restore: argparse.ArgumentParser, daemon_arguments) -> No
     replicas = sub.add_parser("replicas", help="what each replica holds: backups, journal "
                               "range, epochs")
     daemon_arguments(replicas)
-    replicas.add_argument("--config", default=None, help="TOML file naming the replicas")
     replicas.add_argument("--from", dest="from_url", action="append", metavar="URL",
                           help="a replica URL (repeatable; default: the `replica` setting)")
     replicas.add_argument("--credentials", help="KEY=VALUE file of replica secrets")
@@ -65,8 +63,7 @@ def _out(args: argparse.Namespace, data, text: str) -> None:
 
 
 def restore_from_replica(args: argparse.Namespace) -> int:
-    from meshd.cli import _parse_when
-    from meshd.control import client as control
+    from meshd.cli import _parse_when, load_settings
     from meshd.locks import FileLock, LockBusy
 
     if args.backup:
@@ -75,7 +72,7 @@ def restore_from_replica(args: argparse.Namespace) -> int:
         return 2
     to_time = _parse_when(args.to_time)
     target = _target(args.from_url, args.credentials, args.key_file)
-    paths = control.offline_paths(args)
+    paths = load_settings(args)
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(paths.data_dir / "writer.lock")
     try:
@@ -110,11 +107,9 @@ def restore_from_replica(args: argparse.Namespace) -> int:
 def cmd_replicas(args: argparse.Namespace) -> int:
     names, key_file = args.from_url, args.key_file
     if not names or not key_file:
-        try:
-            settings = config.load({"config": args.config})
-        except config.ConfigError as exc:
-            sys.stderr.write(f"meshd: configuration error: {exc}\n")
-            return 2
+        from meshd.cli import load_settings
+
+        settings = load_settings(args)
         names = names or list(settings.replica)
         key_file = key_file or settings.replica_key_file
     if not names:

@@ -216,6 +216,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("drill_interval", parse_duration, 86400.0,
            "how often the newest replica is restored into a scratch file and checked"),
     Option("readers", int, 4, "reader connections (threads)"),
+    Option("baseline_retry", parse_duration, 10.0,
+           "after a restore, how long the worker waits between attempts at its baseline backup"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
     Option("mcp", parse_bool, False,
@@ -224,63 +226,19 @@ OPTIONS: tuple[Option, ...] = (
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    config: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 4000
-    api_key: str = DEFAULT_API_KEY
-    allow_default_key: bool = False
-    data_dir: Path = Path("data")
-    database: Path = Path("data/mesh.db")
-    backup_dir: Path = Path("backups")
-    log_format: str = "auto"
-    log_level: str = "info"
-    access_log: bool = True
-    ws_auth: str = "off"
-    agent_auth: str = "optional"
-    cors_origins: str = "*"
-    metrics_auth: bool = False
-    max_body_size: int = 1 << 20
-    max_file_size: int = 25 << 20
-    sweep_interval: float = 60.0
-    heartbeat_timeout: float = 120.0
-    offline_check_interval: float = 5.0
-    probe_interval: float = 1.0
-    probe_timeout: float = 2.0
-    probe_failures: int = 3
-    restart_backoff_max: float = 30.0
-    crash_loop_limit: int = 5
-    crash_loop_window: float = 60.0
-    backup_interval: float = 300.0
-    backup_cron: str | None = None
-    backup_keep: int = 10
-    backup_keep_daily: int = 7
-    backup_keep_weekly: int = 4
-    quick_check_interval: float = 60.0
-    full_check_cron: str = "0 3 * * *"
-    auto_read_write: bool = True
-    admin_key: str | None = None
-    crash_update_window: float = 900.0
-    partition_share: float = 0.5
-    partition_min_agents: int = 2
-    partition_window: float = 60.0
-    update_grace: float = 600.0
-    unknown_version: str = "deny"
-    alert_command: str | None = None
-    alert_webhook: str | None = None
-    alert_timeout: float = 10.0
-    replica: tuple[str, ...] = ()
-    replica_credentials: Path | None = None
-    replica_key_file: Path | None = None
-    replica_interval: float = 1.0
-    replica_sync: bool = False
-    replica_sync_timeout: float = 2.0
-    drill_interval: float = 86400.0
-    readers: int = 4
-    drain_timeout: float = 10.0
-    mcp: bool = False
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+# Defaults of the settings whose table default is "decided by another setting", for a Settings
+# built without the loader (the loader always resolves them: see `load`).
+_SETTINGS_DEFAULTS = {"data_dir": Path("data"), "database": None}
+
+
+class _SettingsBase:
+    """Behaviour of Settings; its fields come from OPTIONS (declared once, there)."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        if self.database is None:
+            object.__setattr__(self, "database", Path(self.data_dir) / "mesh.db")
 
     @property
     def listens_beyond_loopback(self) -> bool:
@@ -298,6 +256,22 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+def _settings_fields() -> list[tuple[str, Any, Any]]:
+    fields = [(opt.name, Any, field(default=_SETTINGS_DEFAULTS.get(opt.name, opt.default)))
+              for opt in OPTIONS]
+    fields.append(("sources", Mapping[str, str], field(default_factory=dict, compare=False)))
+    return fields
+
+
+# One field per option, same name and default: adding a row to OPTIONS adds the setting.
+Settings = dataclasses.make_dataclass(
+    "Settings", _settings_fields(), bases=(_SettingsBase,), frozen=True, slots=True)
+Settings.__module__ = __name__
+Settings.__doc__ = "The effective settings: one field per row of OPTIONS, plus their sources."
+
+PATH_OPTIONS = tuple(opt.name for opt in OPTIONS if opt.parse in (Path, _optional_path))
+
+
 def to_json(settings: Settings) -> str:
     """Settings for a worker process, which gets them from its supervisor, not from flags."""
     data = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
@@ -307,11 +281,9 @@ def to_json(settings: Settings) -> str:
 
 def from_json(text: str) -> Settings:
     data = json.loads(text)
-    for name in ("data_dir", "database", "backup_dir"):
-        data[name] = Path(data[name])
     data["replica"] = tuple(data.get("replica") or ())
-    for name in ("replica_credentials", "replica_key_file"):
-        if data.get(name):
+    for name in PATH_OPTIONS:
+        if data.get(name) is not None:
             data[name] = Path(data[name])
     return Settings(**data)
 
@@ -371,8 +343,12 @@ def load(
         sources[opt.name] = source
 
     if values["data_dir"] is None:
+        # systemd's StateDirectory= comes after MESHD_DATA_DIR and the file: it is where a
+        # unit without any other setting keeps its state.
         state_dir = environ.get("STATE_DIRECTORY")
         values["data_dir"] = Path(state_dir.split(":")[0]) if state_dir else Path("data")
+        if state_dir:
+            sources["data_dir"] = "env STATE_DIRECTORY"
     if values["database"] is None:
         values["database"] = values["data_dir"] / "mesh.db"
     if not values["api_key"]:
@@ -455,6 +431,24 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return data.get("meshd", data)
+
+
+SECRET_OPTIONS = frozenset({"api_key", "admin_key"})
+
+
+def describe(settings: Settings) -> list[dict[str, Any]]:
+    """Every effective setting with where it came from (`meshd config`); secrets are shown
+    only as set or default, never their value."""
+    rows = []
+    for opt in OPTIONS:
+        value = getattr(settings, opt.name)
+        if opt.name in SECRET_OPTIONS and value is not None:
+            value = "(default)" if value == DEFAULT_API_KEY else "(set)"
+        elif isinstance(value, Path):
+            value = str(value)
+        rows.append({"setting": opt.name, "value": value,
+                     "source": settings.sources.get(opt.name, "default")})
+    return rows
 
 
 def settings_table() -> Sequence[tuple[str, str, str, str, str]]:

@@ -16,13 +16,37 @@ API_KEY = "test-key"
 AUTH = {"X-API-Key": API_KEY}
 
 
+def make_settings(tmp_path: Path, data: str = "data", **overrides: str) -> config.Settings:
+    """Test settings through the real loader (as flags, never the environment), in files
+    under `tmp_path`; `overrides` are settings by name, as a flag would give them."""
+    flags = {"data_dir": str(tmp_path / data), "backup_dir": str(tmp_path / "backups"),
+             "api_key": API_KEY, "access_log": "false", "log_format": "json", **overrides}
+    return config.load(flags, environ={})
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> config.Settings:
-    return config.load(
-        {"data_dir": str(tmp_path / "data"), "backup_dir": str(tmp_path / "backups"),
-         "api_key": API_KEY, "access_log": "false", "log_format": "json"},
-        environ={},
-    )
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def make_client(aiohttp_client, tmp_path: Path):
+    """A factory of test clients, each on the real app with its own settings and database:
+    `await make_client(update_grace="0s")`. Sends the API key unless `headers` says
+    otherwise; every store it opened is closed at teardown."""
+    opened = []
+
+    async def make(*, headers: dict[str, str] | None = AUTH, **overrides: str):
+        settings = make_settings(tmp_path, f"data-{len(opened) + 1}" if opened else "data",
+                                 **overrides)
+        store = open_storage(settings)
+        await store.start()
+        opened.append(store)
+        return await aiohttp_client(make_app(settings, store), headers=headers)
+
+    yield make
+    for store in opened:
+        await store.close()
 
 
 @pytest.fixture

@@ -17,11 +17,12 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import AGENT_ID, hub, settings, storage
+from meshd.api.keys import AGENT_ID, settings, storage
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound
 from meshd.store import agents as store
 from meshd.store import tokens
+from meshd.store.events import Event, emitting
 
 log = logging.get("meshd.agents")
 
@@ -52,8 +53,16 @@ async def register(request: web.Request) -> web.Response:
         grants.append(auth.registration_grant(identity, existing, token_state, agent_auth))
         return grants[-1]
 
+    def joined(done: tokens.Registration) -> list[Event]:
+        if done.existed:
+            return []
+        agent = {"id": done.agent_id, "name": body["name"],
+                 **{key: body[key] for key in ("endpoint", "capabilities") if key in body}}
+        return [Event("agent_joined", {"agent": agent})]
+
     done = await storage(request).write(
-        tokens.register, name, endpoint, caps_json, db_time(), tokens.digest(token), grant)
+        emitting(tokens.register, joined), name, endpoint, caps_json, db_time(),
+        tokens.digest(token), grant)
     agent_id = done.agent_id
     request[AGENT_ID] = agent_id
     issued = {"agentToken": token} if done.token_issued else {}
@@ -64,11 +73,6 @@ async def register(request: web.Request) -> web.Response:
         return json_response({"success": True, "agentId": agent_id,
                               "message": "Agent re-registered with existing ID",
                               "existed": True, **issued})
-    agent = {"id": agent_id, "name": body["name"]}
-    for key in ("endpoint", "capabilities"):
-        if key in body:
-            agent[key] = body[key]
-    hub(request).publish({"type": "agent_joined", "agent": agent})
     return json_response({"success": True, "agentId": agent_id,
                           "message": "Agent registered successfully", "existed": False,
                           **issued})

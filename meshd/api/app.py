@@ -28,18 +28,18 @@ from meshd.api.enforcement import Enforcement, enforce
 from meshd.api.keys import ENFORCEMENT, HUB, INFLIGHT, SETTINGS, STORAGE, SUPERVISOR
 from meshd.api.middleware import InFlight, guard, pipeline
 from meshd.api.routing import TolerantRouter
+from meshd.api.supervision import SupervisorLink, Unsupervised
 from meshd.api.ws import Hub, websocket_handler
 from meshd.config import Settings
-from meshd.store.sqlite import SqliteStorage
-from meshd.worker.supervisor_client import SupervisorClient
+from meshd.store.base import Storage
 
 # Declaration order is match precedence among routes of equal specificity, as in Express.
 RESOURCES = (agents, tokens, messages, skills, groups, memory, files, updates, catastrophe, health,
              system, admin, openapi)
 
 
-def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
-             supervisor: SupervisorClient | None = None) -> web.Application:
+def make_app(settings: Settings, storage: Storage, hub: Hub | None = None,
+             supervisor: SupervisorLink | None = None) -> web.Application:
     # aiohttp's own limit must admit the largest upload; each route applies its own limit.
     max_size = max(settings.max_body_size, settings.max_file_size * 4 // 3 + (1 << 20))
     with warnings.catch_warnings():
@@ -53,7 +53,8 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
     app[SETTINGS] = settings
     app[STORAGE] = storage
     app[HUB] = hub or Hub()
-    app[SUPERVISOR] = supervisor or SupervisorClient(settings, supervised=False)
+    storage.set_event_sink(app[HUB].deliver)  # what committed writes emit reaches /ws
+    app[SUPERVISOR] = supervisor or Unsupervised()
     app[ENFORCEMENT] = Enforcement()
     app[INFLIGHT] = InFlight()
     for module in RESOURCES:

@@ -36,12 +36,13 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import AGENT_ID, hub, settings, storage
+from meshd.api.keys import AGENT_ID, settings, storage
 from meshd.api.middleware import allow_cors
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound, TooLarge
 from meshd.store import agents as agents_store
 from meshd.store import files as store
+from meshd.store.events import Event, emitting
 
 T = TypeVar("T")
 log = logging.get("meshd.files")
@@ -263,18 +264,21 @@ async def upload(request: web.Request) -> web.Response:
     data = body["fileData"]
     content = await off_loop(len(data) if isinstance(data, str) else 0, scan_base64, data, limit)
     del data, body["fileData"]
+
+    def available(file_id: str) -> list[Event]:
+        # The contract's keys, raw values as sent, absent ones left out.
+        file = {"id": file_id, "agentId": body["agentId"], "filename": body["filename"]}
+        if "fileType" in body:
+            file["fileType"] = body["fileType"]
+        file["fileSize"] = content.size
+        if "description" in body:
+            file["description"] = body["description"]
+        file["sha256"] = content.sha256
+        return [Event("file_available", {"file": file})]
+
     file_id = await storage(request).write(
-        store.create, agent_id, filename, file_type, content.size, content.base64, description,
-        content.sha256, db_time())
-    # The contract's keys, raw values as sent, absent ones left out.
-    file = {"id": file_id, "agentId": body["agentId"], "filename": body["filename"]}
-    if "fileType" in body:
-        file["fileType"] = body["fileType"]
-    file["fileSize"] = content.size
-    if "description" in body:
-        file["description"] = body["description"]
-    file["sha256"] = content.sha256
-    hub(request).publish({"type": "file_available", "file": file})
+        emitting(store.create, available), agent_id, filename, file_type, content.size,
+        content.base64, description, content.sha256, db_time())
     return json_response({"success": True, "fileId": file_id, "url": f"/api/files/{file_id}",
                           "filename": filename, "fileSize": content.size,
                           "sha256": content.sha256, "message": "File uploaded successfully"})

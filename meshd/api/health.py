@@ -7,10 +7,11 @@ from typing import Any
 from aiohttp import web
 
 from meshd.api.http import dumps, json_response, paging, parse_json_column, read_body
-from meshd.api.keys import SETTINGS, hub, storage
+from meshd.api.keys import SETTINGS, storage
 from meshd.clock import db_time, db_time_ago
 from meshd.errors import Invalid, NotFound
 from meshd.store import health as store
+from meshd.store.events import emitting
 
 routes = web.RouteTableDef()
 
@@ -47,10 +48,9 @@ def health_fields(body: dict) -> dict[str, Any]:
     return fields
 
 
-def _health_change(agent_id: str, status: str, body: dict) -> dict:
-    metrics = {k: body[k] for k in store.METRIC_COLUMNS if k in body}
-    return {"type": "agent_health_change", "agentId": agent_id, "status": status,
-            "metrics": metrics}
+def _metrics(body: dict) -> dict:
+    """The metric fields as sent, for the `agent_health_change` event."""
+    return {k: body[k] for k in store.METRIC_COLUMNS if k in body}
 
 
 def _number(value: Any) -> Any:
@@ -65,9 +65,9 @@ async def heartbeat(request: web.Request) -> web.Response:
     agent_id = request.match_info["id"]
     body = await read_body(request)
     fields = health_fields(body)
-    old, new = await storage(request).write(store.record, agent_id, fields, db_time(), False)
-    if new is not None and new != old:
-        hub(request).publish(_health_change(agent_id, new, body))
+    await storage(request).write(
+        emitting(store.record, store.change_events(agent_id, _metrics(body), always=False)), agent_id, fields,
+        db_time(), False)
     return json_response({"success": True})
 
 
@@ -76,8 +76,9 @@ async def post_health(request: web.Request) -> web.Response:
     agent_id = request.match_info["id"]
     body = await read_body(request)
     fields = health_fields(body)
-    _old, new = await storage(request).write(store.record, agent_id, fields, db_time(), True)
-    hub(request).publish(_health_change(agent_id, new, body))
+    await storage(request).write(
+        emitting(store.record, store.change_events(agent_id, _metrics(body), always=True)), agent_id, fields,
+        db_time(), True)
     return json_response({"success": True, "message": "Health status updated"})
 
 

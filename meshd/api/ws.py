@@ -15,6 +15,7 @@ from enum import StrEnum
 import orjson
 from aiohttp import WSMsgType, web
 
+from meshd import incidents
 from meshd import log as logging
 from meshd.api import auth, enforcement
 from meshd.api.auth import Identity, Kind
@@ -25,6 +26,7 @@ from meshd.clock import db_time, new_id
 from meshd.errors import MeshError, NotFound
 from meshd.store import health as health_store
 from meshd.store import records
+from meshd.store.events import Encoded, Event, emitting, encode
 
 log = logging.get("meshd.ws")
 
@@ -74,22 +76,26 @@ class Hub:
         self.dropped = 0
 
     def publish(self, event: dict, audience: Iterable[str] | None = None) -> None:
-        """Queue an event for every interested client; encoded once, never awaited.
+        """An event no write caused (a protocol transition the supervisor announces, a
+        WebSocket heartbeat's health change): through the same path as a write's events."""
+        payload = {k: v for k, v in event.items() if k != "type"}
+        self.deliver([encode(Event(event["type"], payload, audience))])
 
-        `audience` names the agents an event is addressed to; each client's view (its
-        identity) and onlyMine decide whether it gets the event."""
+    def deliver(self, events: list[Encoded]) -> None:
+        """Queue encoded events for every interested client, in order; never awaited. The
+        storage calls this after each COMMIT (`store.events`): the one way events reach
+        clients. An event's audience names the agents it is addressed to; clients that
+        asked for only their own events get it only when they are in it."""
         if not self.clients:
             return
-        data = orjson.dumps(event).decode()
-        targets = frozenset(audience) if audience is not None else None
-        event_type = event.get("type")
-        for client in list(self.clients):
-            if not client.wants(event_type, targets):
-                continue
-            try:
-                client.queue.put_nowait(data)
-            except asyncio.QueueFull:
-                self._drop(client, "send buffer full")
+        for event in events:
+            for client in list(self.clients):
+                if not client.wants(event.type, event.audience):
+                    continue
+                try:
+                    client.queue.put_nowait(event.data)
+                except asyncio.QueueFull:
+                    self._drop(client, "send buffer full")
 
     def _drop(self, client: Client, reason: str) -> None:
         self.clients.discard(client)
@@ -169,7 +175,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         # A client that connects (or reconnects after an outage) learns what is still open.
         try:
             for row in await request.app[STORAGE].read(records.open_events):
-                await ws.send_str(orjson.dumps(records.alert(row)).decode())
+                await ws.send_str(orjson.dumps(incidents.alert(row)).decode())
         except MeshError as exc:
             log.warning("ws.open_events_failed", error=exc.message)
         if await _refused(request, client):
@@ -238,16 +244,15 @@ async def _on_client_message(request: web.Request, client: Client, data: str) ->
             return
         try:
             # Like the HTTP heartbeat: refresh last_seen and revive an agent marked offline.
-            old, new = await storage.write(health_store.record, client.agent_id, {},
-                                           db_time(), False)
+            await storage.write(
+                emitting(health_store.record,
+                         health_store.change_events(client.agent_id, {}, always=False)),
+                client.agent_id, {}, db_time(), False)
         except NotFound:
             return
         except Exception as exc:  # noqa: BLE001 - a heartbeat frame never closes the socket
             log.warning("ws.heartbeat_failed", agent_id=client.agent_id, error=str(exc))
             return
-        if new is not None and new != old:
-            request.app[HUB].publish({"type": "agent_health_change",
-                                      "agentId": client.agent_id, "status": new, "metrics": {}})
 
 
 def _write_refusal(request: web.Request, client: Client, kind: str, agent_id) -> str | None:

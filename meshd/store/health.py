@@ -12,6 +12,7 @@ from meshd.errors import NotFound
 from meshd.store import agents as agents_store
 from meshd.store import catastrophe as catastrophe_store
 from meshd.store.base import Reader, Row, Tx
+from meshd.store.events import Event
 
 STATUSES = ("healthy", "degraded", "unhealthy", "offline")
 DEFAULT_STATUS = "healthy"
@@ -71,6 +72,24 @@ def record(
     return old, merged["status"]
 
 
+def changed(agent_id: str, status: str | None, metrics: dict[str, Any]) -> Event:
+    return Event("agent_health_change", {"agentId": agent_id, "status": status,
+                                         "metrics": metrics})
+
+
+def change_events(agent_id: str, metrics: dict[str, Any], *, always: bool):
+    """The events of a `record` write, from its (old, new) status: one
+    `agent_health_change` when the status changed (`always`: on every health post)."""
+
+    def events(result: tuple[str | None, str | None]) -> list[Event]:
+        old, new = result
+        if not always and (new is None or new == old):
+            return []
+        return [changed(agent_id, new, metrics)]
+
+    return events
+
+
 def mark_offline(tx: Tx, cutoff: str, now: str) -> list[Row]:
     """Agents silent since before `cutoff` and not already `offline` (those with no health
     row included) become `offline`; those agents, `{agent_id, last_seen}`, in rowid order.
@@ -89,6 +108,8 @@ def mark_offline(tx: Tx, cutoff: str, now: str) -> list[Row]:
             " status = excluded.status, last_updated = excluded.last_updated",
             [(r["agent_id"], OFFLINE, now) for r in rows],
         )
+    for row in rows:
+        tx.emit(changed(row["agent_id"], OFFLINE, {}))
     return rows
 
 

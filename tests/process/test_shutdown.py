@@ -25,16 +25,12 @@ async def stop_under_load(proc: MeshdProcess, sig: int, *, group: bool, writes: 
 
     Returns the load and the moment the signal was sent."""
     load = WriteLoad(proc, prefix=f"load-{uuid.uuid4().hex[:8]}")
-    writers = asyncio.create_task(load.run(writers=8))
-    try:
+    async with load.running(writers=8):
         await async_poll(lambda: len(load.acked) >= writes, 15,
                          f"{writes} acknowledged writes (failures: {load.failures[:3]})")
         signalled = time.monotonic()
         proc.signal(sig, group=group)
         code = await asyncio.to_thread(proc.wait_exit, 15)
-    finally:
-        load.stop.set()
-        await writers
     assert code == 0, f"exit code {code}:\n{proc.log_tail()}"
     return load, signalled
 

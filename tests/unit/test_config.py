@@ -257,3 +257,43 @@ def test_ws_auth_must_be_chosen_beyond_loopback(tmp_path, host, ws_auth, where, 
         assert all(mode in reason for mode in ("off", "public", "required")), reason
     else:
         assert reason is None
+def test_settings_are_the_option_table():
+    """One declaration: every option is a Settings field with the table's default."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(config.Settings)}
+    assert list(fields) == [opt.name for opt in config.OPTIONS] + ["sources"]
+    for opt in config.OPTIONS:
+        if opt.name not in ("data_dir", "database"):  # decided by other settings
+            assert fields[opt.name].default == opt.default, opt.name
+    built = config.Settings(data_dir=Path("/srv/x"))
+    assert built.database == Path("/srv/x/mesh.db") and built.port == 4000
+
+
+def test_meshd_data_dir_wins_over_state_directory():
+    env = {"STATE_DIRECTORY": "/var/lib/meshd", "MESHD_DATA_DIR": "/srv/mesh"}
+    s = load({}, environ=env)
+    assert s.data_dir == Path("/srv/mesh") and s.sources["data_dir"] == "env MESHD_DATA_DIR"
+    s = load({}, environ={"STATE_DIRECTORY": "/var/lib/meshd"})
+    assert s.sources["data_dir"] == "env STATE_DIRECTORY"
+
+
+def test_the_baseline_retry_is_a_setting_read_when_loading():
+    assert load({}, environ={}).baseline_retry == 10.0
+    s = load({}, environ={"MESHD_BASELINE_RETRY": "200ms"})
+    assert s.baseline_retry == 0.2 and s.sources["baseline_retry"] == "env MESHD_BASELINE_RETRY"
+
+
+def test_describe_says_where_each_setting_came_from_and_hides_keys(tmp_path):
+    toml = write_toml(tmp_path, 'admin_key = "op-secret"\nprobe_failures = 6\n')
+    s = load({"config": toml, "port": "4100"},
+             environ={"AGENT_MESH_API_KEY": "agent-secret"})
+    rows = {r["setting"]: r for r in config.describe(s)}
+    assert list(rows) == [opt.name for opt in config.OPTIONS]
+    assert rows["port"] == {"setting": "port", "value": 4100, "source": "flag --port"}
+    assert rows["probe_failures"]["source"] == "config file"
+    assert rows["api_key"] == {"setting": "api_key", "value": "(set)",
+                               "source": "env AGENT_MESH_API_KEY"}
+    assert rows["admin_key"]["value"] == "(set)"
+    assert "secret" not in repr(rows)
+    assert rows["data_dir"]["value"] == "data"
