@@ -53,7 +53,8 @@ def make_app(settings: Settings, storage: Storage, hub: Hub | None = None,
     app[SETTINGS] = settings
     app[STORAGE] = storage
     app[HUB] = hub or Hub()
-    storage.set_event_sink(app[HUB].deliver)  # what committed writes emit reaches /ws
+    if storage is not None:  # None: an app built only to list its routes (tests, OpenAPI)
+        storage.set_event_sink(app[HUB].deliver)  # what committed writes emit reaches /ws
     app[SUPERVISOR] = supervisor or Unsupervised()
     app[ENFORCEMENT] = Enforcement()
     app[INFLIGHT] = InFlight()
