@@ -146,6 +146,11 @@ def render_status(data: dict) -> str:
                 "restarts", "agents", "open_events", "pending_records", "last_backup",
                 "listen", "data_dir", "database"):
         lines.append(f"  {key.replace('_', ' '):<16} {data.get(key)}")
+    standby = data.get("standby")
+    if standby:
+        lines.append(f"  standby          pid {standby['pid']}, "
+                     f"{'ready' if standby['ready'] else 'starting'}, {standby['rss_mb']} MB; "
+                     f"{data.get('promotions', 0)} promotion(s)")
     for r in data.get("replicas") or []:
         state = "ok" if r["ok"] else f"FAILING ({r['last_error']})"
         lines.append(f"  replica          {r['replica']}: {state}, shipped seq "

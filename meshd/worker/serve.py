@@ -30,7 +30,7 @@ from meshd.process import EXIT_DB_CORRUPT, bind_socket
 from meshd.store import backups, records
 from meshd.store.base import Storage
 from meshd.store.sqlite import SqliteStorage, is_corruption
-from meshd.worker import jobs
+from meshd.worker import jobs, standby
 from meshd.worker.internal import make_internal_app
 from meshd.worker.replica_sync import ReplicaSync
 from meshd.worker.supervisor_client import SupervisorClient
@@ -230,6 +230,17 @@ def run_supervised() -> int:
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     reason = os.environ.get("MESHD_READ_ONLY") or None
+    channel_fd = os.environ.get("MESHD_STANDBY_FD")
+    if channel_fd:
+        # A warm standby: everything is imported; wait, touching nothing, until promoted.
+        log.info("standby.waiting", pid=os.getpid())
+        promotion = standby.wait_for_promotion(socket.socket(fileno=int(channel_fd)))
+        if promotion is None:
+            log.info("standby.retired", pid=os.getpid())
+            return 0
+        reason = promotion.read_only_reason
+        log.info("standby.promoted", pid=os.getpid(),
+                 mode="read-only" if reason else "read-write")
     try:
         asyncio.run(serve(settings, sock, supervised=True, read_only_reason=reason,
                           parent_pid=supervisor_pid))
