@@ -2,7 +2,7 @@
 read (GET /api/agents/:id, 200), with and without the warm standby worker.
 
 Run: .venv/bin/python bench/failover.py [--kills 10] [--spacing 11] [--writers 4]
-                                        [--mode both|standby|cold]
+                                        [--mode both|standby|cold] [--keep]
 (10 kills per mode at the default spacing take about 2 minutes per mode.)
 Target (issue 14): median under 150 ms with the standby.
 
@@ -159,7 +159,8 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def run_mode(standby: bool, kills: int, spacing: float, writers: int) -> dict:
+def run_mode(standby: bool, kills: int, spacing: float, writers: int,
+             keep: bool = False) -> dict:
     root = Path(tempfile.mkdtemp(dir="/tmp", prefix="mf"))
     data_dir = root / "data"
     port = free_port()
@@ -193,6 +194,7 @@ def run_mode(standby: bool, kills: int, spacing: float, writers: int) -> dict:
                 ready = wait_for(lambda: ready_standby(data_dir), "a ready standby", daemon)
                 standby_rss.append(ready["rss_mb"])
             killed_at = time.perf_counter()
+            wall = time.time()
             os.kill(worker, signal.SIGKILL)
             answered_at = first_read(port, agent_id, daemon)
             took = (answered_at - killed_at) * 1000
@@ -201,7 +203,7 @@ def run_mode(standby: bool, kills: int, spacing: float, writers: int) -> dict:
                            "a new serving worker", daemon)
             healthy_at = time.perf_counter()
             print(f"[{label}] kill {n:2d}: worker {worker} -> {new['worker_pid']}: first API "
-                  f"read after {took:7.1f} ms (restarts {new['restarts']}, promotions "
+                  f"read after {took:7.1f} ms (restarts {new['restarts']}, killed {wall:.3f}, promotions "
                   f"{new.get('promotions', 0)})", flush=True)
             worker = new["worker_pid"]
         load.join()
@@ -224,7 +226,10 @@ def run_mode(standby: bool, kills: int, spacing: float, writers: int) -> dict:
         for child in children:
             with contextlib.suppress(psutil.Error):
                 child.kill()
-        shutil.rmtree(root, ignore_errors=True)
+        if keep:
+            print(f"[{label}] kept {root} (meshd.log has the timeline)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return {"label": label, "times": times_ms, "acked": len(load.acked),
             "checked": len(load.acked[:: max(1, len(load.acked) // 2000)]),
             "missing": missing, "restarts": final["restarts"],
@@ -258,9 +263,10 @@ def main(argv: list[str] | None = None) -> int:
                              "beyond the 10 s backoff reset)")
     parser.add_argument("--writers", type=int, default=4, help="writer threads (default 4)")
     parser.add_argument("--mode", choices=("both", "standby", "cold"), default="both")
+    parser.add_argument("--keep", action="store_true", help="keep the data dir and log")
     args = parser.parse_args(argv)
     modes = {"both": (False, True), "standby": (True,), "cold": (False,)}[args.mode]
-    results = [run_mode(standby, args.kills, args.spacing, args.writers) for standby in modes]
+    results = [run_mode(standby, args.kills, args.spacing, args.writers, args.keep) for standby in modes]
     print()
     for result in results:
         print(report(result))

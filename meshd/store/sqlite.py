@@ -164,6 +164,8 @@ class SqliteStorage:
         self.journal_dir = Path(journal_dir)
         self.read_only_reason: str | None = None
         self.migration: schema.MigrationReport | None = None
+        # A journal scan made ahead of opening (a warm standby's): opening resumes after it.
+        self.journal_scan: jr.Scan | None = None
         self.replayed = 0
         self._readers = readers
         self._on_corruption = on_corruption
@@ -239,7 +241,7 @@ class SqliteStorage:
         epoch = int(self._meta("journal_epoch") or 1)
         db_seq = int(self._meta("journal_seq") or 0)
         self._journal = jr.Journal(self.journal_dir, epoch)
-        self._journal.open()
+        self._journal.open(self.journal_scan)
         if self._journal.torn_tail_bytes:
             log.warning("journal.torn_tail_cut", bytes=self._journal.torn_tail_bytes)
         # Nothing past the database's own sequence (the usual case, a restore included): no

@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -141,6 +142,7 @@ async def serve(
     supervised: bool = False,
     read_only_reason: str | None = None,
     parent_pid: int | None = None,
+    journal_scan: Any = None,
 ) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then drain and close the store."""
     stop = stop or asyncio.Event()
@@ -164,6 +166,8 @@ async def serve(
                                  {"state": "full" if detail else "ok", "detail": detail})
 
     storage = open_storage(settings, on_corruption, on_disk)
+    if journal_scan is not None and isinstance(storage, SqliteStorage):
+        storage.journal_scan = journal_scan  # a promoted standby's read-ahead
     if supervised and settings.replica_sync:
         storage.replica_sync = ReplicaSync(settings)
     await storage.start()
@@ -230,20 +234,23 @@ def run_supervised() -> int:
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     reason = os.environ.get("MESHD_READ_ONLY") or None
+    journal_scan = None
     channel_fd = os.environ.get("MESHD_STANDBY_FD")
     if channel_fd:
         # A warm standby: everything is imported; wait, touching nothing, until promoted.
         log.info("standby.waiting", pid=os.getpid())
-        promotion = standby.wait_for_promotion(socket.socket(fileno=int(channel_fd)))
+        promotion = standby.wait_for_promotion(socket.socket(fileno=int(channel_fd)),
+                                               settings.data_dir / "journal")
         if promotion is None:
             log.info("standby.retired", pid=os.getpid())
             return 0
         reason = promotion.read_only_reason
+        journal_scan = promotion.journal_scan
         log.info("standby.promoted", pid=os.getpid(),
                  mode="read-only" if reason else "read-write")
     try:
         asyncio.run(serve(settings, sock, supervised=True, read_only_reason=reason,
-                          parent_pid=supervisor_pid))
+                          parent_pid=supervisor_pid, journal_scan=journal_scan))
     except Exception as exc:
         log.exception("worker.failed")
         return EXIT_DB_CORRUPT if is_corruption(exc) else 1
