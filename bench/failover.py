@@ -194,7 +194,6 @@ def run_mode(standby: bool, kills: int, spacing: float, writers: int,
                 ready = wait_for(lambda: ready_standby(data_dir), "a ready standby", daemon)
                 standby_rss.append(ready["rss_mb"])
             killed_at = time.perf_counter()
-            wall = time.time()
             os.kill(worker, signal.SIGKILL)
             answered_at = first_read(port, agent_id, daemon)
             took = (answered_at - killed_at) * 1000
@@ -203,7 +202,7 @@ def run_mode(standby: bool, kills: int, spacing: float, writers: int,
                            "a new serving worker", daemon)
             healthy_at = time.perf_counter()
             print(f"[{label}] kill {n:2d}: worker {worker} -> {new['worker_pid']}: first API "
-                  f"read after {took:7.1f} ms (restarts {new['restarts']}, killed {wall:.3f}, promotions "
+                  f"read after {took:7.1f} ms (restarts {new['restarts']}, promotions "
                   f"{new.get('promotions', 0)})", flush=True)
             worker = new["worker_pid"]
         load.join()

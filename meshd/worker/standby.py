@@ -15,6 +15,7 @@ appended since instead of a segment of up to 64 MiB.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,10 @@ def wait_for_promotion(channel: socket.socket, journal_dir: Path) -> Promotion |
     channel.settimeout(SCAN_EVERY)
     data = b""
     try:
-        channel.sendall(STANDBY_READY)
+        # Promoted before it was ready, it finds the supervisor's end closed: the promotion
+        # line still waits in the channel.
+        with contextlib.suppress(OSError):
+            channel.sendall(STANDBY_READY)
         while not data.endswith(b"\n"):
             try:
                 chunk = channel.recv(4096)
