@@ -150,6 +150,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("readers", int, 4, "reader connections (threads)"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
+    Option("header_timeout", parse_duration, 20.0,
+           "a connection that has not sent a whole request head within this is closed"),
+    Option("body_timeout", parse_duration, 30.0,
+           "a request body that stops arriving for this long is refused (408)"),
+    Option("ws_max_per_address", int, 0,
+           "most WebSocket connections from one remote address (0: no cap; never loopback)"),
 )
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 
@@ -199,6 +205,9 @@ class Settings:
     alert_timeout: float = 10.0
     readers: int = 4
     drain_timeout: float = 10.0
+    header_timeout: float = 20.0
+    body_timeout: float = 30.0
+    ws_max_per_address: int = 0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -16,9 +16,11 @@ from aiohttp import WSMsgType, web
 
 from meshd import log as logging
 from meshd.api import enforcement
+from meshd.api.http import dumps
 from meshd.api.keys import HUB, SETTINGS, STORAGE
 from meshd.api.middleware import key_matches, presented_key
 from meshd.clock import db_time, new_id
+from meshd.config import is_loopback
 from meshd.errors import MeshError, NotFound
 from meshd.store import health as health_store
 from meshd.store import records
@@ -27,6 +29,7 @@ log = logging.get("meshd.ws")
 
 SEND_BUFFER = 256
 PING_INTERVAL = 20.0
+CLOSE_BOUND = 5.0  # a dropped client's close handshake gets this long, then the TCP is cut
 
 
 @dataclass(eq=False, slots=True)
@@ -36,6 +39,9 @@ class Client:
     agent_id: str | None = None
     only_mine: bool = False
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SEND_BUFFER))
+    remote: str | None = None
+    transport: asyncio.BaseTransport | None = None
+    sender: asyncio.Task | None = None
 
     def wants(self, audience: frozenset[str] | None) -> bool:
         return audience is None or not self.only_mine or self.agent_id in audience
@@ -53,7 +59,12 @@ class Hub:
         their own events get it only when they are in it."""
         if not self.clients:
             return
-        data = orjson.dumps(event).decode()
+        try:
+            data = dumps(event).decode()
+        except Exception as exc:  # noqa: BLE001 - the write is committed; never undo its 200
+            log.warning("ws.event_not_encodable", event_type=event.get("type"),
+                        error=str(exc))
+            return
         targets = frozenset(audience) if audience is not None else None
         for client in list(self.clients):
             if not client.wants(targets):
@@ -68,8 +79,12 @@ class Hub:
         self.dropped += 1
         log.warning("ws.client_dropped", client_id=client.client_id, agent_id=client.agent_id,
                     reason=reason)
-        asyncio.get_running_loop().create_task(
-            client.ws.close(code=1013, message=reason.encode()))
+        if client.sender:
+            client.sender.cancel()  # it may be stuck writing to a peer that does not read
+        asyncio.get_running_loop().create_task(close_within(client, 1013, reason))
+
+    def count_from(self, remote: str | None) -> int:
+        return sum(1 for c in self.clients if c.remote == remote)
 
     async def close_all(self, flush_timeout: float = 2.0) -> None:
         """Shutdown: give every client's queue a bounded time to empty (the events of writes
@@ -84,10 +99,28 @@ class Hub:
         self.clients.clear()
 
 
+async def close_within(client: Client, code: int, reason: str,
+                       bound: float = CLOSE_BOUND) -> None:
+    """Close with a WebSocket close frame; a peer that does not take it (its receive window
+    full, it never answers) has its TCP connection aborted after `bound` seconds, so its
+    kernel buffers and our send buffer are released."""
+    try:
+        async with asyncio.timeout(bound):
+            await client.ws.close(code=code, message=reason.encode()[:120])
+    except (TimeoutError, ConnectionError, RuntimeError):
+        pass
+    finally:
+        if client.transport is not None:
+            client.transport.abort()  # close() would wait for the buffer to drain
+
+
 async def _sender(client: Client) -> None:
-    while True:
-        data = await client.queue.get()
-        await client.ws.send_str(data)
+    try:
+        while True:
+            data = await client.queue.get()
+            await client.ws.send_str(data)
+    except (ConnectionError, RuntimeError):  # peer gone; the handler logs the disconnect
+        return
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -98,9 +131,16 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=PING_INTERVAL, max_msg_size=1 << 20)
     if not ws.can_prepare(request).ok:
         return web.json_response({"error": "WebSocket upgrade required"}, status=400)
-    await ws.prepare(request)
     hub: Hub = request.app[HUB]
-    client = Client(ws, new_id())
+    remote = request.remote
+    cap = settings.ws_max_per_address
+    if cap > 0 and not is_loopback(remote or "") and hub.count_from(remote) >= cap:
+        log.warning("ws.address_cap", remote=remote, cap=cap)
+        return web.json_response(
+            {"error": f"too many WebSocket connections from this address (limit {cap})"},
+            status=429)
+    await ws.prepare(request)
+    client = Client(ws, new_id(), remote=remote, transport=request.transport)
     query_agent = request.query.get("agentId")
     if query_agent:
         client.agent_id = query_agent
@@ -120,11 +160,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             log.warning("ws.open_events_failed", error=exc.message)
         if await _refused(request, client):
             return ws
-        sender = asyncio.create_task(_sender(client))
+        sender = client.sender = asyncio.create_task(_sender(client))
         log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 await _on_client_message(request, client, msg.data)
+    except (ConnectionError, RuntimeError) as exc:
+        # The peer went away while we wrote to it: the disconnect line below says it all.
+        log.debug("ws.send_failed", client_id=client.client_id, error=type(exc).__name__)
     finally:
         if sender:
             sender.cancel()
