@@ -23,7 +23,7 @@ SECRET_PATTERNS = (
     (re.compile(r"(?i)\b(api_?key|admin_?key|token|access_token)=[^&\s\"'<>;,]*"),
      rf"\1={REDACTED}"),
     # Header lines as aiohttp's parser errors quote them, and Bearer credentials.
-    (re.compile(r"(?i)\b(x-api-key|x-admin-key|authorization)(\"?\s*[:=]\s*\"?)"
+    (re.compile(r"(?i)\b(x-api-key|x-admin-key|authorization)([\"']?\s*[:=]\s*[\"']?)"
                 r"(?:bearer\s+)?[^\s\"',}\\]+"), rf"\1\2{REDACTED}"),
     (re.compile(r"(?i)\bbearer\s+[^\s\"',}\\]+"), f"Bearer {REDACTED}"),
     # Per-agent tokens.

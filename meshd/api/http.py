@@ -23,7 +23,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ENCODER_DEPTH = 254
 ENVELOPE_DEPTH = 8
 MAX_BODY_DEPTH = ENCODER_DEPTH - ENVELOPE_DEPTH
-RAW_BODY = "meshd.raw_body"  # request key of the body bytes once read
+RAW_BODY: web.RequestKey[bytes] = web.RequestKey("raw_body", bytes)  # the body once read
 
 
 class _Missing:

@@ -36,6 +36,7 @@ ERRORS = {
     500: "internal error",
     504: "the request took too long",
 }
+LINGERING_TIME = 2.0
 
 
 class GuardedRequestHandler(RequestHandler):
@@ -116,6 +117,9 @@ class GuardedAppRunner(web.AppRunner):
     """`web.AppRunner` whose server is a `GuardedServer`."""
 
     def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+        # After an early answer (408, 413) aiohttp reads what is left of the body for this
+        # long before closing (its default, 10 s, lets a stalled client hold the connection).
+        kwargs.setdefault("lingering_time", LINGERING_TIME)
         super().__init__(app, **kwargs)
         self._header_timeout = header_timeout
 
