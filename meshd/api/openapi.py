@@ -61,9 +61,9 @@ def success(**properties: Schema) -> Schema:
 # -- parameters ----------------------------------------------------------------------------
 
 
-def path(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": STR,
-            "description": description}
+def path(name: str, description: str, schema: Schema | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True,
+            "schema": schema or {"type": "string", "minLength": 1}, "description": description}
 
 
 def query(name: str, description: str, schema: Schema = STR) -> dict[str, Any]:
@@ -76,9 +76,11 @@ def header(name: str, description: str) -> dict[str, Any]:
             "description": description}
 
 
+# SQLite takes 64-bit integers; a larger limit or offset is a 400, never a 500.
+ROW_COUNT: Schema = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 PAGING = (
-    query("limit", "at most this many rows (default: all)", {"type": "integer", "minimum": 0}),
-    query("offset", "rows to skip (default 0)", {"type": "integer", "minimum": 0}),
+    query("limit", "at most this many rows (default: all)", ROW_COUNT),
+    query("offset", "rows to skip (default 0)", ROW_COUNT),
 )
 AGENT_VERSION = header("X-Agent-Version", "the sending agent's version, checked against a "
                        "breaking update's required version")
@@ -87,10 +89,12 @@ X_AGENT_ID = header("X-Agent-Id", "the agent the request acts for")
 # -- responses -----------------------------------------------------------------------------
 
 ERRORS = {
-    "400": "Bad request: a missing or mistyped field, malformed JSON",
+    "400": "Bad request: a missing or mistyped field, malformed or too deeply nested JSON, "
+           "a header that is not UTF-8",
     "401": "Invalid or missing API key",
     "403": "Forbidden",
     "404": "Not found",
+    "408": "The request body stopped arriving (body_timeout)",
     "409": "Conflict with the stored state",
     "413": "Body or file larger than the configured limit",
     "503": "Read-only mode or the store is unavailable (Retry-After)",
@@ -134,7 +138,10 @@ def op(
     the store's 503/507, `sends` the breaking-update 426, `auth` the security scheme."""
     responses: dict[str, Any] = {
         "200": response if "description" in response else ok(response)}
-    codes = set(errors)
+    # Any request can carry a header that is not UTF-8; any body can stall or be too large.
+    codes = set(errors) | {"400"}
+    if body is not None:
+        codes.update(("408", "413"))
     if auth == "api":
         codes.add("401")
     elif auth == "admin":
@@ -175,6 +182,8 @@ MEMORY_KEY = path("key", "memory key (a `/` inside it is sent as `%2F`)")
 FILE_ID = path("id", "file id")
 UPDATE_ID = path("id", "system update id")
 EVENT_ID = path("id", "catastrophe event id")
+RUN_ID = path("runId", "run id (a UUID; anything else is a 400)",
+              {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}$"})
 
 HEALTH_BODY = obj(
     status=enum("healthy", "degraded", "unhealthy", "offline"),
@@ -231,8 +240,8 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/messages/{agentId}/failed": {"get": op(
         "messages", "An agent's failed and timed-out messages", array(ref("Message")), "400",
         params=(path("agentId", "recipient agent id"),
-                query("limit", "at most this many rows (default 50)",
-                      {"type": "integer", "minimum": 0}), PAGING[1]))},
+                query("limit", "at most this many rows (default 50)", ROW_COUNT),
+                PAGING[1]))},
     "/api/messages/{id}/read": {"post": op(
         "messages", "Mark a message read", success(), "404", params=(MESSAGE_ID,),
         writes=True)},
@@ -444,10 +453,10 @@ PATHS: dict[str, dict[str, Any]] = {
         "admin", "List protocol runs", {"type": "object"}, "503", auth="admin")},
     "/api/admin/protocols/runs/{runId}": {"get": op(
         "admin", "Get a protocol run with its steps", {"type": "object"}, "404", "503",
-        auth="admin", params=(path("runId", "run id"),))},
+        auth="admin", params=(RUN_ID,))},
     "/api/admin/protocols/runs/{runId}/abort": {"post": op(
         "admin", "Abort a protocol run", {"type": "object"}, "404", "409", "503",
-        auth="admin", params=(path("runId", "run id"),), body=obj(reason=STR),
+        auth="admin", params=(RUN_ID,), body=obj(reason=STR),
         body_required=False)},
     # -- WebSocket and this document -------------------------------------------------------
     "/ws": {"get": op(
@@ -458,7 +467,9 @@ PATHS: dict[str, dict[str, Any]] = {
                 query("onlyMine", "`true`: only events addressed to agentId")),
         extra={"101": {"description": "Switching protocols; frames are JSON events "
                                       "(`connected` first)"},
-               "401": error("401", "Invalid or missing API key (ws_auth on)")},
+               "401": error("401", "Invalid or missing API key (ws_auth on)"),
+               "429": error("429", "Too many WebSocket connections from this address "
+                                   "(ws_max_per_address)")},
         description="Client frames: `register_agent` {agentId, onlyMine, version} and "
                     "`heartbeat`.")},
     "/api/openapi.json": {"get": op(
@@ -466,7 +477,7 @@ PATHS: dict[str, dict[str, Any]] = {
 }
 
 SCHEMAS: dict[str, Schema] = {
-    "Error": obj("error", error=STR),
+    "Error": obj("error", error={"type": "string", "minLength": 1}),
     "UpgradeProblem": obj("type", "title", "status", "error", type=STR, title=STR,
                           status=INT, detail=STR, instance=STR, error=STR, updateId=STR,
                           requiredVersion=STR, agentVersion=NULL_STR,
