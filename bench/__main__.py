@@ -24,6 +24,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "backup_latency": ([], ["--size-mb", "20", "--seconds", "2"]),
     "recovery_time": ([], ["--db-mb", "10", "--journal-seconds", "5"]),
     "throughput": ([], ["--seconds", "3"]),
+    "hostile": ([], ["--uploads", "5", "--slowloris", "20", "--websockets", "5"]),
 }
 ORDER = list(ARGS)
 
