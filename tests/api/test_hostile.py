@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import logging as stdlib_logging
 import socket
 import sqlite3
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -419,7 +421,8 @@ async def test_a_slow_websocket_client_is_dropped_and_its_tcp_closed(live):
                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
     await wait_for(lambda: hub.clients, what="client joined")
     client = next(iter(hub.clients))
-    transport = client.transport
+    transport, queue = client.transport, weakref.ref(client.queue)
+    del client
     # The client reads nothing: its queue fills, it is dropped, and the close frame cannot
     # be delivered either; the TCP connection must still be cut within the bound.
     big = {"type": "blob", "data": "x" * 65536}
@@ -428,6 +431,8 @@ async def test_a_slow_websocket_client_is_dropped_and_its_tcp_closed(live):
         await asyncio.sleep(0)
     await wait_for(transport.is_closing, timeout=10, what="transport closed")
     await wait_for(lambda: live.app[HUB].clients == set(), what="hub empty")
+    # Its send queue (up to SEND_BUFFER events) is freed once the handler has ended.
+    await wait_for(lambda: gc.collect() is not None and queue() is None, what="queue freed")
     sock.close()
     assert "Traceback" not in live.log_text()
 
