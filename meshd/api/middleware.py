@@ -119,12 +119,15 @@ async def pipeline(request: web.Request, handler):
             response = error_response(exc)
         except web.HTTPException as exc:
             response = _framework_error(request, exc)
-        except (ConnectionError, web.RequestPayloadError) as exc:
-            # The client went away mid-request: one line, no traceback; nobody reads the answer.
-            log.info("http.client_disconnected", method=request.method, path=request.path,
-                     error=type(exc).__name__)
+        except ConnectionError as exc:
+            # The client went away mid-request: this one line (in place of the access line),
+            # no traceback; nobody reads the answer.
+            log.info("http.client_disconnected", method=request.method,
+                     path=safe_text(request.path), error=type(exc).__name__,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
             response = json_response({"error": "client disconnected"}, status=400)
             response.force_close()
+            return response
         except Exception:
             request_id = str(uuid.uuid4())
             log.exception("http.unhandled_error", request_id=request_id,

@@ -491,6 +491,7 @@ async def test_a_client_that_disconnects_mid_upload_costs_one_line(live):
                    what="five disconnect lines")
     text = live.log_text()
     assert "Traceback" not in text and '"exception"' not in text
+    assert text.count("/api/files/upload") == 5  # the disconnect line replaces the access line
 
 
 async def test_websocket_clients_that_vanish_cost_one_line_each(live):
