@@ -476,6 +476,11 @@ PATHS: dict[str, dict[str, Any]] = {
         "system", "This OpenAPI document", {"type": "object"})},
 }
 
+# An array by convention, but any JSON value registered is kept and served back, as the Node
+# server kept it (null when never registered).
+CAPABILITIES: Schema = {"description": "as registered: an array by convention, any JSON value "
+                                       "is kept"}
+
 SCHEMAS: dict[str, Schema] = {
     "Error": obj("error", error={"type": "string", "minLength": 1}),
     "UpgradeProblem": obj("type", "title", "status", "error", type=STR, title=STR,
@@ -483,8 +488,7 @@ SCHEMAS: dict[str, Schema] = {
                           requiredVersion=STR, agentVersion=NULL_STR,
                           upgradeInstructions=NULL_STR),
     "Agent": obj("id", "name", id=STR, name=STR, endpoint=NULL_STR,
-                 capabilities={"type": ["array", "null"]}, last_seen=DB_TIME,
-                 created_at=DB_TIME),
+                 capabilities=CAPABILITIES, last_seen=DB_TIME, created_at=DB_TIME),
     "Message": obj("id", "from_agent", "to_agent", "content", id=STR, from_agent=STR,
                    to_agent=STR, content=STR, message_type=STR, read=INT, status=STR,
                    timeout_ms=NULL_INT, created_at=DB_TIME, client_id=NULL_STR),
@@ -497,7 +501,7 @@ SCHEMAS: dict[str, Schema] = {
                  metadata=ANY, created_by=STR, created_at=DB_TIME),
     "Member": obj("group_id", "agent_id", group_id=STR, agent_id=STR, role=STR,
                   joined_at=DB_TIME, name=STR, endpoint=NULL_STR,
-                  capabilities={"type": ["array", "null"]}, last_seen=DB_TIME),
+                  capabilities=CAPABILITIES, last_seen=DB_TIME),
     "Memory": obj("id", "group_id", "key", "value", "version", id=STR, group_id=STR,
                   agent_id=STR, key=STR, value=ANY, memory_type=STR, version=INT,
                   created_at=DB_TIME, updated_at=DB_TIME),

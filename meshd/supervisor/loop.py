@@ -39,6 +39,7 @@ from meshd.supervisor import alerts
 from meshd.supervisor.maintenance import Maintenance, last_backup
 from meshd.supervisor.restart import Policy, RestartState
 from meshd.supervisor.sdnotify import Notifier
+from meshd.worker.http_server import GuardedAppRunner
 from meshd.worker.serve import EXIT_DB_CORRUPT, bind_socket
 
 log = logging.get("meshd.supervisor")
@@ -91,6 +92,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._stopping = False
         self._reload = False
+        logging.add_secrets(self.settings.api_key, self.settings.admin_key)
         self._lock = FileLock(self.settings.data_dir / "meshd.lock")
         self._pid_file = self.settings.data_dir / "meshd.pid"
         self._records_file = self.settings.data_dir / "supervisor-records.json"
@@ -451,7 +453,9 @@ class Supervisor:
             return
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._fallback_handler)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Hostile requests get the worker's treatment here too: JSON errors, a head deadline.
+        runner = GuardedAppRunner(app, header_timeout=self.settings.header_timeout,
+                                  access_log=None, handle_signals=False)
         await runner.setup()
         # A duplicate of the socket: stopping the site closes the duplicate, not ours.
         await web.SockSite(runner, self._sock.dup()).start()
