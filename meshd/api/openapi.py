@@ -54,6 +54,14 @@ def obj(*required: str, **properties: Schema) -> Schema:
     return schema
 
 
+def fields(*required: str, **properties: Schema) -> Schema:
+    """A request body: a required text field must be non-empty (the routes check that each
+    is present and truthy, so `""` is a 400)."""
+    non_empty = {k: ({**v, "minLength": 1} if k in required and v == STR else v)
+                 for k, v in properties.items()}
+    return obj(*required, **non_empty)
+
+
 def success(**properties: Schema) -> Schema:
     return obj("success", success=BOOL, **properties)
 
@@ -196,7 +204,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/agents/register": {"post": op(
         "agents", "Register an agent (the same name keeps its id)",
         success(agentId=STR, message=STR, existed=BOOL), "400", writes=True,
-        body=obj("name", name=STR, endpoint=STR, capabilities=array(ANY)),
+        body=fields("name", name=STR, endpoint=STR, capabilities=array(ANY)),
         description="A name already registered gets its existing id back (`existed: true`); "
                     "absent capabilities keep the stored ones. WebSocket: `agent_joined`.")},
     "/api/agents": {"get": op("agents", "List agents, most recently seen first",
@@ -225,7 +233,7 @@ PATHS: dict[str, dict[str, Any]] = {
         success(messageId=STR, message=ref("MessageEcho")), "400", "409", writes=True,
         sends=True, params=(header("Idempotency-Key", "the sender's idempotency key, when "
                                    "the body has no clientId"), AGENT_VERSION),
-        body=obj("from", "to", "content", **{
+        body=fields("from", "to", "content", **{
             "from": STR, "to": STR, "content": ANY, "messageType": STR,
             "timeoutMs": {"type": "integer", "minimum": 1},
             "clientId": {"type": "string", "minLength": 1, "maxLength": 200}}),
@@ -248,7 +256,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/messages/{id}/status": {"patch": op(
         "messages", "Set a message's delivery status", success(status=STR), "400", "404",
         params=(MESSAGE_ID,), writes=True,
-        body=obj("status", status=enum("pending", "delivered", "processing", "completed",
+        body=fields("status", status=enum("pending", "delivered", "processing", "completed",
                                        "failed", "timeout"), error=STR),
         description="WebSocket: `message_failed` for failed and timeout.")},
     "/api/messages/{id}/retry": {"post": op(
@@ -258,13 +266,13 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/broadcast": {"post": op(
         "messages", "Send a message to every other agent",
         success(recipientCount=INT, messageIds=STR_LIST), "400", writes=True, sends=True,
-        params=(AGENT_VERSION,), body=obj("from", "content", **{"from": STR, "content": ANY}),
+        params=(AGENT_VERSION,), body=fields("from", "content", **{"from": STR, "content": ANY}),
         description="WebSocket: `broadcast`.")},
     # -- skills ----------------------------------------------------------------------------
     "/api/skills": {
         "post": op("skills", "Register a skill of an agent", success(skillId=STR),
                    "400", "404", writes=True,
-                   body=obj("agentId", "name", agentId=STR, name=STR, description=STR,
+                   body=fields("agentId", "name", agentId=STR, name=STR, description=STR,
                             endpoint=STR)),
         "get": op("skills", "Discover skills", array(ref("Skill")), "400", params=PAGING),
     },
@@ -272,13 +280,13 @@ PATHS: dict[str, dict[str, Any]] = {
         "skills", "Invoke a skill (a `skill_invocation` message to its owner)",
         success(invocationId=STR), "400", "404", writes=True, sends=True,
         params=(path("id", "skill id"), AGENT_VERSION),
-        body=obj("from", **{"from": STR, "payload": ANY}),
+        body=fields("from", **{"from": STR, "payload": ANY}),
         description="WebSocket: `skill_invoked`.")},
     # -- groups ----------------------------------------------------------------------------
     "/api/groups": {
         "post": op("groups", "Create a group", success(groupId=STR, message=STR), "400",
                    writes=True,
-                   body=obj("name", "createdBy", name=STR, createdBy=STR, description=STR,
+                   body=fields("name", "createdBy", name=STR, createdBy=STR, description=STR,
                             metadata={"type": "object"}),
                    description="WebSocket: `group_created`."),
         "get": op("groups", "List groups, newest first",
@@ -291,7 +299,7 @@ PATHS: dict[str, dict[str, Any]] = {
         params=(GROUP_ID,))},
     "/api/groups/{groupId}/members": {"post": op(
         "groups", "Add an agent to a group", success(message=STR), "400", "404", "409",
-        params=(GROUP_ID,), writes=True, body=obj("agentId", agentId=STR, role=STR),
+        params=(GROUP_ID,), writes=True, body=fields("agentId", agentId=STR, role=STR),
         description="WebSocket: `group_member_added`.")},
     "/api/groups/{groupId}/members/{agentId}": {"delete": op(
         "groups", "Remove an agent from a group", success(message=STR), "404",
@@ -304,14 +312,14 @@ PATHS: dict[str, dict[str, Any]] = {
         "groups", "Send a message to every member of a group",
         success(recipientCount=INT, messageIds=STR_LIST), "400", "404", writes=True,
         sends=True, params=(GROUP_ID, AGENT_VERSION),
-        body=obj("from", "content", **{"from": STR, "content": ANY, "messageType": STR}),
+        body=fields("from", "content", **{"from": STR, "content": ANY, "messageType": STR}),
         description="WebSocket: `group_broadcast`.")},
     # -- collective memory -----------------------------------------------------------------
     "/api/groups/{groupId}/memory": {
         "post": op("memory", "Create or update a memory key (its version goes up)",
                    success(memoryId=STR, version=INT), "400", "403", "404",
                    params=(GROUP_ID,), writes=True,
-                   body=obj("agentId", "key", "value", agentId=STR, key=STR, value=ANY,
+                   body=fields("agentId", "key", "value", agentId=STR, key=STR, value=ANY,
                             memoryType=STR),
                    description="Only members write; a `readonly` key only by its writer. "
                                "WebSocket: `memory_updated`."),
@@ -324,7 +332,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": op("memory", "Get a memory key", ref("Memory"), "404",
                   params=(GROUP_ID, MEMORY_KEY)),
         "delete": op("memory", "Delete a memory key", success(message=STR), "400", "403",
-                     "404", writes=True, body=obj(agentId=STR), body_required=False,
+                     "404", writes=True, body=fields(agentId=STR), body_required=False,
                      params=(GROUP_ID, MEMORY_KEY,
                              query("agentId", "the deleting agent, when the body has none"),
                              X_AGENT_ID),
@@ -339,7 +347,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "files", "Upload a file as base64",
         success(fileId=STR, url=STR, filename=STR, fileSize=INT, sha256=STR, message=STR),
         "400", "404", "413", writes=True, sends=True, params=(AGENT_VERSION, X_AGENT_ID),
-        body=obj("agentId", "filename", "fileData", agentId=STR, filename=STR,
+        body=fields("agentId", "filename", "fileData", agentId=STR, filename=STR,
                  fileData={"type": "string", "contentEncoding": "base64"}, fileType=STR,
                  description=STR),
         description="The size limit applies to the decoded bytes. WebSocket: "
@@ -359,7 +367,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                  header("If-None-Match", "the ETag (SHA-256) of a raw copy")),
                   extra={"304": {"description": "Not modified (raw download)"}}),
         "delete": op("files", "Delete a file (its uploader only)", success(message=STR),
-                     "400", "403", "404", writes=True, body=obj(agentId=STR),
+                     "400", "403", "404", writes=True, body=fields(agentId=STR),
                      body_required=False,
                      params=(FILE_ID, query("agentId", "the deleting agent, when the body "
                                                        "has none"), X_AGENT_ID)),
@@ -375,7 +383,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/updates": {
         "post": op("updates", "Announce a system update",
                    success(updateId=STR, broadcast=BOOL, message=STR), "400", writes=True,
-                   body=obj("version", "updateType", "title", version=STR, updateType=STR,
+                   body=fields("version", "updateType", "title", version=STR, updateType=STR,
                             title=STR, description=STR, requiredVersion=STR,
                             breakingChange=BOOL, announcement=STR, createdBy=STR,
                             expiresAt={"type": ["string", "null"]}),
@@ -393,7 +401,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "updates", "Acknowledge an update (one row per agent; again updates it)",
         success(message=STR, acknowledgmentId=STR), "400", "404", params=(UPDATE_ID,),
         writes=True,
-        body=obj("agentId", "status", agentId=STR,
+        body=fields("agentId", "status", agentId=STR,
                  status=enum("pending", "accepted", "rejected", "completed"),
                  agentVersion=STR, notes=STR))},
     "/api/updates/{id}/acknowledgments": {"get": op(
@@ -406,7 +414,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/catastrophe": {
         "post": op("catastrophe", "Report a catastrophe event",
                    success(eventId=STR, broadcast=BOOL, message=STR), "400", writes=True,
-                   body=obj("eventType", "severity", "title",
+                   body=fields("eventType", "severity", "title",
                             eventType=enum("server_down", "db_corruption",
                                            "network_partition", "api_crash",
                                            "breaking_update"),
@@ -427,7 +435,7 @@ PATHS: dict[str, dict[str, Any]] = {
         params=(EVENT_ID,))},
     "/api/catastrophe/{id}/resolve": {"post": op(
         "catastrophe", "Resolve a catastrophe event", success(message=STR), "404", "409",
-        params=(EVENT_ID,), writes=True, body=obj(resolutionNotes=STR), body_required=False)},
+        params=(EVENT_ID,), writes=True, body=fields(resolutionNotes=STR), body_required=False)},
     # -- health ----------------------------------------------------------------------------
     "/api/health/dashboard": {"get": op(
         "health", "Health of every agent, counts by status, open catastrophes",
@@ -448,7 +456,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/admin/protocols/{name}/run": {"post": op(
         "admin", "Run (or dry-run) a recovery protocol", {"type": "object"},
         "400", "404", "409", "503", auth="admin", params=(path("name", "protocol name"),),
-        body=obj(dryRun=BOOL, reason=STR, context={"type": "object"}), body_required=False)},
+        body=fields(dryRun=BOOL, reason=STR, context={"type": "object"}), body_required=False)},
     "/api/admin/protocols/runs": {"get": op(
         "admin", "List protocol runs", {"type": "object"}, "503", auth="admin")},
     "/api/admin/protocols/runs/{runId}": {"get": op(
@@ -456,7 +464,7 @@ PATHS: dict[str, dict[str, Any]] = {
         auth="admin", params=(RUN_ID,))},
     "/api/admin/protocols/runs/{runId}/abort": {"post": op(
         "admin", "Abort a protocol run", {"type": "object"}, "404", "409", "503",
-        auth="admin", params=(RUN_ID,), body=obj(reason=STR),
+        auth="admin", params=(RUN_ID,), body=fields(reason=STR),
         body_required=False)},
     # -- WebSocket and this document -------------------------------------------------------
     "/ws": {"get": op(
