@@ -244,7 +244,7 @@ def run_supervised() -> int:
         promotion = standby.wait_for_promotion(socket.socket(fileno=int(channel_fd)),
                                                settings.data_dir / "journal")
         if promotion is None:
-            log.info("standby.retired", pid=os.getpid())
+            log.info("standby.channel_closed", pid=os.getpid())
             return 0
         reason = promotion.read_only_reason
         journal_scan = promotion.journal_scan

@@ -48,7 +48,9 @@ def stored_names(database: Path) -> set[str]:
 
 
 def events(proc: MeshdProcess, name: str) -> list[dict[str, Any]]:
-    return [e for e in proc.log_events() if e["event"] == name]
+    """The supervisor's log events named `name`."""
+    return [e for e in proc.log_events()
+            if e["event"] == name and e.get("process") == "supervisor"]
 
 
 def gone(pid: int) -> bool:
