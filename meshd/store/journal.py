@@ -13,7 +13,7 @@ import struct
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ class Scan:
     last_crc: int
     end: int  # offset where the good frames end
     torn: bool  # bytes that are not a good frame follow
+    resumed: bool = field(default=False, compare=False)  # it resumed after an earlier scan
 
 
 def scan_segment(path: Path) -> tuple[int | None, int, bool]:
@@ -105,7 +106,8 @@ def scan_from(path: Path, since: Scan | None = None) -> Scan:
             fh.seek(since.last_start)
             data = fh.read()
             if _frame_is(data, 0, since.last_crc, since.end - since.last_start):
-                return _scan(path, data, since.last_start, since.end - since.last_start)
+                scan = _scan(path, data, since.last_start, since.end - since.last_start)
+                return replace(scan, resumed=True)
             fh.seek(0)
         return _scan(path, fh.read(), 0, 0)
 
@@ -141,10 +143,13 @@ def _scan(path: Path, data: bytes, base: int, offset: int) -> Scan:
     return Scan(path, seq, base + last_start, crc, base + offset, torn)
 
 
-def read_segment(path: Path) -> tuple[list[Record], int, bool]:
-    """Good records of one segment, the byte offset where they end, and whether a bad tail
-    (torn write or checksum mismatch) follows them."""
-    return read_frames(path.read_bytes())
+def read_segment(path: Path, offset: int = 0) -> tuple[list[Record], int, bool]:
+    """Good records of one segment (from a frame boundary at `offset`), the byte offset where
+    they end (counted from `offset`), and whether a bad tail (torn write or checksum mismatch)
+    follows them."""
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return read_frames(fh.read())
 
 
 def read_frames(data: bytes) -> tuple[list[Record], int, bool]:
@@ -174,9 +179,13 @@ def iter_frames(data: bytes) -> Iterator[tuple[Record, bytes]]:
         offset = end
 
 
-def read_all(directory: Path, epoch: int | None = None, after_seq: int = 0
-             ) -> Iterator[Record]:
+def read_all(directory: Path, epoch: int | None = None, after_seq: int = 0,
+             since: Scan | None = None) -> Iterator[Record]:
     """Records past `after_seq` (of one epoch when given), aborted sequences left out.
+
+    `since`, a scan that found a good frame of sequence <= `after_seq`, lets its segment be
+    read from that frame on: sequences grow along a segment and an abort record follows the
+    batch it aborts, so nothing before it can matter.
 
     Segments wholly at or before `after_seq` are not read at all (their names carry their first
     sequence), so replay costs the writes since the backup, not the whole kept journal. A bad
@@ -189,7 +198,9 @@ def read_all(directory: Path, epoch: int | None = None, after_seq: int = 0
         nxt = segments[i + 1] if i + 1 < len(segments) else None
         if nxt is not None and nxt.epoch == seg.epoch and nxt.first_seq <= after_seq + 1:
             continue
-        good, _end, torn = read_segment(seg.path)
+        offset = (since.last_start if since is not None and since.path == seg.path
+                  and since.last_seq is not None and since.last_seq <= after_seq else 0)
+        good, _end, torn = read_segment(seg.path, offset)
         records.extend(r for r in good if r.seq > after_seq or r.kind == ABORT)
         if torn and nxt is not None:
             log.error("journal.bad_record", segment=seg.path.name, after=len(good))
@@ -211,6 +222,7 @@ class Journal:
         self.epoch = epoch
         self.last_seq = 0
         self.torn_tail_bytes = 0
+        self.resumed_from: Scan | None = None  # the earlier scan `open` resumed after
         self._fh = None
         self._size = 0
         self.last_fsync_seconds = 0.0  # of the latest append, for the metrics
@@ -226,6 +238,7 @@ class Journal:
         # it alone tells the last sequence (its name carries its first).
         newest = segments[-1]
         scan = scan_from(newest.path, since)
+        self.resumed_from = since if scan.resumed else None
         last, end, torn = scan.last_seq, scan.end, scan.torn
         self.last_seq = last if last is not None else newest.first_seq - 1
         if torn:

@@ -63,11 +63,11 @@ def connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
 
 def replay_journal(
     conn: sqlite3.Connection, journal_dir: Path, epoch: int, after_seq: int,
-    until: str | None = None,
+    until: str | None = None, since: jr.Scan | None = None,
 ) -> tuple[int, int]:
     """Apply the epoch's journal records past `after_seq` (and, for a point-in-time restore,
     not later than `until`, a DB-format time) in order; (records applied, last seq)."""
-    pending = [r for r in jr.read_all(journal_dir, epoch, after_seq)
+    pending = [r for r in jr.read_all(journal_dir, epoch, after_seq, since)
                if until is None or r.time <= until]
     pending.sort(key=lambda r: r.seq)
     for start in range(0, len(pending), REPLAY_CHUNK):
@@ -270,7 +270,8 @@ class SqliteStorage:
     def _replay(self, after_seq: int, epoch: int) -> int:
         """Apply journal records the database does not have yet (a crash between journal
         fsync and COMMIT, or a restore onto an older backup)."""
-        count, _last = replay_journal(self._conn, self.journal_dir, epoch, after_seq)
+        count, _last = replay_journal(self._conn, self.journal_dir, epoch, after_seq,
+                                      since=self._journal.resumed_from)
         return count
 
     async def close(self) -> None:

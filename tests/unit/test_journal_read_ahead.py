@@ -59,3 +59,32 @@ def test_the_writer_resumes_after_a_read_ahead_and_appends_where_good_records_en
 def test_read_ahead_of_an_empty_journal_directory_is_nothing(tmp_path):
     assert standby.read_ahead(tmp_path, None) is None
     assert standby.read_ahead(tmp_path / "missing", None) is None
+
+
+def test_replay_after_a_read_ahead_reads_the_same_records_from_its_frame_on(tmp_path):
+    path = segment(tmp_path, 1, 1, [write(1), write(2), write(3)])
+    ahead = jr.scan_from(path)  # ends on seq 3
+    aborted = jr.Record(6, jr.ABORT, "2026-01-01 00:00:00", [4, 5])
+    with path.open("ab") as fh:
+        fh.write(b"".join(jr.encode(r) for r in (write(4), write(5), aborted, write(7))))
+
+    for after in (3, 4, 5, 6):
+        full = [r.seq for r in jr.read_all(tmp_path, 1, after)]
+        assert [r.seq for r in jr.read_all(tmp_path, 1, after, ahead)] == full
+    assert [r.seq for r in jr.read_all(tmp_path, 1, 3, ahead)] == [7]
+    # A read-ahead past the database's sequence is not used: seqs 2 and 3 still replay.
+    assert [r.seq for r in jr.read_all(tmp_path, 1, 1, ahead)] == [2, 3, 7]
+
+
+def test_the_journal_says_when_it_resumed_after_a_read_ahead(tmp_path):
+    path = segment(tmp_path, 1, 1, [write(1), write(2)])
+    ahead = jr.scan_from(path)
+    journal = jr.Journal(tmp_path, epoch=1)
+    journal.open(ahead)
+    assert journal.resumed_from == ahead
+    journal.close()
+    path.write_bytes(jr.encode(write(1)) + jr.encode(write(2, n=3)))  # cut back, rewritten
+    journal = jr.Journal(tmp_path, epoch=1)
+    journal.open(ahead)
+    assert journal.resumed_from is None and journal.last_seq == 2
+    journal.close()
