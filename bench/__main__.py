@@ -24,6 +24,8 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "backup_latency": ([], ["--size-mb", "20", "--seconds", "2"]),
     "recovery_time": ([], ["--db-mb", "10", "--journal-seconds", "5"]),
     "throughput": ([], ["--seconds", "3"]),
+    "scenarios": ([], ["--seconds", "1", "--warmup", "0.5", "--scale-agents", "2000",
+                       "--scale-messages", "50000", "--ws-clients", "200", "--ws-events", "20"]),
 }
 ORDER = list(ARGS)
 
