@@ -32,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -556,6 +557,8 @@ if __name__ == "__main__":
                         choices=[*LOAD_SCENARIOS, "scale", "fan_out"])
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
+    # Stopped with SIGTERM, still stop the servers it started and remove their directories.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     outcome = asyncio.run(main(args))
     text = table(outcome, args)
     print()

@@ -24,6 +24,7 @@ from meshd.api.enforcement import Enforcement, enforce
 from meshd.api.keys import ENFORCEMENT, HUB, INFLIGHT, SETTINGS, STORAGE, SUPERVISOR
 from meshd.api.middleware import InFlight, guard, pipeline
 from meshd.api.routing import TolerantRouter
+from meshd.api.snapshots import SNAPSHOTS, make_snapshots
 from meshd.api.ws import Hub, websocket_handler
 from meshd.config import Settings
 from meshd.store.sqlite import SqliteStorage
@@ -50,6 +51,7 @@ def make_app(settings: Settings, storage: SqliteStorage, hub: Hub | None = None,
     app[SUPERVISOR] = supervisor or SupervisorClient(settings, supervised=False)
     app[ENFORCEMENT] = Enforcement()
     app[INFLIGHT] = InFlight()
+    app[SNAPSHOTS] = make_snapshots()
     for module in RESOURCES:
         app.router.add_routes(module.routes)
     app.router.add_get("/ws", websocket_handler)

@@ -31,6 +31,9 @@ class Tx(Reader, Protocol):
 
 class Storage(Protocol):
     read_only_reason: str | None
+    # Write counters by table (meshd.store.versions.TableVersions): a backend whose writes
+    # all pass through this process bumps them after each commit; caches of reads check them.
+    versions: Any
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...

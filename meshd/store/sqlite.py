@@ -25,6 +25,7 @@ from meshd.errors import Conflict, CorruptDatabase, InsufficientStorage, MeshErr
 from meshd.store import journal as jr
 from meshd.store import schema
 from meshd.store.base import Row
+from meshd.store.versions import TableVersions
 
 T = TypeVar("T")
 log = logging.get("meshd.store")
@@ -177,6 +178,8 @@ class SqliteStorage:
         self._seq = 0
         self.journal_epoch = 1
         self._corruption_reported = False
+        # Bumped after each COMMIT for the tables it wrote: caches of reads check it.
+        self.versions = TableVersions()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -429,6 +432,7 @@ class SqliteStorage:
         self._seq = last_seq
         try:
             conn.execute("COMMIT")
+            self.versions.bump(sql for r in records for sql, _params in r.statements)
             if self._disk_refused:
                 self._report_disk(None)
         except sqlite3.DatabaseError as exc:
