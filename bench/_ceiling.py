@@ -3,7 +3,8 @@ can answer on this machine with this client. It reads the whole request body (so
 ceiling includes moving its bytes) and answers a small JSON object, or `X-Ceiling-Bytes` bytes
 when the bench asks for a response as large as meshd's (downloads, inboxes, dashboards).
 
-Run: python bench/_ceiling.py PORT   (the scenarios bench starts it itself)
+Run: python bench/_ceiling.py PORT [uvloop|asyncio]   (the scenarios bench starts it itself,
+with the event loop meshd's worker uses)
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ async def health(request: web.Request) -> web.Response:
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[2] == "uvloop":
+        import asyncio
+
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = web.Application(client_max_size=64 << 20)
     app.router.add_get("/health", health)
     app.router.add_route("*", "/{tail:.*}", answer)

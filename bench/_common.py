@@ -56,11 +56,13 @@ def percentile(sorted_values: list[float], share: float) -> float:
 
 async def closed_loop(url: str, make_request, *, seconds: float, clients: int,
                       warmup: float = 0.0, headers: dict[str, str] | None = None,
-                      ok=(200,)) -> dict:
+                      ok=(200,), cpu_of: int | None = None) -> dict:
     """A closed-loop load generator: `clients` keep-alive connections, each sending its next
     request as soon as the previous answer is read. `make_request(client, i)` gives
     (method, path, body bytes or None, extra headers or None). Requests answered during the
-    first `warmup` seconds are not counted; then `seconds` are measured."""
+    first `warmup` seconds are not counted; then `seconds` are measured. With `cpu_of` (a
+    pid), also the CPU time that process used per measured request (`cpu_us`): on a shared
+    machine a steadier figure than requests/s, which moves with everyone else's load."""
     import asyncio
     import time
 
@@ -94,7 +96,13 @@ async def closed_loop(url: str, make_request, *, seconds: float, clients: int,
                     if status not in ok:
                         errors += 1
 
+        cpu_marks: list[float] = []
+        if cpu_of is not None:
+            asyncio.get_running_loop().call_later(
+                warmup, lambda: cpu_marks.append(cpu_seconds(cpu_of)))
         await asyncio.gather(*(client(n) for n in range(clients)))
+        if cpu_marks:
+            cpu_marks.append(cpu_seconds(cpu_of))
     measured = max(time.monotonic() - measure_from, 1e-9)
     latencies.sort()
     return {
@@ -103,7 +111,16 @@ async def closed_loop(url: str, make_request, *, seconds: float, clients: int,
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
         "max_ms": (latencies[-1] if latencies else float("nan")) * 1000,
+        "cpu_us": ((cpu_marks[1] - cpu_marks[0]) / len(latencies) * 1e6
+                   if len(cpu_marks) == 2 and latencies else None),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (from /proc, clock-tick resolution)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:

@@ -1,6 +1,11 @@
 """Profiles of meshd's worker under load, taken with py-spy (a sampling profiler that attaches
 to a running process, so the worker runs unmodified) and summarized by where the time goes.
 
+Only samples of the thread holding the GIL are taken (`--gil`): the worker's throughput is
+bounded by Python CPU on the event loop, and a thread waiting for the GIL (or in fsync, or in
+SQLite's C code, which release it) is not doing Python work. Time in fsync and in SQLite's
+own C code is therefore not in these profiles; the journal's fsync shows as latency instead.
+
 Each sample is charged to the innermost frame of its stack that belongs to a known part
 (the journal, SQLite store functions, logging, the hub, ...); C code (orjson, sqlite3, the
 hash) is charged to the Python frame that called it, which is why JSON encoding shows up
@@ -43,7 +48,7 @@ def start(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
         return None
     return subprocess.Popen(
         [exe, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-         "--rate", "250", "--format", "raw", "--nonblocking", "--full-filenames",
+         "--rate", "250", "--format", "raw", "--nonblocking", "--full-filenames", "--gil",
          "--output", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -58,9 +63,10 @@ def _idle(leaf: str) -> bool:
 
 
 def summarize(path: Path) -> dict[str, float]:
-    """Share of busy samples per part (0..1), from a py-spy raw (collapsed) file; idle
-    samples (IDLE_LEAVES) are left out."""
+    """Share of busy samples per part (0..1), and per thread (keys `thread: <name>`), from a
+    py-spy raw (collapsed) file; idle samples (IDLE_LEAVES) are left out."""
     counts: Counter[str] = Counter()
+    threads: Counter[str] = Counter()
     total = 0
     if not path.exists():
         return {}
@@ -73,7 +79,23 @@ def summarize(path: Path) -> dict[str, float]:
             continue
         total += int(n)
         counts[_part(frames)] += int(n)
-    return {part: n / total for part, n in counts.most_common()} if total else {}
+        threads[_thread(stack)] += int(n)
+    if not total:
+        return {}
+    shares = {part: n / total for part, n in counts.most_common()}
+    shares.update({f"thread: {name}": n / total for name, n in threads.most_common()})
+    return shares
+
+
+def _thread(stack: str) -> str:
+    """Which thread a stack ran on: the event loop, the writer or a reader."""
+    if "_run_batch" in stack or "_writer_loop" not in stack and "meshd-writer" in stack:
+        return "writer"
+    if "_run_read" in stack:
+        return "readers"
+    if "Thread._bootstrap" in stack:
+        return "other threads"
+    return "event loop"
 
 
 def _part(frames: list[str]) -> str:
@@ -85,4 +107,8 @@ def _part(frames: list[str]) -> str:
 
 
 def render(summary: dict[str, float], top: int = 6) -> str:
-    return ", ".join(f"{part} {share:.0%}" for part, share in list(summary.items())[:top])
+    parts = [(k, v) for k, v in summary.items() if not k.startswith("thread: ")][:top]
+    threads = [(k.removeprefix("thread: "), v) for k, v in summary.items()
+               if k.startswith("thread: ")]
+    return (", ".join(f"{part} {share:.0%}" for part, share in parts)
+            + " | threads: " + ", ".join(f"{name} {share:.0%}" for name, share in threads))

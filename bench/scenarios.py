@@ -63,6 +63,7 @@ KEY = "bench-key"
 JSON = {"Content-Type": "application/json"}
 PEERS = 20
 FILE_BYTES = 64 << 10
+EVENT_LOOP = "uvloop"  # meshd's worker and the ceiling alike; set by --event-loop
 
 # The Node server on this machine and load generator (issue 14): req/s and p99 ms.
 NODE = {
@@ -100,7 +101,7 @@ class Meshd:
         self.proc = subprocess.Popen(
             [*meshd_command(), "run", "--host", "127.0.0.1", "--port", str(self.port),
              "--data-dir", str(self.home / "data"), "--backup-dir", str(self.home / "backups"),
-             "--api-key", KEY, "--log-format", "json"],
+             "--api-key", KEY, "--log-format", "json", "--event-loop", EVENT_LOOP],
             stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()
         await wait_healthy(self.url, timeout=600)
@@ -124,7 +125,7 @@ class Ceiling:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "_ceiling.py"),
-                                      str(self.port)])
+                                      str(self.port), EVENT_LOOP])
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -240,22 +241,30 @@ async def measure(args, label: str, meshd: Meshd, ceiling: Ceiling | None, make,
         profile = _profile.start(pid, args.warmup + args.seconds,
                                  RESULTS / f"profile-{label}.txt")
     mine = await closed_loop(meshd.url, make, seconds=args.seconds, clients=args.clients,
-                             warmup=args.warmup, headers={"X-API-Key": KEY})
+                             warmup=args.warmup, headers={"X-API-Key": KEY},
+                             cpu_of=meshd.worker_pid())
     if profile is not None:
         profile.wait(timeout=60)
         mine["profile"] = _profile.summarize(RESULTS / f"profile-{label}.txt")
     if ceiling is not None:
         ceil = await closed_loop(ceiling.url, for_ceiling(make, size), seconds=args.seconds,
-                                 clients=args.clients, warmup=args.warmup)
+                                 clients=args.clients, warmup=args.warmup,
+                                 cpu_of=ceiling.proc.pid)
         mine["ceiling_rps"] = ceil["rps"]
         mine["ceiling_p99_ms"] = ceil["p99_ms"]
+        mine["ceiling_cpu_us"] = ceil["cpu_us"]
     mine["response_bytes"] = size
     print(f"  {label:<22} {mine['rps']:8.0f} req/s  p99 {mine['p99_ms']:7.1f} ms"
-          f"  errors {mine['errors']}"
-          + (f"  ceiling {mine['ceiling_rps']:.0f} req/s" if ceiling else ""), flush=True)
+          f"  errors {mine['errors']}  worker CPU {_us(mine['cpu_us'])}/req"
+          + (f"  ceiling {mine['ceiling_rps']:.0f} req/s, {_us(mine['ceiling_cpu_us'])}/req"
+             if ceiling else ""), flush=True)
     if mine.get("profile"):
         print(f"    profile: {_profile.render(mine['profile'])}", flush=True)
     return mine
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f} us"
 
 
 # -- seeded databases -------------------------------------------------------------------------
@@ -355,8 +364,9 @@ def stalled_client(port: int) -> socket.socket:
 
 
 async def fan_out(args, meshd: Meshd, stalled: bool) -> dict:
-    """`--ws-events` events (agent registrations, one every 20 ms) to `--ws-clients`
-    listeners; latency from the POST being sent to each listener receiving the event."""
+    """`--ws-events` events (agent registrations, one every `--ws-interval` seconds) to
+    `--ws-clients` listeners; latency from the POST being sent to each listener receiving
+    the event."""
     sent: dict[str, float] = {}
     latencies: list[float] = []
     expected = args.ws_events * args.ws_clients
@@ -382,22 +392,38 @@ async def fan_out(args, meshd: Meshd, stalled: bool) -> dict:
                             done.set()
 
         listeners = [asyncio.create_task(listen(ws)) for ws in sockets]
+        failed = 0
+        profile = None
+        if args.profile and (pid := meshd.worker_pid()):
+            profile = _profile.start(pid, args.ws_events * args.ws_interval + 1,
+                                     RESULTS / f"profile-fan_out-{'stalled' if stalled else 'all'}.txt")
         async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as poster:
             for k in range(args.ws_events):
                 name = f"fan-{tag}-{k}"
                 sent[name] = time.perf_counter()
-                await api(poster, meshd.url, "POST", "/api/agents/register", {"name": name})
-                await asyncio.sleep(0.02)
+                status, _ = await api(poster, meshd.url, "POST", "/api/agents/register",
+                                      {"name": name})
+                failed += status != 200
+                await asyncio.sleep(args.ws_interval)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), timeout=60)
+        open_at_end = sum(not ws.closed for ws in sockets)
         for ws in sockets:
             await ws.close()
         for task in listeners:
             task.cancel()
     if blocker is not None:
         blocker.close()
+    summary = {}
+    if profile is not None:
+        profile.wait(timeout=60)
+        summary = _profile.summarize(
+            RESULTS / f"profile-fan_out-{'stalled' if stalled else 'all'}.txt")
+        print(f"    profile: {_profile.render(summary)}", flush=True)
     latencies.sort()
     return {"clients": args.ws_clients, "events": args.ws_events, "stalled": stalled,
+            "failed_posts": failed, "open_at_end": open_at_end, "profile": summary,
+            "interval_ms": args.ws_interval * 1000,
             "delivered": len(latencies), "expected": expected,
             "p50_ms": percentile(latencies, 0.5) * 1000,
             "p99_ms": percentile(latencies, 0.99) * 1000,
@@ -410,12 +436,13 @@ async def fan_out(args, meshd: Meshd, stalled: bool) -> dict:
 def table(results: dict, args) -> str:
     lines = [
         f"{args.clients} closed-loop clients, {args.warmup:g} s warm-up + {args.seconds:g} s "
-        f"per scenario, {os.cpu_count()} cores shared with the client"
+        f"per scenario, {os.cpu_count()} cores shared with the client, "
+        f"event loop {getattr(args, 'event_loop', 'asyncio')} (meshd and ceiling)"
         + (" (profiled: py-spy attached, figures not for quoting)" if args.profile else ""),
         "",
-        "| scenario | meshd req/s | p99 ms | ceiling req/s | meshd/ceiling | Node req/s "
-        "| meshd/Node | Node p99 ms | target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| scenario | meshd req/s | p99 ms | CPU us/req | ceiling req/s | ceiling p99 ms "
+        "| ceiling CPU us/req | meshd/ceiling | Node req/s | meshd/Node | Node p99 ms | target |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.get("scenarios", {}).items():
         node_rps, node_p99 = NODE.get(name, (None, None))
@@ -428,16 +455,19 @@ def table(results: dict, args) -> str:
             target = "met" if met else "MISS"
         if name == "dashboard_10000":
             target = "met" if r["p99_ms"] < 50 else "MISS (p99 >= 50 ms)"
-        ceiling = (f"{r['ceiling_rps']:,.0f} | {share:.0%}" if share is not None else "- | -")
+        ceiling = (f"{r['ceiling_rps']:,.0f} | {r['ceiling_p99_ms']:.1f} | "
+                   f"{_us(r.get('ceiling_cpu_us'))} | {share:.0%}"
+                   if share is not None else "- | - | - | -")
         node = (f"{node_rps:,} | {vs_node:.2f}x | {node_p99}" if node_rps else "- | - | -")
         lines.append(f"| {TITLES.get(name, name)} | {r['rps']:,.0f} | {r['p99_ms']:.1f} | "
-                     f"{ceiling} | {node} | {target} |")
+                     f"{_us(r.get('cpu_us'))} | {ceiling} | {node} | {target} |")
     scale = results.get("scale", {})
     if scale:
         lines += ["", f"Seeded: {args.scale_agents:,} agents; empty = no other messages, full = "
                   f"{args.scale_messages:,} stored messages.", "",
                   "| scenario | empty req/s | empty p99 ms | full req/s | full p99 ms "
-                  "| full/empty req/s | target |", "|---|---|---|---|---|---|---|"]
+                  "| full/empty req/s | ceiling req/s | ceiling p99 ms | target |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name in ("dashboard", "inbox"):
             empty, full = scale["empty"][name], scale["full"][name]
             ratio = full["rps"] / empty["rps"]
@@ -445,7 +475,9 @@ def table(results: dict, args) -> str:
             if name == "dashboard" and max(empty["p99_ms"], full["p99_ms"]) >= 50:
                 target += "; p99 >= 50 ms: MISS"
             lines.append(f"| {name} | {empty['rps']:,.0f} | {empty['p99_ms']:.1f} | "
-                         f"{full['rps']:,.0f} | {full['p99_ms']:.1f} | {ratio:.2f} | {target} |")
+                         f"{full['rps']:,.0f} | {full['p99_ms']:.1f} | {ratio:.2f} | "
+                         f"{full.get('ceiling_rps', 0):,.0f} | "
+                         f"{full.get('ceiling_p99_ms', 0):.1f} | {target} |")
     fan = results.get("fan_out", [])
     if fan:
         lines += ["", "| WebSocket fan-out | delivered | p50 ms | p99 ms | max ms | target |",
@@ -453,7 +485,7 @@ def table(results: dict, args) -> str:
         for r in fan:
             ok = r["delivered"] == r["expected"] and r["p99_ms"] < 30
             lines.append(
-                f"| {r['clients']} clients, {r['events']} events"
+                f"| {r['clients']} clients, {r['events']} events {r['interval_ms']:g} ms apart"
                 f"{', one stalled client' if r['stalled'] else ''} | "
                 f"{r['delivered']}/{r['expected']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                 f"{r['max_ms']:.1f} | {'met' if ok else 'MISS'} |")
@@ -499,7 +531,8 @@ async def main(args) -> dict:
             for stalled in (False, True):
                 r = await fan_out(args, meshd, stalled)
                 print(f"  stalled={stalled}: {r['delivered']}/{r['expected']} delivered, "
-                      f"p99 {r['p99_ms']:.1f} ms", flush=True)
+                      f"p99 {r['p99_ms']:.1f} ms, posts failed {r['failed_posts']}, "
+                      f"listeners open at the end {r['open_at_end']}", flush=True)
                 results["fan_out"].append(r)
         pid = meshd.worker_pid()
         results["rss_mb"] = {"after_start": after_start,
@@ -553,10 +586,21 @@ if __name__ == "__main__":
     parser.add_argument("--scale-messages", type=int, default=1_000_000)
     parser.add_argument("--ws-clients", type=int, default=1000)
     parser.add_argument("--ws-events", type=int, default=100)
+    parser.add_argument("--ws-interval", type=float, default=0.1,
+                        help="seconds between two events of the fan-out")
     parser.add_argument("--only", action="append",
                         choices=[*LOAD_SCENARIOS, "scale", "fan_out"])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], default="uvloop",
+                        help="the event loop of meshd's worker and of the ceiling")
+    parser.add_argument("--table-from", type=Path, metavar="JSON",
+                        help="print the table of an earlier run's results file and exit")
     args = parser.parse_args()
+    EVENT_LOOP = args.event_loop
+    if args.table_from:
+        saved = json.loads(args.table_from.read_text())
+        print(table(saved, argparse.Namespace(**saved["args"])))
+        sys.exit(0)
     # Stopped with SIGTERM, still stop the servers it started and remove their directories.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     outcome = asyncio.run(main(args))

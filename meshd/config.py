@@ -148,6 +148,8 @@ OPTIONS: tuple[Option, ...] = (
            "URL POSTed each critical event / protocol transition as JSON"),
     Option("alert_timeout", parse_duration, 10.0, "time limit of one alert hook"),
     Option("readers", int, 4, "reader connections (threads)"),
+    Option("event_loop", _choice("uvloop", "asyncio"), "uvloop",
+           "the worker's event loop: uvloop (libuv) or asyncio's own"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
 )
@@ -198,6 +200,7 @@ class Settings:
     alert_webhook: str | None = None
     alert_timeout: float = 10.0
     readers: int = 4
+    event_loop: str = "uvloop"
     drain_timeout: float = 10.0
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
 
