@@ -2,8 +2,8 @@
 streamed; exit non-zero when one fails.
 
 Run: .venv/bin/python -m bench [--quick] [--only NAME ...]
---quick passes small sizes to each bench for a fast smoke run (about 1 minute); without it
-the benches run at the sizes the README's results were measured at (about 3 to 4 minutes).
+--quick passes small sizes to each bench for a fast smoke run (about 3 minutes); without it
+the benches run at the sizes the README's results were measured at (about 15 minutes).
 """
 
 from __future__ import annotations
