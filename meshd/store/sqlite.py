@@ -441,7 +441,6 @@ class SqliteStorage:
         self._seq = last_seq
         try:
             conn.execute("COMMIT")
-            self.versions.bump(sql for r in records for sql, _params in r.statements)
             if self._disk_refused:
                 self._report_disk(None)
         except sqlite3.DatabaseError as exc:
@@ -452,6 +451,8 @@ class SqliteStorage:
             log.error("store.commit_failed", error=str(exc), first_seq=records[0].seq,
                       last_seq=last_seq)
             return [(False, err) if ok else (ok, v) for ok, v in outcomes]
+        # Committed: outside the try above, so nothing here can be mistaken for a failed COMMIT.
+        self.versions.bump(sql for r in records for sql, _params in r.statements)
         return outcomes
 
     def _abort(self, first: int, last: int) -> None:
