@@ -2,8 +2,8 @@
 restarts it, and speaks to systemd. It does no API work and writes no SQL while a worker runs.
 
 Its main loop reads top to bottom: reap an exited worker, probe a live one, apply a reload,
-start one when due (promoting the warm standby when there is one it may use), keep a standby,
-flush queued records, report to systemd; then sleep until the next tick or an event. The parts
+start one when due (promoting the warm standby when there is one it may use), flush queued
+records, keep a standby, report to systemd; then sleep until the next tick or an event. The parts
 live beside it: `child` (one worker process), `outbox` (records for the worker to write),
 `fallback` (the 503 while no worker serves), `restart` (backoff and crash loops), `actions`
 (what protocol steps may do), `status`, `maintenance`, `sdnotify`, `alerts`.
@@ -137,8 +137,8 @@ class Supervisor:
             await self._probe()
             await self._apply_reload()
             await self._spawn_if_due()
-            await self._keep_standby()
             await self._flush_records()
+            await self._keep_standby()
             await self._report_status()
             await self._sleep_until_next_tick()
         await self._shutdown()
@@ -359,14 +359,19 @@ class Supervisor:
                     retry_in_s=STANDBY_RETRY)
         self._standby_after = time.monotonic() + STANDBY_RETRY
 
-    async def retire_standby(self, reason: str) -> None:
+    async def retire_standby(self, reason: str, wait: bool = False) -> None:
         """Stop the standby (a reload replaces it; corruption, a protocol's hold, a crash
-        loop or a stop may not use it); the next one starts once a worker serves again."""
+        loop or a stop may not use it); the next one starts once a worker serves again.
+        Its exit is awaited only on stop: the loop has records to flush meanwhile."""
         standby, self.standby = self.standby, None
         if standby is None:
             return
-        await standby.stop(self.settings.drain_timeout)
         log.info("standby.retired", pid=standby.pid, reason=reason)
+        stopping = standby.stop(self.settings.drain_timeout)
+        if wait:
+            await stopping
+        else:
+            self._spawn_task(stopping)
 
     async def _wait_exit(self, worker: WorkerHandle) -> None:
         await worker.wait()
@@ -570,7 +575,7 @@ class Supervisor:
         self.maintenance.stop()
         await self.replication.stop()
         await self._fallback.stop()
-        await self.retire_standby("stopping")
+        await self.retire_standby("stopping", wait=True)
         await self.stop_worker()
         for task in list(self._tasks):
             task.cancel()
