@@ -186,12 +186,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("admin_key", _optional_str, None,
            "operator key for /api/admin/* routes (distinct from api_key; unset disables them)"),
     Option("crash_update_window", parse_duration, 900.0,
-           "a crash this soon after a system update marks the update suspect"),
+           "a crash this soon after a breaking, api, schema or emergency update names it possibly related"),
     Option("partition_share", float, 0.5,
            "share of active agents going offline together that opens a network_partition"),
     Option("partition_min_agents", int, 2, "fewest agents that make a network partition"),
     Option("partition_window", parse_duration, 60.0,
            "agents going offline within this window count as going offline together"),
+    Option("partition_max_wait", parse_duration, 3600.0,
+           "a network_partition run waits this long for its agents, then lists the rest as "
+           "lost and resolves"),
+    Option("adoption_window", parse_duration, 600.0,
+           "agents heard from within this window count as active for a breaking update's "
+           "adoption"),
+    Option("adoption_max_wait", parse_duration, 86400.0,
+           "a breaking_api_update run waits this long for adoption, then resolves with who "
+           "is still behind (or no active agents)"),
     Option("update_grace", parse_duration, 600.0,
            "time after a breaking update before too-old agents are refused"),
     Option("unknown_version", _choice("deny", "allow"), "deny",

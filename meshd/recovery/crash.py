@@ -1,8 +1,12 @@
 """Server Crash Recovery protocol: detected crash -> restart (the watchdog) -> broadcast ->
 check the database -> review a recent system update -> recovered.
 
-"Roll agents to previous stable version" becomes: when the crash follows a system update within
-a window, that update is marked suspect in the event and agents are told.
+"Roll agents to previous stable version" is not carried out: when the crash follows an update
+that could have caused it (breaking, or of type api, schema or emergency) within
+crash_update_window, that update is named "possibly related" in the event and agents are told.
+
+A run started by hand with no crash behind it is a drill (`context["drill"]`): its event, run
+and broadcasts say so, and it states no crash count and names no update.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ async def wait_for_restart(host, run: Run) -> str:
 
 
 async def announce_crash(host, run: Run) -> str:
+    if run.context.get("drill"):
+        return "agents told: this is a drill; nothing crashed"
     crashes = run.context.get("crashes", 1)
     return f"agents told: the API worker crashed {crashes} time(s) and is back"
 
@@ -43,16 +49,19 @@ async def check_database(host, run: Run) -> str:
 
 
 async def review_recent_update(host, run: Run) -> str:
+    if run.context.get("drill"):
+        return "drill: no crash, no update reviewed"
     update = await watch.recent_update(host.settings, host.storage, run.context.get("crashed_at"))
     if update is None:
-        return "no system update before the crash"
+        return "no breaking, api, schema or emergency update before the crash"
     run.context["suspect_update"] = update
     run.event["description"] = (
-        f"{run.event.get('description')}; suspect update {update['id']} "
-        f"(version {update['version']}, created {update['created_at']})")
+        f"{run.event.get('description')}; possibly related update {update['id']} "
+        f"({update['update_type']}, version {update['version']}, created "
+        f"{update['created_at']})")
     await host.publish(incidents.alert(run.event, title="Crash follows a system update",
                                        suspectUpdate=update))
-    return f"update {update['id']} ({update['version']}) marked suspect; agents told"
+    return f"update {update['id']} ({update['version']}) named possibly related; agents told"
 
 
 async def announce_recovery(host, run: Run) -> str:
@@ -79,8 +88,9 @@ SPEC = ProtocolSpec(
         Crash.ANNOUNCED: "Crash broadcast to all agents",
         Crash.DATABASE_CHECKED: "Database checked with quick_check; on failure the Database "
                                 "Corruption protocol takes over",
-        Crash.UPDATES_REVIEWED: "A system update shortly before the crash is marked suspect "
-                                "and agents are told (instead of rolling agents back)",
+        Crash.UPDATES_REVIEWED: "A breaking, api, schema or emergency update shortly before "
+                                "the crash is named possibly related and agents are told "
+                                "(agents are not rolled back)",
         Crash.RECOVERED: "Recovery status broadcast",
     },
 )

@@ -25,10 +25,12 @@ async def recent_update(settings: Settings, storage: ReadStorage,
 
 
 async def wait_for_agents(settings: Settings, storage: ReadStorage,
-                          last_seen: dict[str, str]) -> dict[str, str]:
+                          last_seen: dict[str, str],
+                          returned: dict[str, str] | None = None) -> dict[str, str]:
     """Until every listed agent has been seen after its last heartbeat before the
-    partition; agent -> the time it was back."""
-    returned: dict[str, str] = {}
+    partition; agent -> the time it was back. `returned` is filled as they come back, so a
+    caller cut off by a deadline knows who is still away."""
+    returned = {} if returned is None else returned
     agents = list(last_seen)
     while len(returned) < len(agents):
         seen = await storage.read(reads.last_seen_of, agents)
@@ -67,16 +69,27 @@ async def wait_update_grace(settings: Settings, created_at: str | None) -> str:
     return f"grace of {settings.update_grace:g} s over; enforcing"
 
 
+async def adoption(settings: Settings, storage: ReadStorage,
+                   update_id: str) -> tuple[str | None, list[dict[str, Any]], list[str]]:
+    """(required version, the agents active within adoption_window, the ids of those below
+    it). An agent is active when it was heard from (registration, heartbeat, request) within
+    the window; its version is the one it last acknowledged."""
+    exists, required = await storage.read(reads.required_version, update_id)
+    if not exists:
+        raise RuntimeError(f"update {update_id} no longer exists")
+    cutoff = db_time(datetime.now(UTC) - timedelta(seconds=settings.adoption_window))
+    agents = await storage.read(reads.active_agent_versions, cutoff)
+    behind = [a["id"] for a in agents
+              if not a["version"] or semver.compare(a["version"], required) < 0]
+    return required, agents, behind
+
+
 async def wait_for_adoption(settings: Settings, storage: ReadStorage, update_id: str) -> str:
-    """Until every active agent has acknowledged at or above the required version."""
+    """Until at least one agent is active and every active agent has acknowledged at or above
+    the required version. With no active agent nothing is adopted: it keeps waiting (the
+    step's deadline, adoption_max_wait, ends it)."""
     while True:
-        exists, required = await storage.read(reads.required_version, update_id)
-        if not exists:
-            raise RuntimeError(f"update {update_id} no longer exists")
-        cutoff = db_time(datetime.now(UTC) - timedelta(seconds=settings.heartbeat_timeout))
-        agents = await storage.read(reads.active_agent_versions, cutoff)
-        behind = [a["id"] for a in agents
-                  if not a["version"] or semver.compare(a["version"], required) < 0]
-        if not behind:
+        required, agents, behind = await adoption(settings, storage, update_id)
+        if agents and not behind:
             return f"{len(agents)} active agents at or above {required}"
         await asyncio.sleep(min(2.0, settings.offline_check_interval))

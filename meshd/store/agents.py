@@ -50,5 +50,7 @@ def exists(db: Reader, agent_id: str) -> bool:
 
 
 def touch(tx: Tx, agent_id: str, now: str) -> bool:
-    """Refresh last_seen; False when no such agent."""
-    return tx.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (now, agent_id)) > 0
+    """A heartbeat: refresh last_seen and heartbeat_at (the evidence partition detection
+    reads); False when no such agent."""
+    return tx.execute("UPDATE agents SET last_seen = ?, heartbeat_at = ? WHERE id = ?",
+                      (now, now, agent_id)) > 0

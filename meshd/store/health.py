@@ -95,7 +95,7 @@ def mark_offline(tx: Tx, cutoff: str, now: str) -> list[Row]:
     row included) become `offline`; those agents, `{agent_id, last_seen}`, in rowid order.
     Each is returned once: the next round finds them already offline."""
     rows = tx.query(
-        "SELECT a.id AS agent_id, a.last_seen FROM agents a"
+        "SELECT a.id AS agent_id, a.last_seen, a.heartbeat_at FROM agents a"
         " LEFT JOIN agent_health_status h ON h.agent_id = a.id"
         " WHERE (a.last_seen IS NULL OR a.last_seen < ?)"
         " AND (h.status IS NULL OR h.status <> ?) ORDER BY a.rowid",

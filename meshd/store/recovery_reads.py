@@ -10,9 +10,13 @@ from meshd.store.base import Reader, Row
 
 
 def latest_update_between(db: Reader, since: str, until: str) -> Row | None:
+    """The newest update in the window that could have broken the server: a breaking one, or
+    one of type api, schema or emergency (a `feature` or `security` update is not named)."""
     return db.one(
-        "SELECT id, version, title, created_at FROM system_updates"
-        " WHERE created_at >= ? AND created_at <= ? ORDER BY created_at DESC, rowid DESC"
+        "SELECT id, version, title, update_type, breaking_change, created_at FROM system_updates"
+        " WHERE created_at >= ? AND created_at <= ?"
+        " AND (breaking_change = 1 OR update_type IN ('api', 'schema', 'emergency'))"
+        " ORDER BY created_at DESC, rowid DESC"
         " LIMIT 1", (since, until))
 
 

@@ -277,6 +277,12 @@ CREATE TABLE IF NOT EXISTS agent_tokens (
 """)
 
 
+def _v8_heartbeat_evidence(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # last_seen also moves on registration; only a heartbeat (HTTP, health post or WebSocket)
+    # sets heartbeat_at, the evidence that an agent was online before it went silent.
+    _add_column(conn, "agents", "heartbeat_at", "DATETIME")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
@@ -285,6 +291,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = 
     _v5_descending_indexes,
     _v6_file_contents,
     _v7_agent_tokens,
+    _v8_heartbeat_evidence,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

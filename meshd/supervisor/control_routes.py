@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from meshd.supervisor.loop import Supervisor
 
 log = logging.get("meshd.control")
+DRILLS = ("server_crash_recovery", "network_partition")
 
 
 def make_control_app(sup: Supervisor) -> web.Application:
@@ -125,7 +126,10 @@ def make_control_app(sup: Supervisor) -> web.Application:
         if name == corruption.SPEC.name:
             run = sup.start_corruption_protocol(reason, **context)
         else:
-            run = sup.engine.start(name, reason, context)
+            # Started by hand with no detected fault behind it: a drill, and it says so.
+            # (A breaking update's run watches a real update; a restore really restores.)
+            drill = name in DRILLS
+            run = sup.engine.start(name, reason, context, drill=drill)
         sup.wake()
         return reply(run.public())
 

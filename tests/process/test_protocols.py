@@ -303,13 +303,16 @@ async def test_server_crash_recovery_after_kill_9_of_the_worker(meshd_proc):
     steps = {s["state"]: s["detail"] for s in run["steps"]}
     assert f"worker pid {killed} was killed by SIGKILL" in run["reason"], run["reason"]
     assert steps["announced"] == "quick_check ok", steps
-    assert steps["database_checked"] == "no system update before the crash", steps
+    assert steps["database_checked"] == (
+        "no breaking, api, schema or emergency update before the crash"), steps
     row = await check_recorded(proc, run, "server_down")
     assert row["severity"] == "major", row
     assert f"worker pid {killed}" in row["description"], row
 
 
-async def test_a_crash_right_after_a_system_update_marks_it_suspect(meshd_proc):
+async def test_a_crash_right_after_an_api_update_names_it_possibly_related(meshd_proc):
+    """An `api` update before the crash is named; a later `feature` update, though newer, is
+    not (it could not have broken the server)."""
     proc = meshd_proc().start(QUIET)
     await asyncio.to_thread(proc.wait_healthy)
     listener = Listener(proc).start()
@@ -317,9 +320,12 @@ async def test_a_crash_right_after_a_system_update_marks_it_suspect(meshd_proc):
         await listener.wait_connected()
         async with aiohttp.ClientSession() as session:
             status, body = await api(session, proc, "POST", "/api/updates", {
-                "version": "1.7.3", "updateType": "feature", "title": "new router"})
-        assert status == 200, body
-        update_id = body["updateId"]
+                "version": "1.7.3", "updateType": "api", "title": "new router"})
+            assert status == 200, body
+            update_id = body["updateId"]
+            status, feature = await api(session, proc, "POST", "/api/updates", {
+                "version": "1.7.4", "updateType": "feature", "title": "new colours"})
+        assert status == 200, feature
         await kill_worker(proc)
         run = await wait_run(proc, protocol=CRASH)
         await listener.wait_state(run["id"], "recovered")
@@ -335,12 +341,13 @@ async def test_a_crash_right_after_a_system_update_marks_it_suspect(meshd_proc):
 
     assert alert["catastrophe"]["suspectUpdate"]["version"] == "1.7.3", alert
     assert alert["catastrophe"]["id"] == run["event_id"], alert
-    assert f"suspect update {update_id}" in alert["catastrophe"]["description"], alert
+    assert f"possibly related update {update_id}" in alert["catastrophe"]["description"], alert
+    assert feature["updateId"] not in alert["catastrophe"]["description"], alert
     assert run["context"]["suspect_update"]["id"] == update_id, run["context"]
     review = next(s for s in run["steps"] if s["state"] == "database_checked")
-    assert f"update {update_id} (1.7.3) marked suspect" in review["detail"], review
+    assert f"update {update_id} (1.7.3) named possibly related" in review["detail"], review
     row = await check_recorded(proc, run, "server_down")
-    assert f"suspect update {update_id} (version 1.7.3" in row["description"], row
+    assert f"possibly related update {update_id} (api, version 1.7.3" in row["description"], row
 
 
 # -- 2. Database Corruption (an operator run on a healthy database) --------------------------
