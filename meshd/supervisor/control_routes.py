@@ -128,7 +128,7 @@ def make_control_app(sup: Supervisor) -> web.Application:
         else:
             # Started by hand with no detected fault behind it: a drill, and it says so.
             # (A breaking update's run watches a real update; a restore really restores.)
-            drill = name in DRILLS
+            drill = name in DRILLS and not body.get("detected")
             run = sup.engine.start(name, reason, context, drill=drill)
         sup.wake()
         return reply(run.public())
