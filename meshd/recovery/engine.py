@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import orjson
 from meshd import incidents
 from meshd import log as logging
 from meshd.clock import db_time, iso_time, new_id, parse_time, utcnow
+from meshd.errors import Unavailable
 from meshd.locks import write_atomic
 
 log = logging.get("meshd.recovery")
@@ -304,7 +304,7 @@ class Engine:
         if not transition.deadline:
             return None
         seconds = float(getattr(self.host.settings, transition.deadline))
-        entered = run.context.setdefault("entered", {}).setdefault(run.state, iso_time())
+        entered = run.context.setdefault("entered", {}).setdefault(str(run.state), iso_time())
         start = parse_time(entered)
         elapsed = (utcnow() - start).total_seconds() if start else 0.0
         return seconds - elapsed
@@ -376,10 +376,13 @@ class Engine:
 def _database_unavailable(exc: BaseException) -> bool:
     """The database could not be read or written just now (locked, being restored, corrupt
     until the restore), as opposed to a step that is wrong."""
-    from meshd.errors import Unavailable
-
-    return isinstance(exc, Unavailable | sqlite3.OperationalError) or (
-        type(exc) is sqlite3.DatabaseError)
+    if isinstance(exc, Unavailable):
+        return True
+    # sqlite3's errors from the supervisor's read-only storage (recovery never imports sqlite3:
+    # only the store does); an IntegrityError or ProgrammingError is a bug, not an outage.
+    kind = type(exc)
+    return kind.__module__ == "sqlite3" and kind.__name__ in ("DatabaseError",
+                                                              "OperationalError")
 
 
 def _run_row(run: Run) -> dict[str, Any]:
