@@ -96,3 +96,84 @@ async def test_agents_that_never_heartbeat_open_no_event_but_heartbeating_ones_d
     assert sorted(opened["affectedAgents"]) == sorted(cut), (opened, quiet)
     assert not opened["title"].startswith("Drill"), opened  # detected, not a drill
     assert [e["event_type"] for e in await events(proc)] == ["network_partition"]
+
+
+async def test_a_partition_run_ends_at_partition_max_wait_listing_the_lost_agent(meshd_proc):
+    """Two of three heartbeating agents cut off; one comes back, one never does: the run
+    resolves after partition_max_wait with the other listed as lost, its health offline."""
+    from tests.process.test_protocols import Heartbeats, register, wait_run
+
+    proc = meshd_proc().start((*SHORT[:-1], "6s"))
+    await asyncio.to_thread(proc.wait_healthy)
+    async with aiohttp.ClientSession() as session:
+        back, lost, stays = [await register(session, proc, f"max-wait-{n}")
+                             for n in ("back", "lost", "stays")]
+    beats = Heartbeats(proc, [back, lost, stays]).start()
+    try:
+        async def worker_up_long_enough() -> bool:
+            status = await asyncio.to_thread(proc.status)
+            return (status["worker_uptime_s"] or 0) > 1.5 * TIMEOUT
+
+        await async_poll(worker_up_long_enough, 10, "the worker up past heartbeat_timeout")
+        beats.paused |= {back, lost}
+        run = await wait_run(proc, protocol="network_partition", until="recorded")
+        assert sorted(run["context"]["agents"]) == sorted([back, lost]), run["context"]
+        beats.paused.discard(back)
+        run = await wait_run(proc, run_id=run["id"], timeout=30)
+    finally:
+        await beats.close()
+
+    assert run["outcome"] == "completed" and run["state"] == "resolved", run
+    assert [s["outcome"] for s in run["steps"]] == ["ok"] * 4, run["steps"]
+    wait_step = run["steps"][1]
+    assert wait_step["detail"].startswith("deadline partition_max_wait (6 s) passed"), wait_step
+    assert run["context"]["lost"] == [lost], run["context"]
+    assert list(run["context"]["returned"]) == [back], run["context"]
+
+    async def resolved() -> dict[str, Any] | None:
+        async with aiohttp.ClientSession() as session:
+            status, event = await api(session, proc, "GET", f"/api/catastrophe/{run['event_id']}")
+        assert status == 200, event
+        return event if event["status"] == "resolved" else None
+
+    event = await async_poll(resolved, 10, "the event resolved in the database")
+    assert f"lost after 6 s (health offline): {lost}" in event["description"], event
+    assert f"{back} away" in event["description"], event
+    [stored] = event["protocolRuns"]
+    assert [s["outcome"] for s in stored["steps"]] == ["ok"] * 4, stored
+    async with aiohttp.ClientSession() as session:
+        status, health = await api(session, proc, "GET", f"/api/agents/{lost}/health")
+    assert status == 200 and health["status"] == "offline", health
+    assert await events(proc, "?status=open") == []
+
+
+async def test_a_crash_drill_states_only_true_facts(meshd_proc):
+    """`meshd protocol run server_crash_recovery` with nothing crashed: a drill, and said so."""
+    from tests.process.test_protocols import Listener, cli_json, wait_run
+
+    proc = meshd_proc().start(SHORT)
+    await asyncio.to_thread(proc.wait_healthy)
+    async with aiohttp.ClientSession() as session:  # a feature update: never "possibly related"
+        status, body = await api(session, proc, "POST", "/api/updates", {
+            "version": "1.2.0", "updateType": "feature", "title": "colours"})
+        assert status == 200, body
+    listener = Listener(proc).start()
+    try:
+        await listener.wait_connected()
+        started = await cli_json(proc, "protocol", "run", "server_crash_recovery")
+        assert started["drill"] is True, started
+        run = await wait_run(proc, run_id=started["id"])
+        await listener.wait_state(run["id"], "recovered")
+    finally:
+        await listener.close()
+
+    assert run["outcome"] == "completed", run
+    details = {s["state"]: s["detail"] for s in run["steps"]}
+    assert details["restarted"] == "agents told: this is a drill; nothing crashed", details
+    assert details["database_checked"] == "drill: no crash, no update reviewed", details
+    assert (await asyncio.to_thread(proc.status))["restarts"] == 0
+    alerts = [f for f in listener.alerts() if f.get("run", {}).get("id") == run["id"]]
+    assert alerts and all(f["run"].get("drill") is True for f in alerts), alerts
+    assert all(f["catastrophe"]["title"].startswith("Drill: ") for f in alerts), alerts
+    assert not [f for f in listener.alerts() if "suspectUpdate" in f["catastrophe"]]
+    assert not [f for f in listener.alerts() if "time(s)" in str(f)], listener.alerts()

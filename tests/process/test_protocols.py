@@ -667,8 +667,21 @@ async def test_operator_lists_dry_runs_aborts_and_uses_the_admin_api(meshd_proc)
         assert run["outcome"] == "aborted" and run["reason"] == "aborted: operator", run
         status_now = await cli_json(proc, "protocol", "status", run["id"])
         assert status_now["outcome"] == "aborted", status_now
-        event = await wait_event(proc, run["event_id"], status="recovering")
-        assert event["resolved_at"] is None and event["affectedAgents"] == [lost], event
+        # An aborted run leaves no event `recovering` with no run behind it: active again,
+        # with the reason; its interrupted step is `aborted`, the rest `skipped`.
+        async def reopened() -> dict[str, Any] | None:
+            event = await get_event(proc, run["event_id"])
+            return event if event and "aborted: operator" in (event["description"] or "") \
+                else None
+
+        event = await async_poll(reopened, 15, "the event reopened with the reason", 0.1)
+        assert event["status"] == "active" and event["resolved_at"] is None and event["affectedAgents"] == [lost], event
+        assert "aborted: operator" in event["description"], event
+        assert event["title"].startswith("Drill: "), event  # started by hand: a drill
+        [stored_run] = event["protocolRuns"]
+        assert [(s["state"], s["outcome"]) for s in stored_run["steps"]] == [
+            ("detected", "ok"), ("recorded", "aborted"), ("agents_back", "skipped"),
+            ("synced", "skipped")], stored_run
 
         # The admin API needs the operator key; the agents' key is not enough.
         url = proc.url + "/api/admin/protocols"
