@@ -201,6 +201,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("adoption_max_wait", parse_duration, 86400.0,
            "a breaking_api_update run waits this long for adoption, then resolves with who "
            "is still behind (or no active agents)"),
+    Option("event_log_keep", int, 100000,
+           "newest events kept in the events table for WebSocket clients resuming with ?since="),
     Option("update_grace", parse_duration, 600.0,
            "time after a breaking update before too-old agents are refused"),
     Option("unknown_version", _choice("deny", "allow"), "deny",

@@ -503,7 +503,9 @@ PATHS: dict[str, dict[str, Any]] = {
         params=(query("apiKey", "the API key or an agent token (ws_auth public: without "
                                 "one only mesh-wide events; required: one is needed)"),
                 query("agentId", "the agent this socket belongs to"),
-                query("onlyMine", "`true`: only events addressed to agentId")),
+                query("onlyMine", "`true`: only events addressed to agentId"),
+                query("since", "resume: first the kept events after this event id (0: all "
+                               "kept), then live ones; every frame then carries `eventId`")),
         extra={"101": {"description": "Switching protocols; frames are JSON events "
                                       "(`connected` first)"},
                "401": error("401", "Invalid or missing API key (ws_auth required), or an "

@@ -283,6 +283,16 @@ def _v8_heartbeat_evidence(conn: sqlite3.Connection, report: MigrationReport) ->
     _add_column(conn, "agents", "heartbeat_at", "DATETIME")
 
 
+def _v9_event_log(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # Every event the hub sends, written in the transaction of the change that caused it: a
+    # WebSocket client resumes from the last id it saw (`/ws?since=ID`).
+    _run_script(conn, """
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, data TEXT NOT NULL,
+  audience TEXT, created_at DATETIME NOT NULL)
+""")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
@@ -292,6 +302,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = 
     _v6_file_contents,
     _v7_agent_tokens,
     _v8_heartbeat_evidence,
+    _v9_event_log,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

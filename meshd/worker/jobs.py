@@ -17,6 +17,7 @@ from datetime import timedelta
 from meshd import log as logging
 from meshd.clock import db_time, utcnow
 from meshd.config import Settings
+from meshd.store import event_log
 from meshd.store import health as health_store
 from meshd.store import messages as messages_store
 from meshd.store.base import Storage
@@ -79,6 +80,9 @@ def start(settings: Settings, storage: Storage,
             messages_store.time_out_expired, db_time())
         if timed_out:
             log.info("messages.timed_out", count=len(timed_out))
+        pruned = await storage.write(event_log.prune, settings.event_log_keep)
+        if pruned:
+            log.info("events.pruned", count=pruned)
 
     loop = asyncio.get_running_loop()
     detector = PartitionDetector(settings.partition_share, settings.partition_min_agents,
