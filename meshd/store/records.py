@@ -103,10 +103,16 @@ def apply_all(tx: Tx, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             alerts.append(alert)
         elif kind == "run":
             upsert_run(tx, item["run"])
+        elif kind == "publish":
+            # A transition announced while no worker served: sent now, in queue order.
+            event = item.get("event")
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                raise Invalid("a publish record needs an event object with a type")
+            tx.emit(Event(event["type"], {k: v for k, v in event.items() if k != "type"}))
         elif kind == "update_complete":
             tx.execute("UPDATE system_updates SET completed_at = COALESCE(completed_at, ?)"
                        " WHERE id = ?", (item["completed_at"], item["update_id"]))
         else:
-            raise Invalid("each record must be an object with kind event, run or "
+            raise Invalid("each record must be an object with kind event, run, publish or "
                           "update_complete")
     return alerts

@@ -94,9 +94,9 @@ async def publish(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
     payload = {k: v for k, v in event.items() if k != "type"}
     try:
-        # Through a write, so the event gets its row and id like any other (a transition
-        # announced while the worker is read-only is sent without one).
-        await storage.write(emit_only, Event(event["type"], payload, audience))
+        # Through a write, so the event gets its row and id like any other; meshd's own
+        # record, so read-only mode does not refuse it.
+        await storage.write_internal(emit_only, Event(event["type"], payload, audience))
     except MeshError as exc:
         log.info("publish.without_event_row", reason=exc.message)
         request.app[HUB].publish(event, audience)
