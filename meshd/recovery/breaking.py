@@ -34,8 +34,11 @@ async def monitor_adoption(host, run: Run) -> str:
 
 async def adoption_deadline(host, run: Run) -> str:
     """adoption_max_wait passed: say who is still behind, or that nobody was active."""
-    required, agents, behind = await watch.adoption(host.settings, host.storage,
-                                                    run.context["update_id"])
+    try:
+        required, agents, behind = await watch.adoption(host.settings, host.storage,
+                                                        run.context["update_id"])
+    except watch.Withdrawn as exc:
+        return str(exc)
     if not agents:
         outcome = (f"no active agents within adoption_window "
                    f"({host.settings.adoption_window:g} s)")

@@ -59,6 +59,26 @@ async def partition_summary(storage: ReadStorage, returned: dict[str, str],
     return summary
 
 
+def previous_stable(versions: list[str], required: str) -> str | None:
+    """The highest valid version below `required`: where a roll-back returns agents."""
+    below = [v for v in versions if semver.is_valid(v) and semver.compare(v, required) < 0]
+    best = None
+    for version in below:
+        if best is None or semver.compare(version, best) > 0:
+            best = version
+    return best
+
+
+async def wait_for_version(settings: Settings, storage: ReadStorage, version: str) -> str:
+    """Until every agent active within adoption_window reports `version` (at least one)."""
+    while True:
+        cutoff = db_time(datetime.now(UTC) - timedelta(seconds=settings.adoption_window))
+        agents = await storage.read(reads.active_agent_versions, cutoff)
+        if agents and all(a["version"] == version for a in agents):
+            return f"{len(agents)} active agents report {version}"
+        await asyncio.sleep(min(2.0, settings.offline_check_interval))
+
+
 async def wait_update_grace(settings: Settings, created_at: str | None) -> str:
     created = parse_time(created_at) if created_at else None
     if created is not None:
@@ -74,9 +94,10 @@ async def adoption(settings: Settings, storage: ReadStorage,
     """(required version, the agents active within adoption_window, the ids of those below
     it). An agent is active when it was heard from (registration, heartbeat, request) within
     the window; its version is the one it last acknowledged."""
-    exists, required = await storage.read(reads.required_version, update_id)
-    if not exists:
-        raise RuntimeError(f"update {update_id} no longer exists")
+    enforced, required = await storage.read(reads.required_version, update_id)
+    if not enforced:
+        raise Withdrawn(f"update {update_id} is no longer enforced (completed, withdrawn by a "
+                        "roll-back, or deleted)")
     cutoff = db_time(datetime.now(UTC) - timedelta(seconds=settings.adoption_window))
     agents = await storage.read(reads.active_agent_versions, cutoff)
     behind = [a["id"] for a in agents
@@ -84,12 +105,19 @@ async def adoption(settings: Settings, storage: ReadStorage,
     return required, agents, behind
 
 
+class Withdrawn(Exception):
+    """The update is no longer enforced: nothing left to adopt."""
+
+
 async def wait_for_adoption(settings: Settings, storage: ReadStorage, update_id: str) -> str:
     """Until at least one agent is active and every active agent has acknowledged at or above
     the required version. With no active agent nothing is adopted: it keeps waiting (the
     step's deadline, adoption_max_wait, ends it)."""
     while True:
-        required, agents, behind = await adoption(settings, storage, update_id)
+        try:
+            required, agents, behind = await adoption(settings, storage, update_id)
+        except Withdrawn as exc:
+            return str(exc)
         if agents and not behind:
             return f"{len(agents)} active agents at or above {required}"
         await asyncio.sleep(min(2.0, settings.offline_check_interval))

@@ -39,7 +39,8 @@ def get(db: Reader, agent_id: str) -> Row | None:
 
 
 def record(
-    tx: Tx, agent_id: str, fields: dict[str, Any], now: str, create: bool = True
+    tx: Tx, agent_id: str, fields: dict[str, Any], now: str, create: bool = True,
+    version: str | None = None,
 ) -> tuple[str | None, str | None]:
     """Refresh the agent's last_seen and merge `fields` into its health row; (old status, new
     status), both None when no row was written.
@@ -49,7 +50,7 @@ def record(
     value. Without `status`, a new row is `healthy` and an `offline` one comes back `healthy`
     (the agent is evidently alive); any other stored status is kept. With `create` False and
     no fields (a bare heartbeat) no row is created, but an existing one is still revived."""
-    if not agents_store.touch(tx, agent_id, now):
+    if not agents_store.touch(tx, agent_id, now, version):
         raise NotFound("Agent not found")
     row = get(tx, agent_id)
     if row is None and not fields and not create:

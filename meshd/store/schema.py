@@ -293,6 +293,15 @@ CREATE TABLE IF NOT EXISTS events (
 """)
 
 
+def _v10_reported_versions(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # The version an agent last reported (X-Agent-Version on a heartbeat or health post,
+    # agentVersion on an acknowledgment): adoption of an update or of a roll-back is counted
+    # from it, not from acknowledgments alone. A roll-back update names the version it returns
+    # agents to (`rollbackTo`); it never triggers a roll-back itself.
+    _add_column(conn, "agents", "agent_version", "TEXT")
+    _add_column(conn, "system_updates", "rollback_to", "TEXT")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
@@ -303,6 +312,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = 
     _v7_agent_tokens,
     _v8_heartbeat_evidence,
     _v9_event_log,
+    _v10_reported_versions,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

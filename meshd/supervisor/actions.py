@@ -71,6 +71,10 @@ class ProtocolActions:
         self.queue_record({"kind": "update_complete", "id": f"update-complete-{update_id}",
                            "update_id": update_id, "completed_at": db_time()})
 
+    def publish_rollback_update(self, update: dict[str, Any]) -> None:
+        self.queue_record({"kind": "rollback_update", "id": f"rollback-{update['id']}",
+                           "update": update})
+
     # -- the worker's lifecycle --------------------------------------------------------------
 
     async def wait_for_healthy_worker(self) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from meshd import log as logging
+from meshd import semver
 from meshd.control.server import BadRequest, make_app, read_json, reply
 from meshd.errors import Conflict, MeshError, NotFound
 from meshd.recovery import corruption
@@ -123,12 +124,17 @@ def make_control_app(sup: Supervisor) -> web.Application:
             raise BadRequest("context must be an object")
         if name == "breaking_api_update" and not context.get("update_id"):
             raise BadRequest("breaking_api_update needs context.update_id")
+        if context.get("rollback_to") is not None and (
+                name != "server_crash_recovery"
+                or not semver.is_valid(str(context["rollback_to"]))):
+            raise BadRequest("rollback_to is a semantic version, for server_crash_recovery")
         if name == corruption.SPEC.name:
             run = sup.start_corruption_protocol(reason, **context)
         else:
             # Started by hand with no detected fault behind it: a drill, and it says so.
             # (A breaking update's run watches a real update; a restore really restores.)
-            drill = name in DRILLS and not body.get("detected")
+            drill = (name in DRILLS and not body.get("detected")
+                     and not context.get("rollback_to"))  # a roll-back by hand is real
             run = sup.engine.start(name, reason, context, drill=drill)
         sup.wake()
         return reply(run.public())
