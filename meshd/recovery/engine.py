@@ -186,6 +186,11 @@ class Engine:
             if run.outcome == RUNNING and run.protocol in self.protocols:
                 log.warning("protocol.resumed", run_id=run.id, protocol=run.protocol,
                             state=run.state)
+                # The step a stopped supervisor left running is final: it runs again now.
+                for step in run.steps:
+                    if step.outcome == RUNNING:
+                        step.outcome, step.finished_at = ABORTED, db_time()
+                        step.detail = "interrupted: the supervisor stopped; run again on resume"
                 self._tasks[run.id] = asyncio.create_task(self._drive(run))
                 resumed.append(run)
         return resumed

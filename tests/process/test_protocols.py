@@ -616,8 +616,9 @@ async def test_a_database_corruption_run_resumes_after_kill_9_of_the_supervisor(
     assert ok == states(CORRUPTION)[:-1], run["steps"]
     assert ok[:len(done_before)] == done_before, (done_before, run["steps"])
     unfinished = [s for s in run["steps"] if s["outcome"] != "ok"]
-    assert all(s["state"] == resume_state and s["outcome"] == "running"
-               and s["finished_at"] is None for s in unfinished), unfinished
+    assert all(s["state"] == resume_state and s["outcome"] == "aborted"
+               and s["finished_at"] and s["detail"].startswith("interrupted")
+               for s in unfinished), unfinished
 
     async with aiohttp.ClientSession() as session:
         status, body = await api(session, proc, "GET", "/readyz")

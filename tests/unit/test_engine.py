@@ -280,6 +280,9 @@ async def test_a_deadline_counts_from_first_entering_the_state_across_a_restart(
     done = await asyncio.wait_for(second.wait(run.id), 5)
     assert done.outcome == "completed" and done.context["entered"]["a"] == entered
     assert done.steps[-2].detail == "deadline wait_for_it (0.05 s) passed: ended"
+    # The wait the killed supervisor left running is final too, not `running` for ever.
+    assert (done.steps[0].state, done.steps[0].outcome) == ("a", "aborted")
+    assert done.steps[0].detail.startswith("interrupted") and done.steps[0].finished_at
 
 
 async def test_a_step_timeout_is_still_a_failed_attempt_under_a_longer_deadline(tmp_path):
