@@ -196,7 +196,7 @@ OPTIONS: tuple[Option, ...] = (
            "a network_partition run waits this long for its agents, then lists the rest as "
            "lost and resolves"),
     Option("adoption_window", parse_duration, 600.0,
-           "agents heard from within this window count as active for a breaking update's "
+           "agents heartbeating within this window count as active for a breaking update's "
            "adoption"),
     Option("adoption_max_wait", parse_duration, 86400.0,
            "a breaking_api_update run waits this long for adoption, then resolves with who "

@@ -92,8 +92,9 @@ async def wait_update_grace(settings: Settings, created_at: str | None) -> str:
 async def adoption(settings: Settings, storage: ReadStorage,
                    update_id: str) -> tuple[str | None, list[dict[str, Any]], list[str]]:
     """(required version, the agents active within adoption_window, the ids of those below
-    it). An agent is active when it was heard from (registration, heartbeat, request) within
-    the window; its version is the one it last acknowledged."""
+    it). An agent is active when it heartbeat (HTTP, health post or WebSocket) within the
+    window; its version is the one it last reported (X-Agent-Version, or agentVersion on an
+    acknowledgment)."""
     enforced, required = await storage.read(reads.required_version, update_id)
     if not enforced:
         raise Withdrawn(f"update {update_id} is no longer enforced (completed, withdrawn by a "

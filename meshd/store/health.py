@@ -115,7 +115,9 @@ def mark_offline(tx: Tx, cutoff: str, now: str) -> list[Row]:
 
 
 def count_online(db: Reader, cutoff: str) -> int:
-    return db.scalar("SELECT COUNT(*) FROM agents WHERE last_seen >= ?", (cutoff,)) or 0
+    """Agents heartbeating since `cutoff`: the rest of the population a partition is a share
+    of (agents only registered, never heartbeating, count on neither side)."""
+    return db.scalar("SELECT COUNT(*) FROM agents WHERE heartbeat_at >= ?", (cutoff,)) or 0
 
 
 _EFFECTIVE_STATUS = (

@@ -64,11 +64,12 @@ def versions_before(db: Reader, created_at: str) -> list[str]:
 
 
 def active_agent_versions(db: Reader, seen_since: str) -> list[dict[str, Any]]:
-    """Agents seen since `seen_since` with the version they last reported (heartbeat, health
+    """Agents heartbeating (HTTP, health post, WebSocket) since `seen_since`: registered and
+    never heard from again is not active. With the version they last reported (heartbeat, health
     post, acknowledgment), else the one they last acknowledged (rows older than that column),
     else None."""
     return db.query(
         "SELECT a.id, COALESCE(a.agent_version, (SELECT k.agent_version"
         " FROM update_acknowledgments k WHERE k.agent_id = a.id AND k.agent_version IS NOT NULL"
         " ORDER BY k.acknowledged_at DESC, k.rowid DESC LIMIT 1)) AS version"
-        " FROM agents a WHERE a.last_seen >= ?", (seen_since,))
+        " FROM agents a WHERE a.heartbeat_at >= ?", (seen_since,))
