@@ -36,7 +36,14 @@ def make_control_app(sup: Supervisor) -> web.Application:
 
     @routes.post("/control/corruption")
     async def corruption_reported(request: web.Request) -> web.Response:
-        detail = (await read_json(request)).get("detail", "")
+        body = await read_json(request)
+        detail = body.get("detail", "")
+        worker = sup.worker
+        if isinstance(body.get("pid"), int) and (worker is None or worker.pid != body["pid"]):
+            # A report from a worker already replaced (killed by the restore it asked for, its
+            # report late): the database it saw is gone; a second restore would be spurious.
+            log.warning("supervisor.stale_corruption_report", pid=body["pid"], detail=detail)
+            return reply({"accepted": False, "reason": "from a worker no longer serving"})
         log.error("supervisor.corruption_reported", detail=detail)
         run = sup.start_corruption_protocol(f"the worker met corruption: {detail}")
         return reply({"accepted": True, "run_id": run.id})
