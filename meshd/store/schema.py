@@ -277,13 +277,36 @@ CREATE TABLE IF NOT EXISTS agent_tokens (
 """)
 
 
-def _v8_heartbeat_evidence(conn: sqlite3.Connection, report: MigrationReport) -> None:
+def _v8_list_indexes(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # An index for the WHERE and the ORDER BY of every list query, so a page costs the rows
+    # it returns, not the size of the table (tests/unit/test_query_plans.py checks the plans).
+    # Open catastrophes are few among all events ever recorded: a partial index holds only
+    # those, for the dashboard, open_summary and the open events replayed to new clients.
+    _run_script(conn, """
+CREATE INDEX IF NOT EXISTS idx_agent_files_created_desc ON agent_files(created_at DESC);
+CREATE INDEX IF NOT EXISTS idx_agent_groups_created_desc ON agent_groups(created_at DESC);
+DROP INDEX IF EXISTS idx_agent_groups_group;
+CREATE INDEX IF NOT EXISTS idx_agent_group_members_group_joined
+  ON agent_group_members(group_id, joined_at);
+CREATE INDEX IF NOT EXISTS idx_agent_group_members_agent ON agent_group_members(agent_id);
+CREATE INDEX IF NOT EXISTS idx_collective_memory_updated
+  ON collective_memory(group_id, updated_at DESC);
+CREATE INDEX IF NOT EXISTS idx_skills_created_desc ON skills(created_at DESC);
+CREATE INDEX IF NOT EXISTS idx_update_acknowledgments_update_time
+  ON update_acknowledgments(update_id, acknowledged_at DESC);
+CREATE INDEX IF NOT EXISTS idx_catastrophe_events_occurred ON catastrophe_events(occurred_at DESC);
+CREATE INDEX IF NOT EXISTS idx_catastrophe_events_open ON catastrophe_events(occurred_at)
+  WHERE status <> 'resolved'
+""")
+
+
+def _v9_heartbeat_evidence(conn: sqlite3.Connection, report: MigrationReport) -> None:
     # last_seen also moves on registration; only a heartbeat (HTTP, health post or WebSocket)
     # sets heartbeat_at, the evidence that an agent was online before it went silent.
     _add_column(conn, "agents", "heartbeat_at", "DATETIME")
 
 
-def _v9_event_log(conn: sqlite3.Connection, report: MigrationReport) -> None:
+def _v10_event_log(conn: sqlite3.Connection, report: MigrationReport) -> None:
     # Every event the hub sends, written in the transaction of the change that caused it: a
     # WebSocket client resumes from the last id it saw (`/ws?since=ID`).
     _run_script(conn, """
@@ -293,7 +316,7 @@ CREATE TABLE IF NOT EXISTS events (
 """)
 
 
-def _v10_reported_versions(conn: sqlite3.Connection, report: MigrationReport) -> None:
+def _v11_reported_versions(conn: sqlite3.Connection, report: MigrationReport) -> None:
     # The version an agent last reported (X-Agent-Version on a heartbeat or health post,
     # agentVersion on an acknowledgment): adoption of an update or of a roll-back is counted
     # from it, not from acknowledgments alone. A roll-back update names the version it returns
@@ -310,9 +333,10 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = 
     _v5_descending_indexes,
     _v6_file_contents,
     _v7_agent_tokens,
-    _v8_heartbeat_evidence,
-    _v9_event_log,
-    _v10_reported_versions,
+    _v8_list_indexes,
+    _v9_heartbeat_evidence,
+    _v10_event_log,
+    _v11_reported_versions,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
