@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     prun.add_argument("--update", help="update id (breaking_api_update)")
     prun.add_argument("--agents", help="comma-separated agent ids (network_partition)")
     prun.add_argument("--backup", help="backup file (database_corruption)")
+    prun.add_argument("--rollback-to", metavar="V",
+                      help="roll the newest breaking update back to version V "
+                           "(server_crash_recovery)")
     pstatus = psub.add_parser("status", help="runs, or one run's step log")
     _daemon_arguments(pstatus)
     pstatus.add_argument("run", nargs="?")
@@ -314,7 +317,8 @@ def cmd_protocol(args: argparse.Namespace) -> int:
                 f"{s['state']} -> {s['next']}: {s['summary']}" for s in steps))
             return 0
         context = {k: v for k, v in (("update_id", args.update), ("backup", args.backup),
-                                     ("agents", args.agents.split(",") if args.agents else None))
+                                     ("agents", args.agents.split(",") if args.agents else None),
+                                     ("rollback_to", args.rollback_to))
                    if v}
         data = _call(load_settings(args), "POST", f"/control/protocols/{args.name}/run",
                             {"reason": args.reason, "context": context})

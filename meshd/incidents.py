@@ -57,4 +57,6 @@ def alert(event: Mapping[str, Any], run: Mapping[str, Any] | None = None,
     if run is not None:
         payload["run"] = {key: run.get(key) for key in ("id", "protocol", "state", "outcome",
                                                           "reason")}
+        if run.get("drill"):
+            payload["run"]["drill"] = True  # a drill's broadcasts say so
     return payload

@@ -90,10 +90,14 @@ async def protocols(request: web.Request) -> web.Response:
 
 @routes.get("/api/catastrophe/{id}")
 async def get_event(request: web.Request) -> web.Response:
-    row = await storage(request).read(store.get_event, request.match_info["id"])
+    """The event as the Node server gave it, plus `protocolRuns`: the runs working on it with
+    their steps, so an agent sees how its recovery goes."""
+    db = storage(request)
+    row = await db.read(store.get_event, request.match_info["id"])
     if row is None:
         raise NotFound("Catastrophe event not found")
-    return json_response(public_event(row))
+    return json_response({**public_event(row),
+                          "protocolRuns": await db.read(store.runs_with_steps, row["id"])})
 
 
 @routes.get("/api/catastrophe/{id}/runs")

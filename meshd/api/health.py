@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshd import semver
 from meshd.api.http import dumps, json_response, paging, parse_json_column, read_body
 from meshd.api.keys import SETTINGS, storage
 from meshd.api.snapshots import SNAPSHOTS, encoded_response
@@ -59,6 +60,13 @@ def _number(value: Any) -> Any:
     return int(value) if whole else value
 
 
+def reported_version(request: web.Request) -> str | None:
+    """The agent's version from `X-Agent-Version` (kept when it is a semantic version): what
+    adoption of an update or a roll-back is counted from."""
+    version = request.headers.get("X-Agent-Version")
+    return version if version and semver.is_valid(version) else None
+
+
 @routes.post("/api/agents/{id}/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
     """Refreshes last_seen; metrics in the body update the health row. Broadcasts only when
@@ -68,7 +76,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     fields = health_fields(body)
     await storage(request).write(
         emitting(store.record, store.change_events(agent_id, _metrics(body), always=False)), agent_id, fields,
-        db_time(), False)
+        db_time(), False, reported_version(request))
     return json_response({"success": True})
 
 
@@ -79,7 +87,7 @@ async def post_health(request: web.Request) -> web.Response:
     fields = health_fields(body)
     await storage(request).write(
         emitting(store.record, store.change_events(agent_id, _metrics(body), always=True)), agent_id, fields,
-        db_time(), True)
+        db_time(), True, reported_version(request))
     return json_response({"success": True, "message": "Health status updated"})
 
 

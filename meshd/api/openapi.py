@@ -466,14 +466,16 @@ PATHS: dict[str, dict[str, Any]] = {
                    description="WebSocket: `catastrophe_alert`."),
         "get": op("catastrophe", "List catastrophe events, newest first",
                   array(ref("CatastropheEvent")), "400",
-                  params=(query("status", "active, recovering or resolved"),
+                  params=(query("status", "active, recovering or resolved; open: active "
+                                          "or recovering"),
                           query("severity", "critical, major or minor"), *PAGING)),
     },
     "/api/catastrophe/protocols": {"get": op(
         "catastrophe", "The recovery protocols",
         {"type": "object", "additionalProperties": ref("Protocol")})},
     "/api/catastrophe/{id}": {"get": op(
-        "catastrophe", "Get a catastrophe event", ref("CatastropheEvent"), "404",
+        "catastrophe", "Get a catastrophe event with the protocol runs working on it and "
+        "their steps", ref("CatastropheEventDetail"), "404",
         params=(EVENT_ID,))},
     "/api/catastrophe/{id}/runs": {"get": op(
         "catastrophe", "The protocol runs working on a catastrophe event, oldest first",
@@ -518,7 +520,9 @@ PATHS: dict[str, dict[str, Any]] = {
         params=(query("apiKey", "the API key or an agent token (ws_auth public: without "
                                 "one only mesh-wide events; required: one is needed)"),
                 query("agentId", "the agent this socket belongs to"),
-                query("onlyMine", "`true`: only events addressed to agentId")),
+                query("onlyMine", "`true`: only events addressed to agentId"),
+                query("since", "resume: first the kept events after this event id (0: all "
+                               "kept), then live ones; every frame then carries `eventId`")),
         extra={"101": {"description": "Switching protocols; frames are JSON events "
                                       "(`connected` first)"},
                "401": error("401", "Invalid or missing API key (ws_auth required), or an "
@@ -656,6 +660,12 @@ SCHEMAS: dict[str, Schema] = {
                             status=enum("active", "recovering", "resolved"),
                             occurred_at=DB_TIME, resolved_at=NULL_DB_TIME,
                             resolution_notes=NULL_STR, affectedAgents=ANY),
+    "CatastropheEventDetail": {"allOf": [ref("CatastropheEvent"), obj(
+        "protocolRuns", protocolRuns=array(ref("ProtocolRunSteps")))]},
+    "ProtocolRunSteps": {"allOf": [ref("ProtocolRun"), obj("steps", steps=array(obj(
+        "state", "outcome", state=STR, next_state=NULL_STR,
+        outcome=enum("running", "ok", "failed", "aborted", "skipped"), detail=NULL_STR,
+        attempts=INT, started_at=STR, finished_at=NULL_STR)))]},
     "ProtocolRun": obj("id", "protocol", "state", "outcome", id=STR, protocol=STR, state=STR,
                        outcome=STR, reason=NULL_STR, started_at=STR, updated_at=STR),
     "Protocol": obj(trigger=STR, steps=STR_LIST, states=STR_LIST, eventType=NULL_STR,

@@ -25,13 +25,14 @@ from meshd.api.middleware import AUTH_FAILED
 from meshd.clock import db_time, new_id
 from meshd.config import is_loopback
 from meshd.errors import MeshError, NotFound
+from meshd.store import event_log, records
 from meshd.store import health as health_store
-from meshd.store import records
 from meshd.store.events import Encoded, Event, emitting, encode
 
 log = logging.get("meshd.ws")
 
 SEND_BUFFER = 256
+REPLAY_BATCH = 500
 PING_INTERVAL = 20.0
 CLOSE_BOUND = 5.0  # a dropped client's close handshake gets this long, then the TCP is cut
 
@@ -55,7 +56,10 @@ class Client:
     agent_id: str | None = None
     only_mine: bool = False
     view: View = View.FULL
+    # (event id or None, frame); ids let a resuming client skip what its backlog already sent
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SEND_BUFFER))
+    with_ids: bool = False  # connected with ?since=: every frame carries its eventId
+    sent_up_to: int = 0  # the newest event id sent from the backlog
     remote: str | None = None
     transport: asyncio.BaseTransport | None = None
     sender: asyncio.Task | None = None
@@ -72,7 +76,8 @@ class Client:
         """Answer a refused frame in order with the events (the Node server never answered
         frames; only the new modes refuse any)."""
         with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(orjson.dumps({"type": "error", "error": message}).decode())
+            self.queue.put_nowait(
+                (None, orjson.dumps({"type": "error", "error": message}).decode()))
 
 
 class Hub:
@@ -103,7 +108,8 @@ class Hub:
                 if not client.wants(event.type, event.audience):
                     continue
                 try:
-                    client.queue.put_nowait(event.data)
+                    client.queue.put_nowait(
+                        (event.id, event.with_id() if client.with_ids else event.data))
                 except asyncio.QueueFull:
                     self._drop(client, "send buffer full")
 
@@ -150,7 +156,9 @@ async def close_within(client: Client, code: int, reason: str,
 async def _sender(client: Client) -> None:
     try:
         while True:
-            data = await client.queue.get()
+            event_id, data = await client.queue.get()
+            if event_id is not None and event_id <= client.sent_up_to:
+                continue  # already sent from the backlog of a resuming client
             await client.ws.send_str(data)
     except (ConnectionError, RuntimeError):  # peer gone; the handler logs the disconnect
         return
@@ -186,6 +194,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return web.json_response(
             {"error": f"this agent token acts as {identity.agent_id}; it cannot open a "
                       f"socket for {query_agent}"}, status=403)
+    since = _since(request)
+    if isinstance(since, web.Response):
+        return since
     ws = web.WebSocketResponse(heartbeat=PING_INTERVAL, max_msg_size=1 << 20)
     if not ws.can_prepare(request).ok:
         return web.json_response({"error": "WebSocket upgrade required"}, status=400)
@@ -198,7 +209,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             {"error": f"too many WebSocket connections from this address (limit {cap})"},
             status=429)
     await ws.prepare(request)
-    client = Client(ws, new_id(), view=view, remote=remote, transport=request.transport)
+    client = Client(ws, new_id(), view=view, remote=remote, transport=request.transport,
+                    with_ids=since is not None)
     if view is View.AGENT:
         client.agent_id = identity.agent_id  # bound by its token, onlyMine enforced
     elif query_agent and view is View.FULL:
@@ -219,6 +231,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             log.warning("ws.open_events_failed", error=exc.message)
         if await _refused(request, client):
             return ws
+        if since is not None:
+            await _replay(request, client, since)
         sender = client.sender = asyncio.create_task(_sender(client))
         log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id,
                  view=client.view, credential=identity.kind)
@@ -234,6 +248,36 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         hub.clients.discard(client)
         log.info("ws.disconnected", client_id=client.client_id, agent_id=client.agent_id)
     return ws
+
+
+def _since(request: web.Request) -> int | None | web.Response:
+    """`?since=ID`: the last event id the client saw (0: from the oldest kept)."""
+    raw = request.query.get("since")
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 18:
+        return web.json_response({"error": "since must be a non-negative event id"},
+                                 status=400)
+    return int(raw)
+
+
+async def _replay(request: web.Request, client: Client, since: int) -> None:
+    """Send the events after `since` that this client may see, oldest first, before the live
+    ones (already queued since it joined the hub; the sender skips those sent here). A client
+    further behind than the events kept gets what is kept."""
+    storage = request.app[STORAGE]
+    while True:
+        try:
+            batch = await storage.read(event_log.after, since, REPLAY_BATCH)
+        except MeshError as exc:
+            log.warning("ws.replay_failed", client_id=client.client_id, error=exc.message)
+            return
+        for event in batch:
+            if client.wants(event.type, event.audience):
+                await client.ws.send_str(event.with_id())
+            client.sent_up_to = since = event.id or since
+        if len(batch) < REPLAY_BATCH:
+            return
 
 
 async def _refused(request: web.Request, client: Client, version: str | None = None) -> bool:

@@ -32,6 +32,24 @@ async def monitor_adoption(host, run: Run) -> str:
     return await watch.wait_for_adoption(host.settings, host.storage, run.context["update_id"])
 
 
+async def adoption_deadline(host, run: Run) -> str:
+    """adoption_max_wait passed: say who is still behind, or that nobody was active."""
+    try:
+        required, agents, behind = await watch.adoption(host.settings, host.storage,
+                                                        run.context["update_id"])
+    except watch.Withdrawn as exc:
+        return str(exc)
+    if not agents:
+        outcome = (f"no active agents within adoption_window "
+                   f"({host.settings.adoption_window:g} s)")
+    else:
+        outcome = (f"{len(agents) - len(behind)} of {len(agents)} active agents at or above "
+                   f"{required}; still behind: {', '.join(behind[:10])}")
+    run.context["adoption"] = {"active": len(agents), "behind": behind}
+    run.event["description"] = f"{run.event.get('description')}; {outcome}"
+    return outcome
+
+
 async def complete(host, run: Run) -> str:
     await host.complete_update(run.context["update_id"])
     return "update complete; enforcement ends"
@@ -49,7 +67,8 @@ SPEC = ProtocolSpec(
         Breaking.ACKNOWLEDGING: Transition(wait_grace, Breaking.ENFORCING, timeout=None,
                                            retries=0),
         Breaking.ENFORCING: Transition(monitor_adoption, Breaking.ADOPTED, timeout=None,
-                                       retries=0),
+                                       retries=0, deadline="adoption_max_wait",
+                                       on_deadline=adoption_deadline),
         Breaking.ADOPTED: Transition(complete, Breaking.COMPLETED),
     },
     summaries={
@@ -58,8 +77,9 @@ SPEC = ProtocolSpec(
         Breaking.ACKNOWLEDGING: "Agents acknowledge during the grace period (update_grace)",
         Breaking.ENFORCING: "Sending requests of agents below the required version are "
                             "refused with the upgrade instructions",
-        Breaking.ADOPTED: "Adoption monitored until every active agent is at or above the "
-                          "required version",
+        Breaking.ADOPTED: "Adoption monitored until every agent active within "
+                          "adoption_window is at or above the required version (with none "
+                          "active, until adoption_max_wait)",
         Breaking.COMPLETED: "Update marked complete",
     },
 )

@@ -71,6 +71,7 @@ SPEC = ProtocolSpec(
     trigger="SQLite reports corruption (a failed quick_check or integrity_check, or "
             "SQLITE_CORRUPT / SQLITE_NOTADB while serving)",
     states=tuple(Corruption),
+    exclusive=True,  # other runs pause while the database is replaced under them
     table={
         Corruption.DETECTED: Transition(record, Corruption.RECORDED),
         Corruption.RECORDED: Transition(stop_worker, Corruption.STOPPED, timeout=60),

@@ -4,7 +4,17 @@ run after every step so that a supervisor killed mid-run resumes from the last c
 A run lives in `data/protocols/<run>.json` (written atomically, because the database may be the
 thing that broke) and is sent to the worker as records for `protocol_runs` / `protocol_steps`.
 Its catastrophe event moves active -> recovering -> resolved; a run that cannot finish ends in
-`failed` with the reason and leaves the event open.
+`failed` (or `aborted`) with the reason, puts its event back to `active` and alerts, so no event
+stays `recovering` with no run behind it.
+
+Rules every run follows (tests/unit/test_engine.py):
+- every step of a finished run is final: `ok`, `failed`, `aborted`, or `skipped` for the states
+  a failed or aborted run never reached;
+- a waiting step with a `deadline` (a Settings name) ends when it passes: its `on_deadline`
+  says what was still missing and the run goes on, so every run ends;
+- while an `exclusive` run (the database restore) is under way, other runs pause before their
+  next step; a step that failed because the database was unavailable is retried after it,
+  without using up the step's attempts.
 """
 
 from __future__ import annotations
@@ -20,13 +30,18 @@ import orjson
 
 from meshd import incidents
 from meshd import log as logging
-from meshd.clock import db_time, new_id
+from meshd.clock import db_time, iso_time, new_id, parse_time, utcnow
+from meshd.errors import Unavailable
 from meshd.locks import write_atomic
 
 log = logging.get("meshd.recovery")
 
 RUNNING, COMPLETED, FAILED, ABORTED = "running", "completed", "failed", "aborted"
+OK, SKIPPED = "ok", "skipped"
 FAILED_STATE = "failed"
+# A database error retried this many times (after the restore, if one runs) before it counts
+# as one failed attempt of the step.
+DB_RETRIES = 60
 
 
 if TYPE_CHECKING:
@@ -42,6 +57,11 @@ class Transition:
     next: str
     timeout: float | None = 120.0
     retries: int = 2  # attempts after the first
+    # A waiting step's deadline: the Settings attribute holding its seconds, counted from the
+    # first time the run entered the state (kept across a supervisor restart), and what the
+    # step's outcome is when it passes.
+    deadline: str | None = None
+    on_deadline: StepFn | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +74,7 @@ class ProtocolSpec:
     states: tuple[str, ...]  # in order; the first is the initial state, the last is done
     table: dict[str, Transition]
     summaries: dict[str, str]  # state -> what happens there (runbook, catalog)
+    exclusive: bool = False  # other runs pause while one of these runs (a restore)
 
     @property
     def initial(self) -> str:
@@ -86,6 +107,7 @@ class Run:
     outcome: str = RUNNING
     reason: str | None = None
     dry_run: bool = False
+    drill: bool = False  # started by hand with no detected fault: says so everywhere
     steps: list[StepLog] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
     event: dict[str, Any] = field(default_factory=dict)
@@ -124,19 +146,26 @@ class Engine:
 
     def start(self, protocol: str, reason: str, context: dict[str, Any] | None = None,
               description: str | None = None, severity: str | None = None,
-              title: str | None = None) -> Run:
-        """Open the protocol's event and drive a new run; joins a run already under way."""
+              title: str | None = None, drill: bool = False) -> Run:
+        """Open the protocol's event and drive a new run; joins a run already under way.
+        A drill's event title starts with "Drill:" and its context has `drill` set, so the
+        steps state no fault that did not happen."""
         spec = self.protocols[protocol]
         existing = self.active(protocol)
         if existing:
             log.info("protocol.joined", run_id=existing.id, protocol=protocol, reason=reason)
             return existing
         now = db_time()
+        title, description = title or spec.title, description or reason
+        context = dict(context or {})
+        if drill:
+            title, description = f"Drill: {title}", f"drill (nothing failed): {description}"
+            context["drill"] = True
         event = incidents.event_record(spec.event_type, severity or spec.severity,
-                                       title or spec.title, description or reason,
+                                       title, description,
                                        recovery_protocol=protocol, occurred_at=now)
         run = Run(new_id(), protocol, event["id"], spec.initial, now, now, reason=reason,
-                  context=dict(context or {}), event=event)
+                  drill=drill, context=context, event=event)
         self.runs[run.id] = run
         log.warning("protocol.started", run_id=run.id, protocol=protocol, reason=reason)
         self.save(run)
@@ -157,6 +186,11 @@ class Engine:
             if run.outcome == RUNNING and run.protocol in self.protocols:
                 log.warning("protocol.resumed", run_id=run.id, protocol=run.protocol,
                             state=run.state)
+                # The step a stopped supervisor left running is final: it runs again now.
+                for step in run.steps:
+                    if step.outcome == RUNNING:
+                        step.outcome, step.finished_at = ABORTED, db_time()
+                        step.detail = "interrupted: the supervisor stopped; run again on resume"
                 self._tasks[run.id] = asyncio.create_task(self._drive(run))
                 resumed.append(run)
         return resumed
@@ -171,8 +205,10 @@ class Engine:
         if run.outcome == RUNNING:
             run.outcome = ABORTED
             run.reason = f"aborted: {reason}"
-            self.save(run)
+            self._close_steps(run, ABORTED, run.reason)
+            self._reopen_event(run)
             log.warning("protocol.aborted", run_id=run.id, reason=reason)
+            await self._transition(run)
         return run
 
     async def wait(self, run_id: str) -> Run:
@@ -187,9 +223,12 @@ class Engine:
     async def _drive(self, run: Run) -> None:
         spec = self.protocols[run.protocol]
         while run.outcome == RUNNING and run.state != spec.done:
+            await self._pause_for_exclusive(run)
             transition = spec.table[run.state]
             step = StepLog(run.state, transition.next, db_time())
             run.steps.append(step)
+            if transition.deadline and self._remaining(run, transition) is not None:
+                self.save(run)  # when the wait began, for a supervisor restarted during it
             ok, detail = await self._attempt(run, transition, step)
             step.finished_at = db_time()
             step.detail = detail
@@ -198,12 +237,13 @@ class Engine:
                 run.outcome = FAILED
                 run.reason = f"step {run.state} failed: {detail}"
                 run.state = FAILED_STATE
-                run.event["description"] = f"{run.event.get('description')}; {run.reason}"
+                self._close_steps(run, SKIPPED, None)
+                self._reopen_event(run)
                 log.error("protocol.failed", run_id=run.id, protocol=run.protocol,
                           state=step.state, detail=detail)
                 await self._transition(run)
                 return
-            step.outcome = "ok"
+            step.outcome = OK
             run.state = transition.next
             if run.event["status"] == "active":
                 run.event["status"] = "recovering"
@@ -219,23 +259,105 @@ class Engine:
     async def _attempt(self, run: Run, transition: Transition,
                        step: StepLog) -> tuple[bool, str | None]:
         detail: str | None = None
-        for attempt in range(transition.retries + 1):
+        attempt = db_errors = 0
+        while attempt <= transition.retries:
             step.attempts = attempt + 1
             try:
-                coro = transition.step(self.host, run)
-                detail = await (asyncio.wait_for(coro, transition.timeout)
-                                if transition.timeout else coro)
-                return True, detail
+                return True, await self._call(run, transition)
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
                 detail = f"timed out after {transition.timeout:g} s"
             except Exception as exc:  # noqa: BLE001 - a step failure is the run's outcome
                 detail = f"{type(exc).__name__}: {exc}"
+                if _database_unavailable(exc) and db_errors < DB_RETRIES:
+                    db_errors += 1
+                    log.warning("protocol.step_waits_for_database", run_id=run.id,
+                                state=run.state, detail=detail)
+                    await asyncio.sleep(min(self.retry_pause * (2 ** min(db_errors, 6)), 5.0))
+                    await self._pause_for_exclusive(run)
+                    continue
             log.warning("protocol.step_retry", run_id=run.id, state=run.state,
                         attempt=attempt + 1, detail=detail)
             await asyncio.sleep(min(self.retry_pause * (2 ** attempt), 5.0))
+            attempt += 1
         return False, detail
+
+    async def _call(self, run: Run, transition: Transition) -> str | None:
+        """One attempt of the step, within its timeout and, for a waiting step, its deadline
+        (then `on_deadline` gives the step's outcome)."""
+        coro = transition.step(self.host, run)
+        remaining = self._remaining(run, transition)
+        if remaining is None:
+            return await (asyncio.wait_for(coro, transition.timeout)
+                          if transition.timeout else coro)
+        limit = remaining if not transition.timeout else min(remaining, transition.timeout)
+        try:
+            return await asyncio.wait_for(coro, max(limit, 0.0))
+        except TimeoutError:
+            if self._remaining(run, transition) > 0.001:
+                raise  # the step's own timeout, not the deadline
+        waited = getattr(self.host.settings, transition.deadline)
+        outcome = (await transition.on_deadline(self.host, run)
+                   if transition.on_deadline else None)
+        log.warning("protocol.deadline_passed", run_id=run.id, state=run.state,
+                    deadline=transition.deadline, seconds=waited, outcome=outcome)
+        return f"deadline {transition.deadline} ({waited:g} s) passed: {outcome or 'ended'}"
+
+    def _remaining(self, run: Run, transition: Transition) -> float | None:
+        """Seconds until the deadline of the run's current state (None: it has none)."""
+        if not transition.deadline:
+            return None
+        seconds = float(getattr(self.host.settings, transition.deadline))
+        entered = run.context.setdefault("entered", {}).setdefault(str(run.state), iso_time())
+        start = parse_time(entered)
+        elapsed = (utcnow() - start).total_seconds() if start else 0.0
+        return seconds - elapsed
+
+    async def _pause_for_exclusive(self, run: Run) -> None:
+        """Wait while another run that excludes all others (a restore) is under way."""
+        paused = False
+        while True:
+            busy = [r for r in self.runs.values() if r.id != run.id and r.outcome == RUNNING
+                    and self.protocols.get(r.protocol) is not None
+                    and self.protocols[r.protocol].exclusive]
+            if not busy or self.protocols[run.protocol].exclusive:
+                break
+            if not paused:
+                paused = True
+                log.info("protocol.paused", run_id=run.id, protocol=run.protocol,
+                         behind=busy[0].id)
+            task = self._tasks.get(busy[0].id)
+            if task is None or task.done():
+                await asyncio.sleep(self.retry_pause)  # ending; its outcome is being saved
+            else:
+                await asyncio.wait({task})  # our own cancellation still propagates
+        if paused:
+            log.info("protocol.resumed_after", run_id=run.id, protocol=run.protocol)
+
+    def _close_steps(self, run: Run, outcome: str, detail: str | None) -> None:
+        """Make every step of an ended run final: the one running gets `outcome`; the states
+        the run never reached are listed as `skipped`."""
+        now = db_time()
+        for step in run.steps:
+            if step.outcome == RUNNING:
+                step.outcome, step.finished_at = outcome, now
+                step.detail = step.detail or detail
+        spec = self.protocols.get(run.protocol)
+        if spec is None:
+            return
+        reached = {s.state for s in run.steps}
+        for state in spec.states:
+            if state in spec.table and state not in reached:
+                run.steps.append(StepLog(state, spec.table[state].next, now, now, SKIPPED,
+                                         None, 0))
+
+    @staticmethod
+    def _reopen_event(run: Run) -> None:
+        """An event whose run ended without resolving it is `active` again, with the reason."""
+        run.event["description"] = f"{run.event.get('description')}; {run.reason}"
+        if run.event.get("status") != "resolved":
+            run.event["status"] = "active"
 
     async def _transition(self, run: Run) -> None:
         run.updated_at = db_time()
@@ -254,6 +376,18 @@ class Engine:
     @staticmethod
     def alert(run: Run) -> dict[str, Any]:
         return incidents.alert(run.event, asdict(run))
+
+
+def _database_unavailable(exc: BaseException) -> bool:
+    """The database could not be read or written just now (locked, being restored, corrupt
+    until the restore), as opposed to a step that is wrong."""
+    if isinstance(exc, Unavailable):
+        return True
+    # sqlite3's errors from the supervisor's read-only storage (recovery never imports sqlite3:
+    # only the store does); an IntegrityError or ProgrammingError is a bug, not an outage.
+    kind = type(exc)
+    return kind.__module__ == "sqlite3" and kind.__name__ in ("DatabaseError",
+                                                              "OperationalError")
 
 
 def _run_row(run: Run) -> dict[str, Any]:

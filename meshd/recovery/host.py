@@ -49,3 +49,6 @@ class RecoveryHost(EngineHost, Protocol):
     # -- other protocols and records ---------------------------------------------------------
     def start_corruption_protocol(self, reason: str, **context: Any) -> Run: ...
     async def complete_update(self, update_id: str) -> None: ...
+    def publish_rollback_update(self, update: dict[str, Any]) -> None:
+        """Have the worker write and announce a non-breaking emergency update with
+        `rollback_to` (idempotent by its id)."""

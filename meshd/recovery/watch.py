@@ -25,10 +25,12 @@ async def recent_update(settings: Settings, storage: ReadStorage,
 
 
 async def wait_for_agents(settings: Settings, storage: ReadStorage,
-                          last_seen: dict[str, str]) -> dict[str, str]:
+                          last_seen: dict[str, str],
+                          returned: dict[str, str] | None = None) -> dict[str, str]:
     """Until every listed agent has been seen after its last heartbeat before the
-    partition; agent -> the time it was back."""
-    returned: dict[str, str] = {}
+    partition; agent -> the time it was back. `returned` is filled as they come back, so a
+    caller cut off by a deadline knows who is still away."""
+    returned = {} if returned is None else returned
     agents = list(last_seen)
     while len(returned) < len(agents):
         seen = await storage.read(reads.last_seen_of, agents)
@@ -57,6 +59,26 @@ async def partition_summary(storage: ReadStorage, returned: dict[str, str],
     return summary
 
 
+def previous_stable(versions: list[str], required: str) -> str | None:
+    """The highest valid version below `required`: where a roll-back returns agents."""
+    below = [v for v in versions if semver.is_valid(v) and semver.compare(v, required) < 0]
+    best = None
+    for version in below:
+        if best is None or semver.compare(version, best) > 0:
+            best = version
+    return best
+
+
+async def wait_for_version(settings: Settings, storage: ReadStorage, version: str) -> str:
+    """Until every agent active within adoption_window reports `version` (at least one)."""
+    while True:
+        cutoff = db_time(datetime.now(UTC) - timedelta(seconds=settings.adoption_window))
+        agents = await storage.read(reads.active_agent_versions, cutoff)
+        if agents and all(a["version"] == version for a in agents):
+            return f"{len(agents)} active agents report {version}"
+        await asyncio.sleep(min(2.0, settings.offline_check_interval))
+
+
 async def wait_update_grace(settings: Settings, created_at: str | None) -> str:
     created = parse_time(created_at) if created_at else None
     if created is not None:
@@ -67,16 +89,36 @@ async def wait_update_grace(settings: Settings, created_at: str | None) -> str:
     return f"grace of {settings.update_grace:g} s over; enforcing"
 
 
+async def adoption(settings: Settings, storage: ReadStorage,
+                   update_id: str) -> tuple[str | None, list[dict[str, Any]], list[str]]:
+    """(required version, the agents active within adoption_window, the ids of those below
+    it). An agent is active when it heartbeat (HTTP, health post or WebSocket) within the
+    window; its version is the one it last reported (X-Agent-Version, or agentVersion on an
+    acknowledgment)."""
+    enforced, required = await storage.read(reads.required_version, update_id)
+    if not enforced:
+        raise Withdrawn(f"update {update_id} is no longer enforced (completed, withdrawn by a "
+                        "roll-back, or deleted)")
+    cutoff = db_time(datetime.now(UTC) - timedelta(seconds=settings.adoption_window))
+    agents = await storage.read(reads.active_agent_versions, cutoff)
+    behind = [a["id"] for a in agents
+              if not a["version"] or semver.compare(a["version"], required) < 0]
+    return required, agents, behind
+
+
+class Withdrawn(Exception):
+    """The update is no longer enforced: nothing left to adopt."""
+
+
 async def wait_for_adoption(settings: Settings, storage: ReadStorage, update_id: str) -> str:
-    """Until every active agent has acknowledged at or above the required version."""
+    """Until at least one agent is active and every active agent has acknowledged at or above
+    the required version. With no active agent nothing is adopted: it keeps waiting (the
+    step's deadline, adoption_max_wait, ends it)."""
     while True:
-        exists, required = await storage.read(reads.required_version, update_id)
-        if not exists:
-            raise RuntimeError(f"update {update_id} no longer exists")
-        cutoff = db_time(datetime.now(UTC) - timedelta(seconds=settings.heartbeat_timeout))
-        agents = await storage.read(reads.active_agent_versions, cutoff)
-        behind = [a["id"] for a in agents
-                  if not a["version"] or semver.compare(a["version"], required) < 0]
-        if not behind:
+        try:
+            required, agents, behind = await adoption(settings, storage, update_id)
+        except Withdrawn as exc:
+            return str(exc)
+        if agents and not behind:
             return f"{len(agents)} active agents at or above {required}"
         await asyncio.sleep(min(2.0, settings.offline_check_interval))

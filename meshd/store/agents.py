@@ -49,6 +49,9 @@ def exists(db: Reader, agent_id: str) -> bool:
     return db.one("SELECT 1 AS x FROM agents WHERE id = ?", (agent_id,)) is not None
 
 
-def touch(tx: Tx, agent_id: str, now: str) -> bool:
-    """Refresh last_seen; False when no such agent."""
-    return tx.execute("UPDATE agents SET last_seen = ? WHERE id = ?", (now, agent_id)) > 0
+def touch(tx: Tx, agent_id: str, now: str, version: str | None = None) -> bool:
+    """A heartbeat: refresh last_seen and heartbeat_at (the evidence partition detection
+    reads) and the version it reported, if any; False when no such agent."""
+    return tx.execute("UPDATE agents SET last_seen = ?, heartbeat_at = ?,"
+                      " agent_version = COALESCE(?, agent_version) WHERE id = ?",
+                      (now, now, version, agent_id)) > 0

@@ -20,6 +20,8 @@ SEVERITIES = ("critical", "major", "minor")
 ACTIVE, RECOVERING, RESOLVED = "active", "recovering", "resolved"
 STATUSES = (ACTIVE, RECOVERING, RESOLVED)
 OPEN = f"status <> '{RESOLVED}'"
+# `?status=open`: every event not yet resolved (a protocol working on it makes it `recovering`).
+OPEN_QUERY = "open"
 
 EVENT_COLUMNS = (
     "id, event_type, severity, title, description, affected_agents, recovery_protocol,"
@@ -61,9 +63,12 @@ def list_events(
     limit: int = -1,
     offset: int = 0,
 ) -> list[Row]:
-    """Newest first; `status` and `severity` both apply when both are given (RB-14)."""
+    """Newest first; `status` and `severity` both apply when both are given (RB-14).
+    `status` "open" means active or recovering."""
     where, params = [], []
-    if status is not None:
+    if status == OPEN_QUERY:
+        where.append(OPEN)
+    elif status is not None:
         where.append("status = ?")
         params.append(status)
     if severity is not None:
@@ -85,6 +90,16 @@ def runs_for_event(db: Reader, event_id: str) -> list[Row]:
         " FROM protocol_runs WHERE event_id = ? AND dry_run = 0 ORDER BY started_at, id",
         (event_id,),
     )
+
+
+def runs_with_steps(db: Reader, event_id: str) -> list[Row]:
+    """`runs_for_event`, each with its step log in order (`GET /api/catastrophe/:id`)."""
+    runs = runs_for_event(db, event_id)
+    for run in runs:
+        run["steps"] = db.query(
+            "SELECT state, next_state, outcome, detail, attempts, started_at, finished_at"
+            " FROM protocol_steps WHERE run_id = ? ORDER BY seq", (run["id"],))
+    return runs
 
 
 def set_status(

@@ -7,7 +7,9 @@ a 400 before anything is committed, instead of failing after. After COMMIT the s
 the batch's encoded events, in order, to its one sink (the WebSocket hub); a write that rolls
 back emits nothing.
 
-This is where an event gets its id and an `events` row later: `Tx.emit` runs inside the write.
+`Tx.emit` also writes the event's row in the `events` table (`meshd.store.event_log`), in the
+same transaction as the change: its id is the event's id, sent to clients that resume
+(`/ws?since=ID`), and the row is what they resume from.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ class Encoded:
     type: str
     data: str
     audience: frozenset[str] | None
+    id: int | None = None  # its row in the events table (None: an event with no row)
+
+    def with_id(self) -> str:
+        """The frame with `eventId` added (the frame is a JSON object: spliced, not re-encoded)."""
+        return self.data if self.id is None else f'{self.data[:-1]},"eventId":{self.id}}}'
+
+
+def emit_only(tx, event: Event) -> None:
+    """A write whose only effect is its event (a protocol transition the supervisor
+    announces): it still gets its row and id."""
+    tx.emit(event)
 
 
 def encode(event: Event) -> Encoded:

@@ -40,7 +40,8 @@ def get(db: Reader, agent_id: str) -> Row | None:
 
 
 def record(
-    tx: Tx, agent_id: str, fields: dict[str, Any], now: str, create: bool = True
+    tx: Tx, agent_id: str, fields: dict[str, Any], now: str, create: bool = True,
+    version: str | None = None,
 ) -> tuple[str | None, str | None]:
     """Refresh the agent's last_seen and merge `fields` into its health row; (old status, new
     status), both None when no row was written.
@@ -50,7 +51,7 @@ def record(
     value. Without `status`, a new row is `healthy` and an `offline` one comes back `healthy`
     (the agent is evidently alive); any other stored status is kept. With `create` False and
     no fields (a bare heartbeat) no row is created, but an existing one is still revived."""
-    if not agents_store.touch(tx, agent_id, now):
+    if not agents_store.touch(tx, agent_id, now, version):
         raise NotFound("Agent not found")
     row = get(tx, agent_id)
     if row is None and not fields and not create:
@@ -96,7 +97,7 @@ def mark_offline(tx: Tx, cutoff: str, now: str) -> list[Row]:
     row included) become `offline`; those agents, `{agent_id, last_seen}`, in rowid order.
     Each is returned once: the next round finds them already offline."""
     rows = tx.query(
-        "SELECT a.id AS agent_id, a.last_seen FROM agents a"
+        "SELECT a.id AS agent_id, a.last_seen, a.heartbeat_at FROM agents a"
         " LEFT JOIN agent_health_status h ON h.agent_id = a.id"
         " WHERE (a.last_seen IS NULL OR a.last_seen < ?)"
         " AND (h.status IS NULL OR h.status <> ?) ORDER BY a.rowid",
@@ -115,7 +116,9 @@ def mark_offline(tx: Tx, cutoff: str, now: str) -> list[Row]:
 
 
 def count_online(db: Reader, cutoff: str) -> int:
-    return db.scalar("SELECT COUNT(*) FROM agents WHERE last_seen >= ?", (cutoff,)) or 0
+    """Agents heartbeating since `cutoff`: the rest of the population a partition is a share
+    of (agents only registered, never heartbeating, count on neither side)."""
+    return db.scalar("SELECT COUNT(*) FROM agents WHERE heartbeat_at >= ?", (cutoff,)) or 0
 
 
 _EFFECTIVE_STATUS = (

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from meshd import incidents
-from meshd.clock import new_id
+from meshd.clock import iso_time, new_id, parse_time
 from meshd.errors import Invalid
 from meshd.store.base import Reader, Tx
 from meshd.store.events import Event
@@ -92,6 +92,23 @@ def upsert_run(tx: Tx, run: dict[str, Any]) -> None:
     )
 
 
+def rollback_update(tx: Tx, update: dict[str, Any]) -> None:
+    """Write a roll-back (a non-breaking emergency update naming `rollback_to`) once, and
+    announce it as a `system_update` with the added key `rollbackTo`."""
+    inserted = tx.execute(
+        "INSERT OR IGNORE INTO system_updates (id, version, update_type, title, description,"
+        " required_version, breaking_change, announcement, created_by, created_at, expires_at,"
+        " rollback_to) VALUES (?, ?, 'emergency', ?, ?, NULL, 0, NULL, 'meshd', ?, NULL, ?)",
+        (update["id"], update["version"], update["title"], update["description"],
+         update["created_at"], update["rollback_to"]))
+    if inserted:
+        tx.emit(Event("system_update", {"update": {
+            "id": update["id"], "version": update["version"], "updateType": "emergency",
+            "title": update["title"], "description": update["description"],
+            "breakingChange": False, "rollbackTo": update["rollback_to"],
+            "createdAt": iso_time(parse_time(update["created_at"]))}}))
+
+
 def apply_all(tx: Tx, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Apply every record; each event among them emits its `catastrophe_alert`."""
     alerts = []
@@ -103,10 +120,18 @@ def apply_all(tx: Tx, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             alerts.append(alert)
         elif kind == "run":
             upsert_run(tx, item["run"])
+        elif kind == "publish":
+            # A transition announced while no worker served: sent now, in queue order.
+            event = item.get("event")
+            if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                raise Invalid("a publish record needs an event object with a type")
+            tx.emit(Event(event["type"], {k: v for k, v in event.items() if k != "type"}))
+        elif kind == "rollback_update":
+            rollback_update(tx, item["update"])
         elif kind == "update_complete":
             tx.execute("UPDATE system_updates SET completed_at = COALESCE(completed_at, ?)"
                        " WHERE id = ?", (item["completed_at"], item["update_id"]))
         else:
-            raise Invalid("each record must be an object with kind event, run or "
+            raise Invalid("each record must be an object with kind event, run, publish or "
                           "update_complete")
     return alerts

@@ -300,6 +300,31 @@ CREATE INDEX IF NOT EXISTS idx_catastrophe_events_open ON catastrophe_events(occ
 """)
 
 
+def _v9_heartbeat_evidence(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # last_seen also moves on registration; only a heartbeat (HTTP, health post or WebSocket)
+    # sets heartbeat_at, the evidence that an agent was online before it went silent.
+    _add_column(conn, "agents", "heartbeat_at", "DATETIME")
+
+
+def _v10_event_log(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # Every event the hub sends, written in the transaction of the change that caused it: a
+    # WebSocket client resumes from the last id it saw (`/ws?since=ID`).
+    _run_script(conn, """
+CREATE TABLE IF NOT EXISTS events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, type TEXT NOT NULL, data TEXT NOT NULL,
+  audience TEXT, created_at DATETIME NOT NULL)
+""")
+
+
+def _v11_reported_versions(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # The version an agent last reported (X-Agent-Version on a heartbeat or health post,
+    # agentVersion on an acknowledgment): adoption of an update or of a roll-back is counted
+    # from it, not from acknowledgments alone. A roll-back update names the version it returns
+    # agents to (`rollbackTo`); it never triggers a roll-back itself.
+    _add_column(conn, "agents", "agent_version", "TEXT")
+    _add_column(conn, "system_updates", "rollback_to", "TEXT")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
@@ -309,6 +334,9 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = 
     _v6_file_contents,
     _v7_agent_tokens,
     _v8_list_indexes,
+    _v9_heartbeat_evidence,
+    _v10_event_log,
+    _v11_reported_versions,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

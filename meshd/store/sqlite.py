@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from meshd import log as logging
 from meshd.clock import db_time
 from meshd.errors import Conflict, CorruptDatabase, InsufficientStorage, MeshError, Unavailable
-from meshd.store import backups, schema
+from meshd.store import backups, event_log, schema
 from meshd.store import events as ev
 from meshd.store import journal as jr
 from meshd.store.base import Row
@@ -133,7 +133,11 @@ class _Tx(_Reader):
         self.events: list[ev.Encoded] = []
 
     def emit(self, event: ev.Event) -> None:
-        self.events.append(ev.encode(event))  # an unencodable event fails this write
+        encoded = ev.encode(event)  # an unencodable event fails this write
+        params = event_log.row_values(encoded, db_time())
+        cursor = self.conn.execute(event_log.INSERT, params)
+        self.statements.append([event_log.INSERT, list(params)])  # replay gives the same id
+        self.events.append(event_log.with_id(encoded, cursor.lastrowid))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         cursor = self.conn.execute(sql, params)

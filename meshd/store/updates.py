@@ -72,6 +72,9 @@ def acknowledge(
     if tx.one("SELECT 1 AS x FROM agents WHERE id = ?", (agent_id,)) is None:
         raise NotFound("Agent not found")
     sets = {k: changes[k] for k in ACK_FIELDS if k in changes}
+    if sets.get("agent_version"):  # the agent's reported version, as from a heartbeat
+        tx.execute("UPDATE agents SET agent_version = ? WHERE id = ?",
+                   (sets["agent_version"], agent_id))
     row = tx.one(
         "SELECT id FROM update_acknowledgments WHERE update_id = ? AND agent_id = ?",
         (update_id, agent_id),

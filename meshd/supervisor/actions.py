@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from meshd import log as logging
-from meshd.clock import db_time
+from meshd.clock import db_time, new_id
 from meshd.config import Settings
 from meshd.locks import FileLock
 from meshd.recovery import corruption
@@ -53,8 +53,16 @@ class ProtocolActions:
         WebSocket when a worker serves."""
         self.sup.alert(event)
         worker = self.sup.worker
-        if worker is not None and worker.healthy_at is not None:
-            await worker.call("POST", "/internal/publish", {"event": event})
+        queued = any(r.get("kind") == "publish" for r in self.sup.outbox.pending)
+        if worker is not None and worker.healthy_at is not None and not queued:
+            try:
+                await worker.call("POST", "/internal/publish", {"event": event})
+                return
+            except Exception as exc:  # noqa: BLE001 - kept and sent once a worker serves
+                log.warning("protocol.publish_queued", error=str(exc))
+        # No worker serving (or earlier ones still queued): kept in order in the outbox, so
+        # agents get every transition, with an event id, when a worker is back.
+        self.queue_record({"kind": "publish", "id": f"publish-{new_id()}", "event": event})
 
     def start_corruption_protocol(self, reason: str, **context: Any) -> Run:
         return self.sup.start_corruption_protocol(reason, **context)
@@ -62,6 +70,10 @@ class ProtocolActions:
     async def complete_update(self, update_id: str) -> None:
         self.queue_record({"kind": "update_complete", "id": f"update-complete-{update_id}",
                            "update_id": update_id, "completed_at": db_time()})
+
+    def publish_rollback_update(self, update: dict[str, Any]) -> None:
+        self.queue_record({"kind": "rollback_update", "id": f"rollback-{update['id']}",
+                           "update": update})
 
     # -- the worker's lifecycle --------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from meshd import log as logging
+from meshd import semver
 from meshd.control.server import BadRequest, make_app, read_json, reply
 from meshd.errors import Conflict, MeshError, NotFound
 from meshd.recovery import corruption
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from meshd.supervisor.loop import Supervisor
 
 log = logging.get("meshd.control")
+DRILLS = ("server_crash_recovery", "network_partition")
 
 
 def make_control_app(sup: Supervisor) -> web.Application:
@@ -34,7 +36,14 @@ def make_control_app(sup: Supervisor) -> web.Application:
 
     @routes.post("/control/corruption")
     async def corruption_reported(request: web.Request) -> web.Response:
-        detail = (await read_json(request)).get("detail", "")
+        body = await read_json(request)
+        detail = body.get("detail", "")
+        worker = sup.worker
+        if isinstance(body.get("pid"), int) and (worker is None or worker.pid != body["pid"]):
+            # A report from a worker already replaced (killed by the restore it asked for, its
+            # report late): the database it saw is gone; a second restore would be spurious.
+            log.warning("supervisor.stale_corruption_report", pid=body["pid"], detail=detail)
+            return reply({"accepted": False, "reason": "from a worker no longer serving"})
         log.error("supervisor.corruption_reported", detail=detail)
         run = sup.start_corruption_protocol(f"the worker met corruption: {detail}")
         return reply({"accepted": True, "run_id": run.id})
@@ -122,10 +131,18 @@ def make_control_app(sup: Supervisor) -> web.Application:
             raise BadRequest("context must be an object")
         if name == "breaking_api_update" and not context.get("update_id"):
             raise BadRequest("breaking_api_update needs context.update_id")
+        if context.get("rollback_to") is not None and (
+                name != "server_crash_recovery"
+                or not semver.is_valid(str(context["rollback_to"]))):
+            raise BadRequest("rollback_to is a semantic version, for server_crash_recovery")
         if name == corruption.SPEC.name:
             run = sup.start_corruption_protocol(reason, **context)
         else:
-            run = sup.engine.start(name, reason, context)
+            # Started by hand with no detected fault behind it: a drill, and it says so.
+            # (A breaking update's run watches a real update; a restore really restores.)
+            drill = (name in DRILLS and not body.get("detected")
+                     and not context.get("rollback_to"))  # a roll-back by hand is real
+            run = sup.engine.start(name, reason, context, drill=drill)
         sup.wake()
         return reply(run.public())
 

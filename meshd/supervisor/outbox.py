@@ -42,7 +42,8 @@ class Outbox:
         self.save()
 
     def open_events(self) -> int:
-        return sum(1 for r in self.pending if r.get("status") != "resolved")
+        return sum(1 for r in self.pending
+                   if r.get("kind") == "event" and r.get("status") != "resolved")
 
     def save(self) -> None:
         try:

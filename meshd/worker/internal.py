@@ -19,6 +19,7 @@ from meshd.clock import db_time
 from meshd.control import server as control_server
 from meshd.errors import Invalid, MeshError
 from meshd.store import records
+from meshd.store.events import Event, emit_only
 
 log = logging.get("meshd.internal")
 routes = web.RouteTableDef()
@@ -89,7 +90,16 @@ async def publish(request: web.Request) -> web.Response:
     event = body.get("event")
     if not isinstance(event, dict) or "type" not in event:
         raise Invalid("event must be an object with a type")
-    request.app[HUB].publish(event, body.get("audience"))
+    audience = body.get("audience")
+    storage = request.app[STORAGE]
+    payload = {k: v for k, v in event.items() if k != "type"}
+    try:
+        # Through a write, so the event gets its row and id like any other; meshd's own
+        # record, so read-only mode does not refuse it.
+        await storage.write_internal(emit_only, Event(event["type"], payload, audience))
+    except MeshError as exc:
+        log.info("publish.without_event_row", reason=exc.message)
+        request.app[HUB].publish(event, audience)
     return json_response({"published": True})
 
 

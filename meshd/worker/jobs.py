@@ -17,6 +17,7 @@ from datetime import timedelta
 from meshd import log as logging
 from meshd.clock import db_time, utcnow
 from meshd.config import Settings
+from meshd.store import event_log
 from meshd.store import health as health_store
 from meshd.store import messages as messages_store
 from meshd.store.base import Storage
@@ -36,10 +37,18 @@ async def _every(interval: float, name: str, fn: Callable[[], Awaitable[None]]) 
             log.warning("job.failed", job=name, error=str(exc))
 
 
+def heartbeating(went_offline: list[dict], since: str) -> list[dict]:
+    """The agents of `went_offline` with evidence of having been online: a heartbeat (HTTP,
+    health post or WebSocket) at or after `since`. An agent registered and never heard from
+    again, or silent since long before, cannot be cut off by a partition."""
+    return [r for r in went_offline if r.get("heartbeat_at") and r["heartbeat_at"] >= since]
+
+
 @dataclass
 class PartitionDetector:
     """Agents going offline together, not one by one: more than `share` of the active agents
-    (and at least `min_agents`) within `window` seconds is a network partition."""
+    (and at least `min_agents`) within `window` seconds is a network partition. Only agents
+    that were heartbeating are observed (see `heartbeating`)."""
 
     share: float
     min_agents: int
@@ -71,6 +80,9 @@ def start(settings: Settings, storage: Storage,
             messages_store.time_out_expired, db_time())
         if timed_out:
             log.info("messages.timed_out", count=len(timed_out))
+        pruned = await storage.write(event_log.prune, settings.event_log_keep)
+        if pruned:
+            log.info("events.pruned", count=pruned)
 
     loop = asyncio.get_running_loop()
     detector = PartitionDetector(settings.partition_share, settings.partition_min_agents,
@@ -89,7 +101,10 @@ def start(settings: Settings, storage: Storage,
             log.info("agents.offline", count=len(went_offline),
                      agent_ids=[r["agent_id"] for r in went_offline])
         online = await storage.read(health_store.count_online, cutoff)
-        fired = detector.observe(loop.time(), went_offline, online)
+        # Evidence: a heartbeat within partition_window before the agent's timeout began.
+        since = db_time(now - timedelta(seconds=settings.heartbeat_timeout
+                                        + settings.partition_window))
+        fired = detector.observe(loop.time(), heartbeating(went_offline, since), online)
         if fired and supervisor is not None:
             agents = [agent_id for _t, agent_id, _ls in fired]
             log.warning("partition.detected", agents=agents, still_online=online)

@@ -82,7 +82,7 @@ async def report_corruption(settings: Settings, detail: str) -> None:
     reached, exit with the reserved code so it learns from the exit status instead."""
     try:
         await control.request(settings.control_socket, "POST", "/control/corruption",
-                              {"detail": detail}, timeout=2)
+                              {"detail": detail, "pid": os.getpid()}, timeout=2)
         return
     except (control.Unreachable, control.ControlError) as exc:
         log.error("worker.corruption_report_failed", error=str(exc))

@@ -54,12 +54,13 @@ class SupervisorClient:
             self._background(self._send(path, body, "supervisor.report_failed"))
 
     def start_protocol(self, name: str, reason: str, context: dict[str, Any]) -> None:
-        """Fire and forget: the request that triggered it never waits on the supervisor."""
+        """Fire and forget: the request that triggered it never waits on the supervisor.
+        `detected`: a fault the worker saw, not an operator's drill."""
         if not self.supervised:
             log.info("protocol.not_started_unsupervised", protocol=name, reason=reason)
             return
         self._background(self._send(f"/control/protocols/{name}/run",
-                                    {"reason": reason, "context": context},
+                                    {"reason": reason, "context": context, "detected": True},
                                     "protocol.start_failed"))
 
     def _background(self, coro) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from meshd.recovery.protocols import PROTOCOLS
+from meshd.store import catastrophe as store
 from tests.conftest import call, next_event, no_event, ws_connect
 
 GOLDEN = Path(__file__).resolve().parents[1] / "fixtures" / "catastrophe_protocols.json"
@@ -44,7 +45,7 @@ async def test_get_event(client):
     event_id = await report(client, affectedAgents=["x"], recoveryProtocol="restart")
     status, row = await call(client, "GET", f"/api/catastrophe/{event_id}")
     assert status == 200
-    assert set(row) == EVENT_KEYS
+    assert set(row) == EVENT_KEYS | {"protocolRuns"} and row["protocolRuns"] == []
     assert row["affected_agents"] == '["x"]' and row["affectedAgents"] == ["x"]
     assert row["status"] == "active" and row["resolved_at"] is None
     assert row["recovery_protocol"] == "restart" and row["description"] is None
@@ -108,7 +109,7 @@ async def test_protocols_route_is_not_shadowed(client):
     assert (await call(client, "GET", "/API/Catastrophe/Protocols/"))[0] == 200
 
 
-async def test_list_filters_combine(client):
+async def test_list_filters_combine(client, storage):
     a = await report(client, severity="critical")
     b = await report(client, severity="minor")
     c = await report(client, severity="critical")
@@ -124,6 +125,12 @@ async def test_list_filters_combine(client):
     # Both filters apply (the Node server applied only severity, RB-14).
     both = (await call(client, "GET", "/api/catastrophe?status=active&severity=critical"))[1]
     assert ids(both) == {a}
+    # open: active or recovering, what an operator looks for (a protocol makes it recovering).
+    await storage.write(store.set_status, b, "recovering", "2026-01-01 00:00:01")
+    assert ids((await call(client, "GET", "/api/catastrophe?status=active"))[1]) == {a}
+    assert ids((await call(client, "GET", "/api/catastrophe?status=open"))[1]) == {a, b}
+    assert ids((await call(client, "GET", "/api/catastrophe?status=open&severity=minor"))[1]) \
+        == {b}
     assert (await call(client, "GET", "/api/catastrophe?status=resolved&severity=minor"))[1] == []
     status, rows = await call(client, "GET", "/api/catastrophe?limit=2")
     assert status == 200 and len(rows) == 2
@@ -169,7 +176,6 @@ async def test_resolve_without_notes_and_bad_inputs(client):
 
 async def test_status_moves_forward_for_the_protocol_engine(storage):
     from meshd.errors import Conflict
-    from meshd.store import catastrophe as store
 
     def create(tx):
         return store.create_event(tx, event_type="db_corruption", severity="critical",
@@ -201,3 +207,29 @@ async def test_connecting_client_gets_only_open_events(client):
     assert event["catastrophe"]["id"] == open_id
     await no_event(ws, "catastrophe_alert")
     await ws.close()
+
+
+async def test_get_event_includes_its_protocol_runs_and_their_steps(client, storage):
+    from meshd.store import records
+
+    event_id = await report(client)
+    steps = [{"state": "detected", "next_state": "restarted", "outcome": "ok",
+              "detail": "worker back", "attempts": 1, "started_at": "2026-01-01 00:00:00",
+              "finished_at": "2026-01-01 00:00:01"},
+             {"state": "restarted", "next_state": "announced", "outcome": "aborted",
+              "detail": "aborted: operator", "attempts": 1,
+              "started_at": "2026-01-01 00:00:01", "finished_at": "2026-01-01 00:00:02"},
+             {"state": "announced", "next_state": "database_checked", "outcome": "skipped",
+              "detail": None, "attempts": 0, "started_at": "2026-01-01 00:00:02",
+              "finished_at": "2026-01-01 00:00:02"}]
+    for run_id, dry in (("run-1", False), ("run-dry", True)):
+        await storage.write(records.upsert_run, {
+            "id": run_id, "protocol": "server_crash_recovery", "event_id": event_id,
+            "state": "restarted", "outcome": "aborted", "reason": "aborted: operator",
+            "dry_run": dry, "started_at": "2026-01-01 00:00:00",
+            "updated_at": "2026-01-01 00:00:02", "steps": steps})
+    status, row = await call(client, "GET", f"/api/catastrophe/{event_id}")
+    assert status == 200
+    [run] = row["protocolRuns"]  # dry runs left out
+    assert (run["id"], run["outcome"]) == ("run-1", "aborted")
+    assert run["steps"] == steps

@@ -93,7 +93,7 @@ async def test_a_step_is_retried_until_it_succeeds(tmp_path):
     assert (run.steps[0].attempts, run.steps[0].detail) == (3, "third time")
 
 
-async def test_a_step_failing_every_attempt_fails_the_run_and_keeps_the_event_open(tmp_path):
+async def test_a_failing_step_fails_the_run_reopens_its_event_and_skips_the_rest(tmp_path):
     calls = []
 
     async def broken(host, run):
@@ -107,9 +107,13 @@ async def test_a_step_failing_every_attempt_fails_the_run_and_keeps_the_event_op
 
     assert (run.outcome, run.state) == ("failed", "failed")
     assert run.reason == "step b failed: OSError: disk on fire"
-    assert (run.steps[-1].outcome, run.steps[-1].attempts) == ("failed", 2)
-    assert run.event["status"] == "recovering" and "disk on fire" in run.event["description"]
+    assert [(s.state, s.outcome, s.attempts) for s in run.steps] == [
+        ("a", "ok", 1), ("b", "failed", 2), ("c", "skipped", 0)]
+    assert all(s.finished_at for s in run.steps)
+    # Nothing stays `recovering` with no run behind it: the event is active again, and says why.
+    assert run.event["status"] == "active" and "disk on fire" in run.event["description"]
     assert host.published[-1]["run"]["outcome"] == "failed"
+    assert host.published[-1]["catastrophe"]["status"] == "active"
     assert calls == []
 
 
@@ -164,6 +168,8 @@ async def test_abort_stops_a_run_and_leaves_its_event_open(tmp_path):
 
     assert (aborted.outcome, aborted.reason) == ("aborted", "aborted: operator")
     assert aborted.event["status"] == "active"
+    assert [(s.state, s.outcome) for s in aborted.steps] == [("a", "aborted")]
+    assert aborted.steps[0].finished_at and aborted.steps[0].detail == "aborted: operator"
     saved = Run.from_json((tmp_path / "protocols" / f"{run.id}.json").read_bytes())
     assert saved.outcome == "aborted"
     assert eng.resume_unfinished() == []  # an aborted run is not resumed
@@ -213,3 +219,162 @@ def test_steps_call_only_what_the_host_lists(module):
     listed = {name for name, _ in inspect.getmembers(RecoveryHost)} | set(
         RecoveryHost.__annotations__)
     assert used and used <= listed, used - listed
+
+
+# -- rules of issue 12: every run ends, final states, runs and restores coexist --------------
+
+
+class Settings:
+    """The one setting the deadline tests name."""
+
+    wait_for_it = 0.05
+
+
+def waiting_host() -> FakeHost:
+    host = FakeHost()
+    host.settings = Settings()  # type: ignore[attr-defined]
+    return host
+
+
+async def test_a_waiting_step_ends_at_its_deadline_and_the_run_goes_on(tmp_path):
+    async def forever(host, run):
+        run.context["seen"] = ["x"]
+        await asyncio.Event().wait()
+
+    async def lost(host, run):
+        return f"still away: {run.context['seen']}"
+
+    host = waiting_host()
+    eng = engine(tmp_path, host, spec({
+        "a": Transition(forever, "b", timeout=None, retries=0, deadline="wait_for_it",
+                        on_deadline=lost),
+        "b": Transition(ok("after"), "c")}))
+    run = await asyncio.wait_for(eng.wait(eng.start("drill", "testing").id), 5)
+
+    assert (run.outcome, run.state) == ("completed", "c")
+    assert run.steps[0].outcome == "ok"
+    assert run.steps[0].detail == "deadline wait_for_it (0.05 s) passed: still away: ['x']"
+    assert run.event["status"] == "resolved"
+
+
+async def test_a_deadline_counts_from_first_entering_the_state_across_a_restart(tmp_path):
+    calls: list[str] = []
+
+    async def forever(host, run):
+        calls.append("waiting")
+        await asyncio.Event().wait()
+
+    table = {"a": Transition(forever, "b", timeout=None, retries=0, deadline="wait_for_it"),
+             "b": Transition(ok("after"), "c")}
+    first = engine(tmp_path, waiting_host(), spec(table))
+    run = first.start("drill", "testing")
+    while not calls:
+        await asyncio.sleep(0.001)
+    entered = run.context["entered"]["a"]
+    for task in first._tasks.values():  # the supervisor is killed mid-wait
+        task.cancel()
+    await asyncio.sleep(0.06)  # pacing: the deadline passes while no supervisor runs
+
+    second = engine(tmp_path, waiting_host(), spec(table))
+    second.resume_unfinished()
+    done = await asyncio.wait_for(second.wait(run.id), 5)
+    assert done.outcome == "completed" and done.context["entered"]["a"] == entered
+    assert done.steps[-2].detail == "deadline wait_for_it (0.05 s) passed: ended"
+    # The wait the killed supervisor left running is final too, not `running` for ever.
+    assert (done.steps[0].state, done.steps[0].outcome) == ("a", "aborted")
+    assert done.steps[0].detail.startswith("interrupted") and done.steps[0].finished_at
+
+
+async def test_a_step_timeout_is_still_a_failed_attempt_under_a_longer_deadline(tmp_path):
+    async def slow(host, run):
+        await asyncio.sleep(10)
+
+    host = waiting_host()
+    host.settings.wait_for_it = 60
+    eng = engine(tmp_path, host, spec({"a": Transition(slow, "b", timeout=0.01, retries=0,
+                                                       deadline="wait_for_it")}))
+    run = await eng.wait(eng.start("drill", "testing").id)
+    assert run.outcome == "failed" and run.steps[0].detail == "timed out after 0.01 s"
+
+
+async def test_runs_pause_while_an_exclusive_run_restores_and_resume_after(tmp_path):
+    order: list[str] = []
+    restoring = asyncio.Event()
+    restored = asyncio.Event()
+
+    async def restore(host, run):
+        order.append("restore begins")
+        restoring.set()
+        await restored.wait()
+        order.append("restore ends")
+        return "restored"
+
+    async def other_step(host, run):
+        order.append("other step")
+        return "done"
+
+    restore_spec = spec({"r": Transition(restore, "d")}, "restore")
+    restore_spec = ProtocolSpec(restore_spec.name, restore_spec.event_type, "critical",
+                                "Restore", "test", restore_spec.states, restore_spec.table,
+                                restore_spec.summaries, exclusive=True)
+    eng = engine(tmp_path, FakeHost(), restore_spec,
+                 spec({"a": Transition(other_step, "b")}, "other"))
+    eng.start("restore", "corrupt")
+    await restoring.wait()
+    other = eng.start("other", "meanwhile")
+    await asyncio.sleep(0.02)  # pacing: the other run would have stepped by now
+    assert order == ["restore begins"] and other.steps == []
+    restored.set()
+    done = await asyncio.wait_for(eng.wait(other.id), 5)
+    assert done.outcome == "completed"
+    assert order == ["restore begins", "restore ends", "other step"]
+
+
+async def test_a_database_error_is_retried_without_failing_the_step(tmp_path):
+    import sqlite3
+
+    failures = iter([sqlite3.DatabaseError("database disk image is malformed"),
+                     sqlite3.OperationalError("unable to open database file")])
+
+    async def reads(host, run):
+        error = next(failures, None)
+        if error:
+            raise error
+        return "read after the restore"
+
+    eng = engine(tmp_path, FakeHost(), spec({"a": Transition(reads, "b", retries=0)}))
+    run = await asyncio.wait_for(eng.wait(eng.start("drill", "testing").id), 5)
+    assert run.outcome == "completed"
+    assert (run.steps[0].detail, run.steps[0].attempts) == ("read after the restore", 1)
+
+
+async def test_a_paused_run_can_still_be_aborted(tmp_path):
+    gate = asyncio.Event()
+
+    async def restore(host, run):
+        await gate.wait()
+        return "restored"
+
+    base = spec({"r": Transition(restore, "d", timeout=None)}, "restore")
+    restore_spec = ProtocolSpec(base.name, base.event_type, "critical", "Restore", "test",
+                                base.states, base.table, base.summaries, exclusive=True)
+    eng = engine(tmp_path, FakeHost(), restore_spec,
+                 spec({"a": Transition(ok("x"), "b"), "b": Transition(ok("y"), "c")}, "other"))
+    eng.start("restore", "corrupt")
+    await asyncio.sleep(0)
+    other = eng.start("other", "meanwhile")
+    await asyncio.sleep(0.01)
+    aborted = await asyncio.wait_for(eng.abort(other.id, "operator"), 5)
+    assert aborted.outcome == "aborted" and aborted.event["status"] == "active"
+    assert [(s.state, s.outcome) for s in aborted.steps] == [("a", "skipped"), ("b", "skipped")]
+    gate.set()
+
+
+async def test_a_drill_says_so_in_its_event_and_run(tmp_path):
+    host = FakeHost()
+    eng = engine(tmp_path, host, spec({"a": Transition(ok("one"), "b")}))
+    run = await eng.wait(eng.start("drill", "by hand", drill=True).id)
+    assert run.drill and run.context["drill"] is True
+    assert run.event["title"].startswith("Drill: ")
+    assert run.event["description"].startswith("drill (nothing failed)")
+    assert host.published[-1]["run"]["drill"] is True
