@@ -53,6 +53,12 @@ def parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
+def parse_database(value: Any) -> Path | str:
+    """A SQLite file path, or a `postgresql://` URL kept as text (a Path would fold `//`)."""
+    text = str(value)
+    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -97,8 +103,9 @@ OPTIONS: tuple[Option, ...] = (
            "allow the default API key on a non-loopback address"),
     Option("data_dir", Path, None,
            "data directory (default: $STATE_DIRECTORY under systemd, else ./data)"),
-    Option("database", Path, None,
-           "database file (default <data_dir>/mesh.db; may name a Node agent-mesh.db)"),
+    Option("database", parse_database, None,
+           "database file (default <data_dir>/mesh.db; may name a Node agent-mesh.db), or a"
+           " postgresql:// URL for the PostgreSQL backend"),
     Option("backup_dir", Path, Path("backups"), "backup directory"),
     Option("log_format", _choice("auto", "json", "console"), "auto",
            "log format: json, console, or auto (console on a TTY)"),
@@ -162,7 +169,7 @@ class Settings:
     api_key: str = DEFAULT_API_KEY
     allow_default_key: bool = False
     data_dir: Path = Path("data")
-    database: Path = Path("data/mesh.db")
+    database: Path | str = Path("data/mesh.db")  # str: a postgresql:// URL
     backup_dir: Path = Path("backups")
     log_format: str = "auto"
     log_level: str = "info"
@@ -226,8 +233,9 @@ def to_json(settings: Settings) -> str:
 
 def from_json(text: str) -> Settings:
     data = json.loads(text)
-    for name in ("data_dir", "database", "backup_dir"):
+    for name in ("data_dir", "backup_dir"):
         data[name] = Path(data[name])
+    data["database"] = parse_database(data["database"])
     return Settings(**data)
 
 

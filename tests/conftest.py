@@ -1,14 +1,22 @@
-"""Shared fixtures: a real SQLite file in a temp dir, the real app on a loopback test server."""
+"""Shared fixtures: a real database (a SQLite file in a temp dir, or a fresh database on a
+throwaway PostgreSQL cluster), the real app on a loopback test server.
+
+Tests under tests/api run once per backend (`[sqlite]`, `[postgresql]`) unless marked
+`sqlite_only`; elsewhere `backend` is SQLite. One cluster serves the whole session; each test
+gets its own database, copied from a migrated template (CREATE DATABASE ... TEMPLATE).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
 import pytest
 
 from meshd import config
+from tests import pgcluster
 from meshd.api.app import make_app
 from meshd.worker.serve import open_storage
 
@@ -16,13 +24,60 @@ API_KEY = "test-key"
 AUTH = {"X-API-Key": API_KEY}
 
 
+BACKENDS = ("sqlite", "postgresql")
+BOTH_BACKENDS_UNDER = Path(__file__).parent / "api"
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: the test is about SQLite itself")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if ("backend" in metafunc.fixturenames
+            and Path(metafunc.definition.path).is_relative_to(BOTH_BACKENDS_UNDER)
+            and metafunc.definition.get_closest_marker("sqlite_only") is None):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> config.Settings:
-    return config.load(
-        {"data_dir": str(tmp_path / "data"), "backup_dir": str(tmp_path / "backups"),
-         "api_key": API_KEY, "access_log": "false", "log_format": "json"},
-        environ={},
-    )
+def backend(request) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL cluster for the session, with a migrated template database."""
+    if pgcluster.pg_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not installed (make test installs them)")
+    with pgcluster.throwaway_cluster() as cluster:
+        cluster.create_database(pgcluster.TEMPLATE)
+        pgcluster.migrate(cluster.url(pgcluster.TEMPLATE))
+        yield cluster
+
+
+_database_names = itertools.count(1)
+
+
+@pytest.fixture
+def pg_database(request, backend):
+    """A fresh migrated database for one test (None on SQLite)."""
+    if backend != "postgresql":
+        yield None
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"t{next(_database_names)}"
+    url = cluster.clone_template(name)
+    yield url
+    cluster.drop_database(name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, pg_database) -> config.Settings:
+    flags = {"data_dir": str(tmp_path / "data"), "backup_dir": str(tmp_path / "backups"),
+             "api_key": API_KEY, "access_log": "false", "log_format": "json"}
+    if pg_database:
+        flags["database"] = pg_database
+    return config.load(flags, environ={})
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from meshd.api.ws import Hub
 from meshd.clock import db_time, new_id
 from meshd.config import Settings
 from meshd.locks import FileLock
-from meshd.store import backups, records
+from meshd.store import backups, postgres, records
 from meshd.store.sqlite import SqliteStorage, is_corruption
 from meshd.worker import jobs
 from meshd.worker.internal import make_internal_app
@@ -53,6 +53,10 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def open_storage(settings: Settings, on_corruption: Callable[[str], None] | None = None,
                  on_disk: Callable[[str | None], None] | None = None):
+    """The backend the `database` setting names: a postgresql:// URL or a SQLite file."""
+    if postgres.is_url(settings.database):
+        return postgres.PostgresStorage(str(settings.database), readers=settings.readers,
+                                        writers=settings.readers)
     return SqliteStorage(settings.database, settings.data_dir / "journal",
                          readers=settings.readers, on_corruption=on_corruption,
                          on_disk=on_disk)

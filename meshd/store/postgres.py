@@ -1,0 +1,285 @@
+"""PostgreSQL backend: the store's synchronous functions on pooled psycopg connections.
+
+Each write is one SERIALIZABLE transaction on a connection of its own, run in a worker thread;
+several run at once. The store's read-then-write functions (register by name, idempotent send
+by clientId, memory version bumps) were written for SQLite's single writer; SERIALIZABLE gives
+them the same guarantee with concurrent writers: PostgreSQL aborts one of two transactions
+whose interleaving could differ from some serial order (SQLSTATE 40001, or 40P01 for a
+deadlock), and the function is run again from the start on a fresh snapshot, where it sees
+what the other committed. A unique violation on retry-able keys is treated the same way a few
+times, then reported as a Conflict like SQLite's IntegrityError.
+
+Reads run in REPEATABLE READ READ ONLY transactions: a read function that issues several
+queries (the dashboard) sees one snapshot, as on SQLite.
+
+There is no meshd journal here: PostgreSQL's WAL is the durability, and a write is
+acknowledged only after its COMMIT returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from meshd import log as logging
+from meshd.errors import Conflict, MeshError, Unavailable
+from meshd.store import dialect, pg_schema
+from meshd.store.base import Row
+
+T = TypeVar("T")
+log = logging.get("meshd.store.postgres")
+
+MAX_ATTEMPTS = 20
+MAX_UNIQUE_RETRIES = 3
+CONNECT_TIMEOUT = 5.0
+UNREACHABLE_RETRY_AFTER = 5
+_RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
+
+
+def is_url(database: object) -> bool:
+    return str(database).startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and error messages."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info.pop("password", None)
+    return f"postgresql://{info.get('user', '')}@{info.get('host', '')}:" \
+           f"{info.get('port', '5432')}/{info.get('dbname', '')}"
+
+
+class _Reader:
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def _run(self, sql: str, params: Sequence[Any]) -> tuple[psycopg.Cursor, bool]:
+        statement = dialect.translate(sql)
+        return self.conn.execute(statement.sql, dialect.params(params)), statement.strip_rowid
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        cursor, strip = self._run(sql, params)
+        rows = cursor.fetchall()
+        if strip:
+            for row in rows:
+                row.pop("rowid", None)
+        return rows
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        cursor, strip = self._run(sql, params)
+        row = cursor.fetchone()
+        if strip and row is not None:
+            row.pop("rowid", None)
+        return row
+
+    def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        row = self._run(sql, params)[0].fetchone()
+        return next(iter(row.values())) if row else None
+
+
+class _Tx(_Reader):
+    __slots__ = ()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._run(sql, params)[0].rowcount
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        if not rows:
+            return 0
+        statement = dialect.translate(sql)
+        with self.conn.cursor() as cursor:
+            cursor.executemany(statement.sql, [dialect.params(r) for r in rows])
+            return cursor.rowcount
+
+    def insert_large(self, table: str, key_column: str, key: str, column: str,
+                     text: str) -> None:
+        """SQLite writes large values through blob I/O; PostgreSQL takes them as one bound
+        parameter (sent as is, not re-encoded), so a plain INSERT is the right tool here."""
+        self.execute(f"INSERT INTO {table} ({key_column}, {column}) VALUES (?, ?)", (key, text))
+
+
+class _Trial(Exception):
+    def __init__(self, result: Any) -> None:
+        super().__init__("trial rolled back")
+        self.result = result
+
+
+class PostgresStorage:
+    """The Storage interface on PostgreSQL; `url` is a libpq connection URL."""
+
+    def __init__(self, url: str, *, readers: int = 4, writers: int = 4,
+                 on_unreachable: Callable[[str | None], None] | None = None) -> None:
+        self.url = url
+        self.read_only_reason: str | None = None
+        self.migration: pg_schema.MigrationReport | None = None
+        self.replayed = 0
+        self.journal_epoch = 0  # no meshd journal: PostgreSQL's WAL is the durability
+        self.journal_seq = 0
+        self.unreachable: str | None = None
+        self._on_unreachable = on_unreachable
+        self._size = readers + writers
+        self._exec = ThreadPoolExecutor(self._size, thread_name_prefix="meshd-pg")
+        self._pool: ConnectionPool | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(self._exec, self._open)
+
+    def _open(self) -> None:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT),
+                             row_factory=dict_row) as conn:
+            started = time.monotonic()
+            self.migration = pg_schema.migrate(conn)
+        if self.migration.migrated:
+            log.info("store.migrated", backend="postgresql",
+                     from_version=self.migration.from_version,
+                     to_version=self.migration.to_version,
+                     seconds=round(time.monotonic() - started, 3))
+        self._pool = ConnectionPool(
+            self.url, min_size=1, max_size=self._size, open=False, timeout=CONNECT_TIMEOUT,
+            kwargs={"autocommit": True, "row_factory": dict_row,
+                    "connect_timeout": int(CONNECT_TIMEOUT)},
+            check=ConnectionPool.check_connection, name="meshd")
+        self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        log.info("store.opened", backend="postgresql", database=redact(self.url),
+                 schema_version=pg_schema.SCHEMA_VERSION)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._loop.run_in_executor(self._exec, self._pool.close)
+            self._pool = None
+        self._exec.shutdown(wait=True)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self._loop.run_in_executor(self._exec, self._run_read, fn, args)
+
+    def _run_read(self, fn: Callable[..., T], args: tuple) -> T:
+        try:
+            with self._pool.connection() as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                try:
+                    result = fn(_Reader(conn), *args)
+                finally:
+                    conn.execute("ROLLBACK")
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise self._unreachable(exc) from exc
+        self._reachable()
+        return result
+
+    async def check(self, full: bool = False) -> list[str]:
+        """A connection check: the server answers, and the schema is the one this build
+        knows. (Page-level integrity is PostgreSQL's own: data checksums, amcheck.)"""
+        def run(reader: _Reader) -> list[str]:
+            found = pg_schema.version(reader.conn)
+            if found != pg_schema.SCHEMA_VERSION:
+                return [f"schema version {found}, expected {pg_schema.SCHEMA_VERSION}"]
+            if full:
+                missing = [t for t in pg_schema.TABLES if reader.scalar(
+                    "SELECT to_regclass(?) IS NULL", (t,))]
+                if missing:
+                    return [f"missing tables: {', '.join(missing)}"]
+            return []
+
+        try:
+            return await self.read(run)
+        except MeshError as exc:
+            return [exc.message]
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def set_read_only(self, reason: str | None) -> None:
+        self.read_only_reason = reason
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.read_only_reason:
+            raise Unavailable(f"meshd is read-only: {self.read_only_reason}")
+        return await self.write_internal(fn, *args)
+
+    async def write_internal(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._pool is None:
+            raise Unavailable("the store is not open")
+        return await self._loop.run_in_executor(self._exec, self._run_write, fn, args, False)
+
+    async def trial(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a write function and roll it back (the self-test in read-only mode)."""
+        if self._pool is None:
+            raise Unavailable("the store is not open")
+        return await self._loop.run_in_executor(self._exec, self._run_write, fn, args, True)
+
+    def _run_write(self, fn: Callable[..., T], args: tuple, trial: bool) -> T:
+        unique_retries = 0
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                result = self._attempt(fn, args, trial)
+            except _RETRY as exc:
+                if attempt == MAX_ATTEMPTS:
+                    raise Unavailable(f"the write kept conflicting with others: {exc}",
+                                      retry_after=1) from exc
+            except pg_errors.UniqueViolation as exc:
+                # A concurrent insert of the same key committed between this transaction's
+                # check and its insert: on a fresh snapshot the check sees it.
+                unique_retries += 1
+                if unique_retries > MAX_UNIQUE_RETRIES:
+                    raise Conflict(f"the write conflicts with existing data ({exc})") from exc
+            except pg_errors.IntegrityError as exc:
+                raise Conflict(f"the write conflicts with existing data ({exc})") from exc
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise self._unreachable(exc) from exc
+            except StopIteration as exc:  # a Future refuses to carry one
+                raise RuntimeError(f"write function raised StopIteration: {exc}") from exc
+            else:
+                self._reachable()
+                return result
+            time.sleep(random.uniform(0, 0.002 * attempt))  # let the winner finish
+        raise AssertionError("unreachable")
+
+    def _attempt(self, fn: Callable[..., T], args: tuple, trial: bool) -> T:
+        with self._pool.connection() as conn:
+            conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            try:
+                result = fn(_Tx(conn), *args)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if trial:
+                conn.execute("ROLLBACK")
+            else:
+                conn.execute("COMMIT")
+            return result
+
+    # -- reachability ------------------------------------------------------------------------
+
+    def _unreachable(self, exc: BaseException) -> MeshError:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if self.unreachable is None:
+            self.unreachable = detail
+            log.error("store.database_unreachable", backend="postgresql", detail=detail)
+            if self._on_unreachable and self._loop:
+                self._loop.call_soon_threadsafe(self._on_unreachable, detail)
+        return Unavailable(f"the database is unreachable: {detail}",
+                           retry_after=UNREACHABLE_RETRY_AFTER)
+
+    def _reachable(self) -> None:
+        if self.unreachable is not None:
+            self.unreachable = None
+            log.info("store.database_reachable", backend="postgresql")
+            if self._on_unreachable and self._loop:
+                self._loop.call_soon_threadsafe(self._on_unreachable, None)
+
+    def file_size(self) -> int:
+        return 0
