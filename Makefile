@@ -24,13 +24,15 @@ run: $(STAMP)
 	$(BIN)/meshd run --host 127.0.0.1 --port $${PORT:-4000} --data-dir ./data --backup-dir ./backups
 
 # Commands the process tests call (the unit file check, the seed's curl and jq examples, node for
-# the JavaScript outbox), installed from Debian's packages when missing.
+# the JavaScript outbox, the PostgreSQL server for the second backend's throwaway cluster),
+# installed from Debian's packages when missing.
 test-tools:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

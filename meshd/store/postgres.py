@@ -6,8 +6,9 @@ by clientId, memory version bumps) were written for SQLite's single writer; SERI
 them the same guarantee with concurrent writers: PostgreSQL aborts one of two transactions
 whose interleaving could differ from some serial order (SQLSTATE 40001, or 40P01 for a
 deadlock), and the function is run again from the start on a fresh snapshot, where it sees
-what the other committed. A unique violation on retry-able keys is treated the same way a few
-times, then reported as a Conflict like SQLite's IntegrityError.
+what the other committed. A concurrent insert of a key this transaction looked up first is
+such a failure too (PostgreSQL reports it as 40001, not as a unique violation); any other
+integrity error is a Conflict, as SQLite's IntegrityError is.
 
 Reads run in REPEATABLE READ READ ONLY transactions: a read function that issues several
 queries (the dashboard) sees one snapshot, as on SQLite.
@@ -39,7 +40,6 @@ T = TypeVar("T")
 log = logging.get("meshd.store.postgres")
 
 MAX_ATTEMPTS = 20
-MAX_UNIQUE_RETRIES = 3
 CONNECT_TIMEOUT = 5.0
 UNREACHABLE_RETRY_AFTER = 5
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
@@ -222,7 +222,6 @@ class PostgresStorage:
         return await self._loop.run_in_executor(self._exec, self._run_write, fn, args, True)
 
     def _run_write(self, fn: Callable[..., T], args: tuple, trial: bool) -> T:
-        unique_retries = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 result = self._attempt(fn, args, trial)
@@ -230,12 +229,6 @@ class PostgresStorage:
                 if attempt == MAX_ATTEMPTS:
                     raise Unavailable(f"the write kept conflicting with others: {exc}",
                                       retry_after=1) from exc
-            except pg_errors.UniqueViolation as exc:
-                # A concurrent insert of the same key committed between this transaction's
-                # check and its insert: on a fresh snapshot the check sees it.
-                unique_retries += 1
-                if unique_retries > MAX_UNIQUE_RETRIES:
-                    raise Conflict(f"the write conflicts with existing data ({exc})") from exc
             except pg_errors.IntegrityError as exc:
                 raise Conflict(f"the write conflicts with existing data ({exc})") from exc
             except (psycopg.OperationalError, PoolTimeout) as exc:
