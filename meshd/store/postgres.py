@@ -42,6 +42,7 @@ log = logging.get("meshd.store.postgres")
 MAX_ATTEMPTS = 20
 CONNECT_TIMEOUT = 5.0
 UNREACHABLE_RETRY_AFTER = 5
+PROBE_INTERVAL = 0.5
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 
@@ -131,6 +132,7 @@ class PostgresStorage:
         self._exec = ThreadPoolExecutor(self._size, thread_name_prefix="meshd-pg")
         self._pool: ConnectionPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._probe: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -158,6 +160,8 @@ class PostgresStorage:
                  schema_version=pg_schema.SCHEMA_VERSION)
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         if self._pool is not None:
             await self._loop.run_in_executor(self._exec, self._pool.close)
             self._pool = None
@@ -169,6 +173,7 @@ class PostgresStorage:
         return await self._loop.run_in_executor(self._exec, self._run_read, fn, args)
 
     def _run_read(self, fn: Callable[..., T], args: tuple) -> T:
+        self._fail_fast()
         try:
             with self._pool.connection() as conn:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -222,6 +227,7 @@ class PostgresStorage:
         return await self._loop.run_in_executor(self._exec, self._run_write, fn, args, True)
 
     def _run_write(self, fn: Callable[..., T], args: tuple, trial: bool) -> T:
+        self._fail_fast()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 result = self._attempt(fn, args, trial)
@@ -256,16 +262,46 @@ class PostgresStorage:
             return result
 
     # -- reachability ------------------------------------------------------------------------
+    #
+    # The first failed connection marks the database unreachable. From then on requests get
+    # their 503 at once (instead of each waiting out the pool's timeout) while one probe
+    # connects every PROBE_INTERVAL; its first success clears the mark, and the pool replaces
+    # its broken connections as they are checked out. No operator step is needed.
+
+    def _fail_fast(self) -> None:
+        if self.unreachable is not None:
+            raise Unavailable(f"the database is unreachable: {self.unreachable}",
+                              retry_after=UNREACHABLE_RETRY_AFTER)
 
     def _unreachable(self, exc: BaseException) -> MeshError:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if self.unreachable is None:
+        if self.unreachable is None and self._loop is not None:
             self.unreachable = detail
             log.error("store.database_unreachable", backend="postgresql", detail=detail)
-            if self._on_unreachable and self._loop:
+            self._loop.call_soon_threadsafe(self._start_probe)
+            if self._on_unreachable:
                 self._loop.call_soon_threadsafe(self._on_unreachable, detail)
         return Unavailable(f"the database is unreachable: {detail}",
                            retry_after=UNREACHABLE_RETRY_AFTER)
+
+    def _start_probe(self) -> None:
+        if self._probe is None or self._probe.done():
+            self._probe = self._loop.create_task(self._probe_until_reachable(),
+                                                 name="meshd-pg-probe")
+
+    async def _probe_until_reachable(self) -> None:
+        while self.unreachable is not None and self._pool is not None:
+            await asyncio.sleep(PROBE_INTERVAL)
+            try:
+                await asyncio.to_thread(self._connect_once)
+            except psycopg.Error as exc:
+                log.debug("store.probe_failed", detail=str(exc).strip()[:200])
+                continue
+            self._reachable()
+
+    def _connect_once(self) -> None:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=2) as conn:
+            conn.execute("SELECT 1")
 
     def _reachable(self) -> None:
         if self.unreachable is not None:
