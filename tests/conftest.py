@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from meshd import config
-from tests import pgcluster
 from meshd.api.app import make_app
 from meshd.worker.serve import open_storage
+from tests import pgcluster
 
 API_KEY = "test-key"
 AUTH = {"X-API-Key": API_KEY}
