@@ -14,10 +14,13 @@ from typing import Any
 from meshd import semver
 from meshd.clock import db_time, parse_time
 from meshd.config import Settings
+from meshd.store import postgres
 
 
 def read_sql(settings: Settings, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
     """Read-only SQL on a connection of its own."""
+    if postgres.is_url(settings.database):
+        return postgres.read_sql(str(settings.database), sql, params)
     conn = sqlite3.connect(f"file:{settings.database}?mode=ro", uri=True, timeout=5)
     conn.row_factory = sqlite3.Row
     try:

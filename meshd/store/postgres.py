@@ -189,21 +189,7 @@ class PostgresStorage:
     async def check(self, full: bool = False) -> list[str]:
         """A connection check: the server answers, and the schema is the one this build
         knows. (Page-level integrity is PostgreSQL's own: data checksums, amcheck.)"""
-        def run(reader: _Reader) -> list[str]:
-            found = pg_schema.version(reader.conn)
-            if found != pg_schema.SCHEMA_VERSION:
-                return [f"schema version {found}, expected {pg_schema.SCHEMA_VERSION}"]
-            if full:
-                missing = [t for t in pg_schema.TABLES if reader.scalar(
-                    "SELECT to_regclass(?) IS NULL", (t,))]
-                if missing:
-                    return [f"missing tables: {', '.join(missing)}"]
-            return []
-
-        try:
-            return await self.read(run)
-        except MeshError as exc:
-            return [exc.message]
+        return await self._loop.run_in_executor(self._exec, connection_check, self.url, full)
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -312,3 +298,33 @@ class PostgresStorage:
 
     def file_size(self) -> int:
         return 0
+
+
+# -- for the supervisor, which reads on connections of its own (the worker may be dead) -------
+
+
+def read_sql(url: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+    """Read-only portable SQL on a short-lived connection of its own."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT),
+                         row_factory=dict_row) as conn:
+        conn.execute("SET default_transaction_read_only = on")
+        return _Reader(conn).query(sql, params)
+
+
+def connection_check(url: str, full: bool = False) -> list[str]:
+    """What replaces SQLite's quick_check on PostgreSQL: the server answers, the schema is
+    this build's and (full) meshd's tables are all there; the problems, empty when sound."""
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT),
+                             row_factory=dict_row) as conn:
+            found = pg_schema.version(conn)
+            if found != pg_schema.SCHEMA_VERSION:
+                return [f"meshd schema version {found}, expected {pg_schema.SCHEMA_VERSION}"]
+            if full:
+                missing = [t for t in pg_schema.TABLES if conn.execute(
+                    "SELECT to_regclass(%s) IS NULL AS missing", (t,)).fetchone()["missing"]]
+                if missing:
+                    return [f"missing tables: {', '.join(missing)}"]
+    except psycopg.Error as exc:
+        return [f"the database is unreachable: {str(exc).strip().splitlines()[0]}"]
+    return []

@@ -33,7 +33,7 @@ from meshd.locks import FileLock, LockBusy, write_atomic
 from meshd.recovery import corruption, crash
 from meshd.recovery.engine import Engine, Run
 from meshd.recovery.protocols import PROTOCOLS
-from meshd.store import backups
+from meshd.store import backups, postgres
 from meshd.store import restore as restore_mod
 from meshd.supervisor import alerts
 from meshd.supervisor.maintenance import Maintenance, last_backup
@@ -440,7 +440,9 @@ class Supervisor:
             "agents": ws.get("agents"),
             "listen": f"{self.settings.host}:{self._sock.getsockname()[1]}",
             "data_dir": str(self.settings.data_dir.resolve()),
-            "database": str(self.settings.database.resolve()),
+            "database": (postgres.redact(self.settings.database)
+                         if postgres.is_url(self.settings.database)
+                         else str(self.settings.database.resolve())),
         }
 
     # -- fallback 503 on the shared socket ---------------------------------------------------
@@ -494,14 +496,14 @@ class Supervisor:
     async def _check_after_unclean_stop(self, old_pid: int) -> None:
         database = self.settings.database
         problems = (await asyncio.to_thread(backups.integrity, database, False)
-                    if database.exists() else [])
+                    if postgres.is_url(database) or database.exists() else [])
         log.warning("supervisor.unclean_stop_detected", previous_pid=old_pid,
                     quick_check="ok" if not problems else problems[:5])
         event = self.record_event(
             "server_down", "major", "Unclean shutdown detected",
             f"the previous meshd (pid {old_pid}) stopped without a clean shutdown; "
             f"quick_check: {'ok' if not problems else '; '.join(problems[:5])}")
-        if problems:
+        if problems and not postgres.is_url(database):
             self.start_corruption_protocol(
                 f"quick_check failed at start after an unclean stop: {'; '.join(problems[:3])}")
         else:
@@ -523,7 +525,8 @@ class Supervisor:
         """Backups and checks run while a worker serves and no restore owns it."""
         return (self.state == State.SERVING and self.held_by is None
                 and self.engine.active(corruption.SPEC.name) is None
-                and self.settings.database.exists())
+                and (postgres.is_url(self.settings.database)
+                     or self.settings.database.exists()))
 
     def request_stop(self) -> None:
         self._stopping = True

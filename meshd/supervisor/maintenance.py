@@ -24,7 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from meshd import log as logging
 from meshd.clock import db_time
 from meshd.recovery import corruption
-from meshd.store import backups
+from meshd.store import backups, postgres
 
 if TYPE_CHECKING:
     from meshd.supervisor.loop import Supervisor
@@ -47,6 +47,7 @@ class Maintenance:
         self.sup = sup
         self.scheduler: AsyncIOScheduler | None = None
         self.last_check: dict[str, Any] | None = None
+        self._pg_failing = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshd-maintenance",
                                             initializer=lower_priority)
 
@@ -69,12 +70,16 @@ class Maintenance:
         self.scheduler = scheduler
 
     async def scheduled_backup(self) -> None:
-        if self.sup.idle_for_maintenance():
+        # On PostgreSQL, backups are the operator's pg_dump / pgBackRest / WAL-G (not yet meshd's).
+        if self.sup.idle_for_maintenance() and not postgres.is_url(self.sup.settings.database):
             with contextlib.suppress(backups.BackupError):  # logged and recorded already
                 await self.backup_now("scheduled")
 
     async def backup_now(self, reason: str) -> dict[str, Any]:
         s = self.sup.settings
+        if postgres.is_url(s.database):
+            raise backups.BackupError("meshd does not back up a PostgreSQL database yet: use"
+                                      " pg_dump, pgBackRest or WAL-G (docs/postgresql.md)")
         try:
             manifest = await self._run(backups.take_backup, s.database, s.backup_dir,
                                                reason)
@@ -99,7 +104,15 @@ class Maintenance:
                            "at": db_time(), "ok": not problems, "problems": problems[:5],
                            "seconds": round(time.monotonic() - started, 3)}
         log.info("check.completed", **self.last_check)
-        if problems and self.sup.engine.active(corruption.SPEC.name) is None:
+        if postgres.is_url(self.sup.settings.database):
+            # Not corruption of a file meshd could restore: the server is down or the schema
+            # is wrong. The worker answers 503 with the reason until it is back. Recorded once
+            # per outage.
+            if problems and not self._pg_failing:
+                self.sup.record_event("database_unreachable", "critical",
+                                      "PostgreSQL check failed", "; ".join(problems[:3]))
+            self._pg_failing = bool(problems)
+        elif problems and self.sup.engine.active(corruption.SPEC.name) is None:
             self.sup.start_corruption_protocol(
                 f"{self.last_check['kind']} failed: {'; '.join(problems[:3])}")
         return problems

@@ -110,6 +110,8 @@ async def take_baseline_backup(settings: Settings, storage: SqliteStorage) -> st
     """Before the first write is accepted (and after a migration), make sure a verified
     backup of this journal epoch exists, so the journal always has a base to replay onto.
     The error when none could be written, else None."""
+    if postgres.is_url(settings.database):
+        return None  # no meshd journal to replay onto a base: PostgreSQL's WAL is the durability
     epoch = storage.journal_epoch
     try:
         has_base = any(m.verified and m.journal_epoch == epoch

@@ -1,0 +1,74 @@
+"""`meshd run --database postgresql://...`: the real supervisor and worker on a real cluster.
+
+The cluster stops (`pg_ctl -m immediate`, a crash) under write load: the worker answers 503
+with the reason, the supervisor stays up, the same worker resumes by itself when the cluster
+is back, and every acknowledged registration is in the database afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from meshd.store import postgres
+from tests import pgcluster
+from tests.process.harness import WriteLoad, api, async_poll
+
+pytestmark = pytest.mark.process
+
+
+@pytest.fixture
+def cluster():
+    if pgcluster.pg_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not installed (make test installs them)")
+    with pgcluster.throwaway_cluster() as made:
+        made.create_database("mesh")
+        yield made
+
+
+async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster):
+    url = cluster.url("mesh")
+    proc = meshd_proc().start(["--database", url])
+    await asyncio.to_thread(proc.wait_healthy, 30)
+    status = await asyncio.to_thread(proc.wait_serving)
+    assert status["database"] == postgres.redact(url)
+    worker = status["worker_pid"]
+
+    load = WriteLoad(proc, "pg")
+    running = asyncio.create_task(load.run(writers=4))
+    await async_poll(lambda: len(load.acked) >= 30, 30, "writes before the stop")
+    await asyncio.to_thread(cluster.stop, "immediate")
+    stopped_at = time.monotonic()
+
+    async with aiohttp.ClientSession() as session:
+        async def refusing():
+            code, body = await api(session, proc, "GET", "/readyz")
+            return (code, body) if code == 503 else None
+
+        code, body = await async_poll(refusing, 30, "/readyz 503 while the cluster is down")
+        assert body["reason"].startswith("the database is unreachable")
+        await async_poll(lambda: [f for f in load.failures if f[0] >= stopped_at
+                                  and f[2] == 503], 30, "503 answers to writes")
+        acked_while_down = len(load.acked)
+
+        await asyncio.to_thread(cluster.start)
+
+        async def ready():
+            return (await api(session, proc, "GET", "/readyz"))[0] == 200
+
+        await async_poll(ready, 30, "/readyz 200 after the cluster restart")
+        await async_poll(lambda: len(load.acked) >= acked_while_down + 30, 30,
+                         "writes after the restart")
+        load.stop.set()
+        await running
+        assert (await asyncio.to_thread(proc.status))["worker_pid"] == worker  # no restart
+        assert [f for f in load.server_errors() if f[2] != 503] == []
+
+        names = {r["name"] for r in await asyncio.to_thread(
+            postgres.read_sql, url, "SELECT name FROM agents")}
+        assert set(load.acked) <= names  # no acknowledged write lost
+    proc.signal(15)
+    assert await asyncio.to_thread(proc.wait_exit, 30) == 0
