@@ -133,13 +133,58 @@ def cmd_backup(args: argparse.Namespace) -> int:
         data = control.call(args, "POST", "/control/backup", {}, timeout=600)
     else:
         paths = control.offline_paths(args)
+        if _is_postgres(paths.database):
+            return _pg_backup(args, str(paths.database), paths.backup_dir)
         try:
             data = _asdict(backups.take_backup(paths.database, paths.backup_dir, "operator"))
         except backups.BackupError as exc:
             sys.stderr.write(f"meshd: {exc}\n")
             return 1
     _print(args, data, f"backup {data['file']}: {data['size']} bytes, journal seq "
-                       f"{data['journal_seq']}, integrity {data['integrity']}")
+                       f"{data['journal_seq']}, integrity {data['integrity']}"
+           if "journal_seq" in data else  # a PostgreSQL dump's manifest
+           f"backup {data['file']}: {data['size']} bytes, verified {data['verified']}")
+    return 0
+
+
+def _is_postgres(database) -> bool:
+    return isinstance(database, str)  # config.parse_database keeps only URLs as text
+
+
+def _pg_backup(args: argparse.Namespace, url: str, backup_dir) -> int:
+    from meshd.store import pg_backups
+
+    try:
+        manifest = pg_backups.take_dump(url, backup_dir, "operator")
+    except pg_backups.BackupError as exc:
+        sys.stderr.write(f"meshd: {exc}\n")
+        return 1
+    _print(args, _asdict(manifest), f"backup {manifest.file}: {manifest.size} bytes, "
+                                    f"{sum(manifest.row_counts.values())} rows, verified by a "
+                                    "restore into a scratch database")
+    return 0
+
+
+def _pg_restore(args: argparse.Namespace, url: str, backup_dir) -> int:
+    """Restore a pg_dump backup (named, or the newest) in place of meshd's tables."""
+    from meshd.store import pg_backups
+
+    dumps = sorted(backup_dir.glob(f"*{pg_backups.SUFFIX}"))
+    dump = backup_dir / args.backup if args.backup else (dumps[-1] if dumps else None)
+    if dump is None or not dump.exists():
+        sys.stderr.write(f"meshd: no PostgreSQL backup {args.backup or ''} in {backup_dir}\n")
+        return 1
+    if args.to_time:
+        sys.stderr.write("meshd: --to-time on PostgreSQL is point-in-time recovery: use "
+                         "pgBackRest or WAL-G (docs/postgresql.md)\n")
+        return 1
+    try:
+        counts = pg_backups.restore(url, dump)
+    except pg_backups.BackupError as exc:
+        sys.stderr.write(f"meshd: {exc}\n")
+        return 1
+    _print(args, {"backup": dump.name, "row_counts": counts},
+           f"restored {dump.name}: {sum(counts.values())} rows")
     return 0
 
 
@@ -172,7 +217,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         data = control.call(args, "POST", "/control/check", {"full": args.full}, timeout=3600)
     else:
         database = control.offline_paths(args).database
-        if not database.exists():
+        if not _is_postgres(database) and not database.exists():
             sys.stderr.write(f"meshd: no database at {database}\n")
             return 1
         problems = backups.integrity(database, full=args.full)
@@ -191,6 +236,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         _print(args, data, f"restore run {data['id']}: {data['outcome']} ({data['state']})")
         return 0 if data["outcome"] == "completed" else 1
     paths = control.offline_paths(args)
+    if _is_postgres(paths.database):
+        return _pg_restore(args, str(paths.database), paths.backup_dir)
     from meshd.locks import FileLock, LockBusy
 
     lock = FileLock(paths.data_dir / "writer.lock")

@@ -27,7 +27,7 @@ def data_dir(args: Namespace) -> Path:
 @dataclass(frozen=True, slots=True)
 class Paths:
     data_dir: Path
-    database: Path
+    database: Path | str  # str: a postgresql:// URL
     backup_dir: Path
 
 
@@ -38,8 +38,10 @@ def daemon_running(args: Namespace) -> bool:
 def offline_paths(args: Namespace) -> Paths:
     """Where the files are when no daemon can tell us: flags, then the usual defaults."""
     directory = data_dir(args)
-    database = Path(args.database) if getattr(args, "database", None) else (
-        Path(os.environ["MESHD_DATABASE"]) if os.environ.get("MESHD_DATABASE")
+    from meshd.config import parse_database
+
+    database = parse_database(args.database) if getattr(args, "database", None) else (
+        parse_database(os.environ["MESHD_DATABASE"]) if os.environ.get("MESHD_DATABASE")
         else directory / "mesh.db")
     backup_dir = Path(args.backup_dir) if getattr(args, "backup_dir", None) else Path(
         os.environ.get("MESHD_BACKUP_DIR", "backups"))

@@ -24,7 +24,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from meshd import log as logging
 from meshd.clock import db_time
 from meshd.recovery import corruption
-from meshd.store import backups, postgres
+from meshd.store import backups, pg_backups, postgres
 
 if TYPE_CHECKING:
     from meshd.supervisor.loop import Supervisor
@@ -70,16 +70,14 @@ class Maintenance:
         self.scheduler = scheduler
 
     async def scheduled_backup(self) -> None:
-        # On PostgreSQL, backups are the operator's pg_dump / pgBackRest / WAL-G (not yet meshd's).
-        if self.sup.idle_for_maintenance() and not postgres.is_url(self.sup.settings.database):
+        if self.sup.idle_for_maintenance():
             with contextlib.suppress(backups.BackupError):  # logged and recorded already
                 await self.backup_now("scheduled")
 
     async def backup_now(self, reason: str) -> dict[str, Any]:
         s = self.sup.settings
         if postgres.is_url(s.database):
-            raise backups.BackupError("meshd does not back up a PostgreSQL database yet: use"
-                                      " pg_dump, pgBackRest or WAL-G (docs/postgresql.md)")
+            return await self._pg_backup(reason)
         try:
             manifest = await self._run(backups.take_backup, s.database, s.backup_dir,
                                                reason)
@@ -91,6 +89,20 @@ class Maintenance:
                                 s.backup_keep_daily, s.backup_keep_weekly)
         await self._run(backups.prune_journal, s.data_dir / "journal", s.backup_dir,
                                 s.backup_keep)
+        return asdict(manifest)
+
+    async def _pg_backup(self, reason: str) -> dict[str, Any]:
+        """pg_dump of meshd's tables, verified in a scratch database (store/pg_backups.py);
+        the newest `backup_keep` dumps are kept."""
+        s = self.sup.settings
+        try:
+            manifest = await self._run(pg_backups.take_dump, str(s.database), s.backup_dir,
+                                       reason)
+        except pg_backups.BackupError as exc:
+            log.error("backup.failed", backend="postgresql", error=str(exc))
+            self.sup.record_event("backup_failed", "major", "Backup failed", str(exc))
+            raise backups.BackupError(str(exc)) from exc
+        await self._run(pg_backups.prune, s.backup_dir, s.backup_keep)
         return asdict(manifest)
 
     async def scheduled_check(self, full: bool) -> None:

@@ -8,6 +8,9 @@ is back, and every acknowledged registration is in the database afterwards.
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -70,5 +73,13 @@ async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster)
         names = {r["name"] for r in await asyncio.to_thread(
             postgres.read_sql, url, "SELECT name FROM agents")}
         assert set(load.acked) <= names  # no acknowledged write lost
+    # A backup through the running daemon: pg_dump, verified in a scratch database.
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "meshd", "backup", "--json", "--data-dir",
+                         str(proc.data_dir)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads(done.stdout)
+    assert manifest["verified"] and manifest["row_counts"]["agents"] >= len(load.acked)
+    assert (proc.backup_dir / manifest["file"]).exists()
     proc.signal(15)
     assert await asyncio.to_thread(proc.wait_exit, 30) == 0
