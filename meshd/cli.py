@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     _daemon_arguments(restore)
     restore.add_argument("backup", nargs="?", help="backup file name (default: newest verified)")
     restore.add_argument("--to-time", help="point in time (ISO-8601, UTC if no zone)")
+    migrate = sub.add_parser("migrate", help="copy a stopped SQLite mesh into PostgreSQL, "
+                             "verified by row counts and checksums (resumable)")
+    _daemon_arguments(migrate)
+    migrate.add_argument("--to", required=True, help="postgresql:// URL of the target database")
     mode = sub.add_parser("mode", help="switch the running daemon read-only or read-write")
     _daemon_arguments(mode)
     mode.add_argument("mode", choices=["read-only", "read-write"])
@@ -188,6 +192,45 @@ def _pg_restore(args: argparse.Namespace, url: str, backup_dir) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """SQLite -> PostgreSQL, with meshd stopped: the writer lock keeps it from starting."""
+    from meshd.control import client as control
+    from meshd.locks import FileLock, LockBusy
+    from meshd.store import pg_migrate
+
+    paths = control.offline_paths(args)
+    if not str(args.to).startswith(("postgresql://", "postgres://")):
+        sys.stderr.write("meshd: --to takes a postgresql:// URL\n")
+        return 2
+    if _is_postgres(paths.database):
+        sys.stderr.write("meshd: --database names the SQLite file to copy from\n")
+        return 2
+    lock = FileLock(paths.data_dir / "writer.lock")
+    try:
+        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=5)
+    except LockBusy:
+        sys.stderr.write("meshd: meshd is running on this data directory; stop it first\n")
+        return 1
+    try:
+        report = pg_migrate.migrate(paths.database, args.to)
+    except (pg_migrate.MigrateError, OSError) as exc:
+        sys.stderr.write(f"meshd: {exc}\n")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - psycopg's errors, shown without a traceback
+        sys.stderr.write(f"meshd: migration stopped ({type(exc).__name__}: {exc}); "
+                         "run the same command again to resume\n")
+        return 1
+    finally:
+        lock.release()
+    data = {"verified": report.verified, "resumed": report.resumed,
+            "tables": {t: _asdict(r) for t, r in report.tables.items()}}
+    text = "\n".join(f"{t:<24} {r.target_rows:>9} rows  {r.moved:>5} moved  "
+                     f"{'ok' if r.verified else 'MISMATCH'}" for t, r in report.tables.items())
+    _print(args, data, text)
+    return 0 if report.verified else 1
+
+
 def _asdict(obj) -> dict:
     import dataclasses
 
@@ -331,7 +374,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
 
 COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "status": cmd_status, "backup": cmd_backup,
             "backups": cmd_backups, "check": cmd_check, "restore": cmd_restore,
-            "mode": cmd_mode}
+            "mode": cmd_mode, "migrate": cmd_migrate}
 
 
 def main(argv: list[str] | None = None) -> int:
