@@ -31,6 +31,11 @@ def make_control_app(sup: Supervisor) -> web.Application:
         run = sup.start_corruption_protocol(f"the worker met corruption: {detail}")
         return web.json_response({"accepted": True, "run_id": run.id})
 
+    async def database_unreachable(request: web.Request) -> web.Response:
+        detail = (await request.json()).get("detail", "")
+        run = sup.start_unreachable_protocol(f"the worker cannot reach the database: {detail}")
+        return web.json_response({"accepted": True, "run_id": run.id})
+
     async def backup(request: web.Request) -> web.Response:
         try:
             return web.json_response(await sup.maintenance.backup_now("operator"))
@@ -74,7 +79,7 @@ def make_control_app(sup: Supervisor) -> web.Application:
         return web.json_response({"mode": mode})
 
     async def protocols(request: web.Request) -> web.Response:
-        return web.json_response({"protocols": catalog()})
+        return web.json_response({"protocols": catalog(tuple(PROTOCOLS))})
 
     async def protocol_run(request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -125,6 +130,7 @@ def make_control_app(sup: Supervisor) -> web.Application:
     app.router.add_get("/status", status)
     app.router.add_post("/control/corruption", corruption_reported)
     app.router.add_post("/control/storage", storage)
+    app.router.add_post("/control/database-unreachable", database_unreachable)
     app.router.add_post("/control/backup", backup)
     app.router.add_get("/control/backups", list_backups)
     app.router.add_post("/control/check", check)

@@ -30,7 +30,7 @@ from meshd import log as logging
 from meshd.clock import db_time, new_id
 from meshd.control.server import make_control_app
 from meshd.locks import FileLock, LockBusy, write_atomic
-from meshd.recovery import corruption, crash
+from meshd.recovery import corruption, crash, unreachable
 from meshd.recovery.engine import Engine, Run
 from meshd.recovery.protocols import PROTOCOLS
 from meshd.store import backups, postgres
@@ -646,6 +646,19 @@ class Supervisor:
                                 title=context.pop("title", None) if context else None)
         self._wake.set()
         return run
+
+    @property
+    def on_postgresql(self) -> bool:
+        return postgres.is_url(self.settings.database)
+
+    def start_unreachable_protocol(self, reason: str) -> Run:
+        """PostgreSQL could not be reached (joins the run under way, if any)."""
+        run = self.engine.start(unreachable.SPEC.name, reason)
+        self._wake.set()
+        return run
+
+    async def database_check(self, full: bool) -> list[str]:
+        return await asyncio.to_thread(backups.integrity, self.settings.database, full)
 
     def hold_worker(self, run_id: str) -> None:
         self.held_by = run_id

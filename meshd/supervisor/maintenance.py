@@ -47,7 +47,6 @@ class Maintenance:
         self.sup = sup
         self.scheduler: AsyncIOScheduler | None = None
         self.last_check: dict[str, Any] | None = None
-        self._pg_failing = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshd-maintenance",
                                             initializer=lower_priority)
 
@@ -118,12 +117,10 @@ class Maintenance:
         log.info("check.completed", **self.last_check)
         if postgres.is_url(self.sup.settings.database):
             # Not corruption of a file meshd could restore: the server is down or the schema
-            # is wrong. The worker answers 503 with the reason until it is back. Recorded once
-            # per outage.
-            if problems and not self._pg_failing:
-                self.sup.record_event("database_unreachable", "critical",
-                                      "PostgreSQL check failed", "; ".join(problems[:3]))
-            self._pg_failing = bool(problems)
+            # is wrong, and meshd waits for it (a run under way is joined).
+            if problems:
+                self.sup.start_unreachable_protocol(
+                    f"{self.last_check['kind']} failed: {'; '.join(problems[:3])}")
         elif problems and self.sup.engine.active(corruption.SPEC.name) is None:
             self.sup.start_corruption_protocol(
                 f"{self.last_check['kind']} failed: {'; '.join(problems[:3])}")

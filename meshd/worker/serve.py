@@ -52,11 +52,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def open_storage(settings: Settings, on_corruption: Callable[[str], None] | None = None,
-                 on_disk: Callable[[str | None], None] | None = None):
+                 on_disk: Callable[[str | None], None] | None = None,
+                 on_unreachable: Callable[[str | None], None] | None = None):
     """The backend the `database` setting names: a postgresql:// URL or a SQLite file."""
     if postgres.is_url(settings.database):
         return postgres.PostgresStorage(str(settings.database), readers=settings.readers,
-                                        writers=settings.readers)
+                                        writers=settings.readers, on_unreachable=on_unreachable)
     return SqliteStorage(settings.database, settings.data_dir / "journal",
                          readers=settings.readers, on_corruption=on_corruption,
                          on_disk=on_disk)
@@ -187,7 +188,12 @@ async def serve(
         supervisor_client.report("/control/storage",
                                  {"state": "full" if detail else "ok", "detail": detail})
 
-    storage = open_storage(settings, on_corruption, on_disk)
+    def on_unreachable(detail: str | None) -> None:
+        # PostgreSQL: the supervisor runs Database Unreachable (it joins a run under way).
+        if detail:
+            supervisor_client.report("/control/database-unreachable", {"detail": detail})
+
+    storage = open_storage(settings, on_corruption, on_disk, on_unreachable)
     await storage.start()
     storage.set_read_only(read_only_reason)
     baseline_problem = await take_baseline_backup(settings, storage)

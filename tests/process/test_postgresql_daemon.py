@@ -73,6 +73,29 @@ async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster)
         names = {r["name"] for r in await asyncio.to_thread(
             postgres.read_sql, url, "SELECT name FROM agents")}
         assert set(load.acked) <= names  # no acknowledged write lost
+
+    # The supervisor ran Database Unreachable (not Database Corruption) to its end, and its
+    # event reached the database once it was back.
+    def unreachable_runs():
+        return [json.loads(p.read_text()) for p in (proc.data_dir / "protocols").glob("*.json")
+                if json.loads(p.read_text())["protocol"] == "database_unreachable"]
+
+    await async_poll(lambda: [r for r in unreachable_runs() if r["outcome"] == "completed"],
+                     30, "database_unreachable run completed")
+    [run] = unreachable_runs()
+    assert run["state"] == "resolved"
+    assert [s["next_state"] for s in run["steps"]] == [
+        "recorded", "refusing", "reconnected", "verified", "resolved"]
+    assert not [p for p in (proc.data_dir / "protocols").glob("*.json")
+                if json.loads(p.read_text())["protocol"] == "database_corruption"]
+
+    def event_resolved():
+        return postgres.read_sql(url, "SELECT status FROM catastrophe_events"
+                                      " WHERE event_type = 'database_unreachable'")
+
+    rows = await async_poll(event_resolved, 30, "the event in the database")
+    await async_poll(lambda: event_resolved()[0]["status"] == "resolved", 30, "event resolved")
+    assert len(rows) == 1
     # A backup through the running daemon: pg_dump, verified in a scratch database.
     done = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "meshd", "backup", "--json", "--data-dir",
