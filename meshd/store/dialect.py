@@ -25,8 +25,11 @@ from typing import Any
 _JULIANDAY = re.compile(r"julianday\(([^()]*)\)", re.IGNORECASE)
 _LIMIT = re.compile(r"\bLIMIT\s+\?", re.IGNORECASE)
 _STAR = re.compile(r"\bSELECT\s+(?:\w+\.)?\*", re.IGNORECASE)
-# 2440587.5 is the Julian day of 1970-01-01 00:00 UTC.
-_JULIAN_EXPR = r"(EXTRACT(EPOCH FROM CAST(\1 AS timestamp)) / 86400.0 + 2440587.5)"
+# SQLite's julianday() is a double: (milliseconds since the Julian epoch) / 86400000.0, where
+# 210866760000000 ms separate that epoch from 1970-01-01. The same double here, so date
+# arithmetic compares equal at the same boundaries on both engines.
+_JULIAN_EXPR = (r"(CAST(EXTRACT(EPOCH FROM CAST(\1 AS timestamp)) * 1000 + 210866760000000"
+                r" AS double precision) / 86400000.0)")
 
 
 @dataclass(frozen=True, slots=True)
