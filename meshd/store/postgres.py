@@ -7,8 +7,9 @@ them the same guarantee with concurrent writers: PostgreSQL aborts one of two tr
 whose interleaving could differ from some serial order (SQLSTATE 40001, or 40P01 for a
 deadlock), and the function is run again from the start on a fresh snapshot, where it sees
 what the other committed. A concurrent insert of a key this transaction looked up first is
-such a failure too (PostgreSQL reports it as 40001, not as a unique violation); any other
-integrity error is a Conflict, as SQLite's IntegrityError is.
+such a failure too (usually reported as 40001, sometimes as a unique violation, which is
+retried a few times before it counts as a real duplicate); any other integrity error is a
+Conflict, as SQLite's IntegrityError is.
 
 Reads run in REPEATABLE READ READ ONLY transactions: a read function that issues several
 queries (the dashboard) sees one snapshot, as on SQLite.
@@ -40,6 +41,7 @@ T = TypeVar("T")
 log = logging.get("meshd.store.postgres")
 
 MAX_ATTEMPTS = 20
+MAX_UNIQUE_RETRIES = 3
 CONNECT_TIMEOUT = 5.0
 UNREACHABLE_RETRY_AFTER = 5
 PROBE_INTERVAL = 0.5
@@ -214,6 +216,7 @@ class PostgresStorage:
 
     def _run_write(self, fn: Callable[..., T], args: tuple, trial: bool) -> T:
         self._fail_fast()
+        unique_retries = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 result = self._attempt(fn, args, trial)
@@ -221,6 +224,14 @@ class PostgresStorage:
                 if attempt == MAX_ATTEMPTS:
                     raise Unavailable(f"the write kept conflicting with others: {exc}",
                                       retry_after=1) from exc
+            except pg_errors.UniqueViolation as exc:
+                # A key this transaction looked up and did not find was inserted by another
+                # that committed meanwhile. PostgreSQL usually reports that as 40001, but not
+                # always (observed on first inserts of one memory key): on a fresh snapshot
+                # the lookup sees the row. A duplicate that is no race fails every attempt.
+                unique_retries += 1
+                if unique_retries > MAX_UNIQUE_RETRIES:
+                    raise Conflict(f"the write conflicts with existing data ({exc})") from exc
             except pg_errors.IntegrityError as exc:
                 raise Conflict(f"the write conflicts with existing data ({exc})") from exc
             except (psycopg.OperationalError, PoolTimeout) as exc:

@@ -115,6 +115,17 @@ async def test_forced_race_on_idempotent_send(storage):
     assert len(await rows(storage, "SELECT id FROM messages")) == 1
 
 
+async def test_forced_race_on_first_memory_write(storage):
+    agent_id, _ = await storage.write(agents.register, "w", None, None, NOW)
+    group_id = await storage.write(
+        lambda tx: groups.create(tx, "G", None, "{}", agent_id, NOW))
+    await storage.write(lambda tx: groups.add_member(tx, group_id, agent_id, "member", NOW))
+    results = await race(storage, memory.upsert, group_id, agent_id, "new", '"v"', None, NOW)
+    assert sorted(version for _id, version, _members in results) == [1, 2]
+    history = await rows(storage, "SELECT version FROM memory_history ORDER BY version")
+    assert [r["version"] for r in history] == [1, 2]
+
+
 async def test_forced_race_on_memory_version_bump(storage):
     agent_id, _ = await storage.write(agents.register, "w", None, None, NOW)
     group_id = await storage.write(
