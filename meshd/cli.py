@@ -333,7 +333,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
 
     if args.action == "list":
-        data = catalog()
+        data = catalog(tuple(PROTOCOLS))
         _print(args, data, "\n".join(f"{name}: {' -> '.join(p['states'])}"
                                       for name, p in data.items()))
         return 0
