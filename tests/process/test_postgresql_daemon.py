@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -104,5 +106,40 @@ async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster)
     manifest = json.loads(done.stdout)
     assert manifest["verified"] and manifest["row_counts"]["agents"] >= len(load.acked)
     assert (proc.backup_dir / manifest["file"]).exists()
+    proc.signal(15)
+    assert await asyncio.to_thread(proc.wait_exit, 30) == 0
+
+
+async def test_worker_kill_9_on_postgresql_runs_crash_recovery(meshd_proc, cluster):
+    """Server Crash Recovery is backend-neutral but checks the database and reads recent
+    updates on connections of its own: on PostgreSQL, a connection check and PostgreSQL SQL."""
+    url = cluster.url("mesh")
+    proc = meshd_proc().start(["--database", url])
+    await asyncio.to_thread(proc.wait_healthy, 30)
+    status = await asyncio.to_thread(proc.wait_serving)
+    load = WriteLoad(proc, "crash")
+    running = asyncio.create_task(load.run(writers=4))
+    await async_poll(lambda: len(load.acked) >= 30, 30, "writes before the kill")
+    os.kill(status["worker_pid"], signal.SIGKILL)
+    await asyncio.to_thread(proc.wait_serving, status["worker_pid"], 30)
+    acked_at_restart = len(load.acked)
+    await async_poll(lambda: len(load.acked) >= acked_at_restart + 30, 30,
+                     "writes on the new worker")
+    load.stop.set()
+    await running
+
+    def runs(protocol):
+        return [json.loads(p.read_text()) for p in (proc.data_dir / "protocols").glob("*.json")
+                if json.loads(p.read_text())["protocol"] == protocol]
+
+    [run] = await async_poll(lambda: [r for r in runs("server_crash_recovery")
+                                      if r["outcome"] == "completed"], 30, "crash run done")
+    steps = {s["state"]: s["detail"] for s in run["steps"]}
+    assert steps["announced"] == "quick_check ok", steps  # the connection check passed
+    assert steps["database_checked"] == "no system update before the crash", steps
+    assert runs("database_corruption") == [] and runs("database_unreachable") == []
+    names = {r["name"] for r in await asyncio.to_thread(
+        postgres.read_sql, url, "SELECT name FROM agents")}
+    assert set(load.acked) <= names  # no acknowledged write lost to the kill
     proc.signal(15)
     assert await asyncio.to_thread(proc.wait_exit, 30) == 0
