@@ -33,7 +33,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from meshd import log as logging
-from meshd.errors import Conflict, MeshError, Unavailable
+from meshd.errors import Conflict, Invalid, MeshError, Unavailable
 from meshd.store import dialect, pg_schema
 from meshd.store.base import Row
 
@@ -111,6 +111,12 @@ class _Tx(_Reader):
         self.execute(f"INSERT INTO {table} ({key_column}, {column}) VALUES (?, ?)", (key, text))
 
 
+def _refused_value(exc: psycopg.DataError) -> Invalid:
+    """A value PostgreSQL cannot store or compare (a NUL character in text, which SQLite
+    takes; a number out of range) is the request's fault: 400 with the reason, not a 500."""
+    return Invalid(f"a value cannot be stored: {str(exc).strip().splitlines()[0]}")
+
+
 class _Trial(Exception):
     def __init__(self, result: Any) -> None:
         super().__init__("trial rolled back")
@@ -185,6 +191,8 @@ class PostgresStorage:
                     conn.execute("ROLLBACK")
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise self._unreachable(exc) from exc
+        except psycopg.DataError as exc:
+            raise _refused_value(exc) from exc
         self._reachable()
         return result
 
@@ -234,6 +242,8 @@ class PostgresStorage:
                     raise Conflict(f"the write conflicts with existing data ({exc})") from exc
             except pg_errors.IntegrityError as exc:
                 raise Conflict(f"the write conflicts with existing data ({exc})") from exc
+            except psycopg.DataError as exc:
+                raise _refused_value(exc) from exc
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 raise self._unreachable(exc) from exc
             except StopIteration as exc:  # a Future refuses to carry one
