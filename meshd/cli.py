@@ -246,7 +246,8 @@ def cmd_backups(args: argparse.Namespace) -> int:
     else:
         rows = backup_listing(control.offline_paths(args).backup_dir)
     text = "\n".join(
-        f"{r['file']}  {r['age_s'] // 60:>6.0f} min  {r['size']:>12} B  seq {r['journal_seq']:>8}"
+        f"{r['file']}  {r['age_s'] // 60:>6.0f} min  {r['size']:>12} B  "
+        f"seq {'-' if r['journal_seq'] is None else r['journal_seq']:>8}"
         f"  {'verified' if r['verified'] else 'NOT VERIFIED'}" for r in rows) or "no backups"
     _print(args, rows, text)
     return 0

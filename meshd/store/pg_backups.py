@@ -152,6 +152,18 @@ def restore(url: str, dump: Path) -> dict[str, int]:
     return counts
 
 
+def list_dumps(backup_dir: Path) -> list[DumpManifest]:
+    """The dumps that have a manifest (a dump is renamed into place only once verified),
+    newest first."""
+    found = []
+    for path in sorted(backup_dir.glob(f"*{SUFFIX}.json"), reverse=True):
+        try:
+            found.append(DumpManifest(**orjson.loads(path.read_bytes())))
+        except (OSError, ValueError, TypeError):
+            continue
+    return found
+
+
 def prune(backup_dir: Path, keep: int) -> list[str]:
     """Delete all but the newest `keep` dumps (and their manifests); the names deleted."""
     dumps = sorted(backup_dir.glob(f"*{SUFFIX}"))

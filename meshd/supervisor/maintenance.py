@@ -135,7 +135,9 @@ class Maintenance:
 def last_backup(backup_dir: Path) -> dict[str, Any] | None:
     manifests = backups.list_backups(backup_dir)
     if not manifests:
-        return None
+        dumps = backup_listing(backup_dir)  # a PostgreSQL mesh's pg_dump backups
+        return {k: dumps[0][k] for k in ("file", "created_at", "age_s", "size",
+                                         "journal_seq", "verified")} if dumps else None
     m = manifests[0]
     age = (datetime.now(UTC) - m.created).total_seconds()
     return {"file": m.file, "created_at": m.created_at, "age_s": round(age),
@@ -144,7 +146,12 @@ def last_backup(backup_dir: Path) -> dict[str, Any] | None:
 
 def backup_listing(backup_dir: Path) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
-    return [{"file": m.file, "created_at": m.created_at,
+    dumps = [{"file": d.file, "created_at": d.created_at,
+              "age_s": round((now - datetime.fromisoformat(d.created_at)).total_seconds()),
+              "size": d.size, "journal_seq": None, "journal_epoch": None,
+              "verified": d.verified, "reason": d.reason}
+             for d in pg_backups.list_dumps(backup_dir)]
+    return dumps + [{"file": m.file, "created_at": m.created_at,
              "age_s": round((now - m.created).total_seconds()), "size": m.size,
              "journal_seq": m.journal_seq, "journal_epoch": m.journal_epoch,
              "verified": m.verified, "reason": m.reason}

@@ -106,6 +106,7 @@ async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster)
     manifest = json.loads(done.stdout)
     assert manifest["verified"] and manifest["row_counts"]["agents"] >= len(load.acked)
     assert (proc.backup_dir / manifest["file"]).exists()
+    assert (await asyncio.to_thread(proc.status))["last_backup"]["file"] == manifest["file"]
     proc.signal(15)
     assert await asyncio.to_thread(proc.wait_exit, 30) == 0
 

@@ -50,6 +50,10 @@ async def test_backup_then_restore_through_the_cli(pg_url, tmp_path):
     manifest = json.loads(done.stdout)
     assert manifest["verified"] and manifest["row_counts"]["agents"] == 5
     assert (backup_dir / manifest["file"]).exists()
+    listed = meshd("backups", *args, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert row["file"] == manifest["file"] and row["verified"] and row["journal_seq"] is None
     assert not [p for p in backup_dir.iterdir() if p.name.startswith(".tmp")]
     # No scratch database is left behind by the verification.
     left = postgres.read_sql(pg_url, "SELECT datname FROM pg_database"
