@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 log = logging.get("meshd.control")
 
 
+# Database Corruption restores meshd's SQLite file; a PostgreSQL mesh is restored offline.
+ON_POSTGRESQL = ("meshd runs on PostgreSQL: there is no file to restore. Stop meshd and run "
+                 "`meshd restore --database postgresql://...` (docs/postgresql.md)")
+
+
 def make_control_app(sup: Supervisor) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(sup.status())
@@ -53,6 +58,8 @@ def make_control_app(sup: Supervisor) -> web.Application:
 
     async def restore(request: web.Request) -> web.Response:
         body = await request.json() if request.can_read_body else {}
+        if sup.on_postgresql:
+            return web.json_response({"error": ON_POSTGRESQL}, status=409)
         if sup.engine.active(corruption.SPEC.name):
             return web.json_response({"error": "a restore is already under way"}, status=409)
         try:
@@ -95,6 +102,8 @@ def make_control_app(sup: Supervisor) -> web.Application:
         if name == "breaking_api_update" and not context.get("update_id"):
             return web.json_response({"error": "breaking_api_update needs context.update_id"},
                                      status=400)
+        if name == corruption.SPEC.name and sup.on_postgresql:
+            return web.json_response({"error": ON_POSTGRESQL}, status=409)
         if name == corruption.SPEC.name:
             run = sup.start_corruption_protocol(reason, **context)
         else:

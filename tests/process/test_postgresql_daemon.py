@@ -107,6 +107,11 @@ async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster)
     assert manifest["verified"] and manifest["row_counts"]["agents"] >= len(load.acked)
     assert (proc.backup_dir / manifest["file"]).exists()
     assert (await asyncio.to_thread(proc.status))["last_backup"]["file"] == manifest["file"]
+    # Database Corruption restores a SQLite file: refused on PostgreSQL, with the way to go.
+    refused = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "meshd", "restore", "--json", "--data-dir",
+                         str(proc.data_dir)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "meshd restore --database" in refused.stderr, refused
     proc.signal(15)
     assert await asyncio.to_thread(proc.wait_exit, 30) == 0
 
