@@ -82,12 +82,15 @@ async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster)
         return [json.loads(p.read_text()) for p in (proc.data_dir / "protocols").glob("*.json")
                 if json.loads(p.read_text())["protocol"] == "database_unreachable"]
 
-    await async_poll(lambda: [r for r in unreachable_runs() if r["outcome"] == "completed"],
-                     30, "database_unreachable run completed")
-    [run] = unreachable_runs()
-    assert run["state"] == "resolved"
-    assert [s["next_state"] for s in run["steps"]] == [
-        "recorded", "refusing", "reconnected", "verified", "resolved"]
+    # (Under load a request can still meet a connection the restart broke just after the
+    # first run resolved: that is a second, short run of its own, resolved the same way.)
+    await async_poll(lambda: unreachable_runs() and all(
+        r["outcome"] == "completed" for r in unreachable_runs()), 30,
+        "database_unreachable runs completed")
+    for run in unreachable_runs():
+        assert run["state"] == "resolved"
+        assert [s["next_state"] for s in run["steps"]] == [
+            "recorded", "refusing", "reconnected", "verified", "resolved"]
     assert not [p for p in (proc.data_dir / "protocols").glob("*.json")
                 if json.loads(p.read_text())["protocol"] == "database_corruption"]
 
@@ -95,9 +98,8 @@ async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster)
         return postgres.read_sql(url, "SELECT status FROM catastrophe_events"
                                       " WHERE event_type = 'database_unreachable'")
 
-    rows = await async_poll(event_resolved, 30, "the event in the database")
-    await async_poll(lambda: event_resolved()[0]["status"] == "resolved", 30, "event resolved")
-    assert len(rows) == 1
+    await async_poll(lambda: len(event_resolved()) == len(unreachable_runs()) and all(
+        r["status"] == "resolved" for r in event_resolved()), 30, "events resolved")
     # A backup through the running daemon: pg_dump, verified in a scratch database.
     done = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "meshd", "backup", "--json", "--data-dir",
