@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: run test test-tools bench lint clean
 
@@ -19,13 +20,18 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
 run: $(STAMP)
 	mkdir -p data backups
 	$(BIN)/meshd run --host 127.0.0.1 --port $${PORT:-4000} --data-dir ./data --backup-dir ./backups
 
 # Commands the process tests call (the unit file check, the seed's curl and jq examples, node for
-# the JavaScript outbox, the PostgreSQL server for the second backend's throwaway cluster),
-# installed from Debian's packages when missing.
+# the JavaScript outbox, the console's browser test, promtool for /metrics and the alert rules,
+# the PostgreSQL server for the second backend's throwaway cluster), installed from Debian's
+# packages when missing. The browser is Debian's chromium: never `playwright install`.
 test-tools:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
@@ -33,6 +39,8 @@ test-tools:
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -42,7 +50,7 @@ test-tools:
 test: $(TEST_STAMP) test-tools
 	$(BIN)/python -m pytest -q -rs
 
-bench: $(TEST_STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 lint: $(TEST_STAMP)

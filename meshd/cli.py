@@ -7,8 +7,9 @@ import asyncio
 import json
 import sys
 
-from meshd import __version__, config
+from meshd import __version__, cli_replica, config
 from meshd import log as logging
+from meshd.control import client as control
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start meshd (supervisor + API worker) in the foreground")
     config.add_arguments(run)
     sub.add_parser("worker", help=argparse.SUPPRESS)
+    show = sub.add_parser("config", help="print the effective settings and where each came from")
+    config.add_arguments(show)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
     status = sub.add_parser("status", help="show the running daemon's state")
     _daemon_arguments(status)
     backup = sub.add_parser("backup", help="take a verified backup now")
@@ -36,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "verified by row counts and checksums (resumable)")
     _daemon_arguments(migrate)
     migrate.add_argument("--to", required=True, help="postgresql:// URL of the target database")
+    cli_replica.add_arguments(sub, restore, _daemon_arguments)
     mode = sub.add_parser("mode", help="switch the running daemon read-only or read-write")
     _daemon_arguments(mode)
     mode.add_argument("mode", choices=["read-only", "read-write"])
@@ -56,13 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     pabort = psub.add_parser("abort", help="abort a run (its event stays open)")
     _daemon_arguments(pabort)
     pabort.add_argument("run")
+    sub.add_parser("mcp", help="MCP server over stdio, a client of a running meshd "
+                   "(MESHD_URL, MESHD_AGENT_TOKEN or MESHD_API_KEY)")
     return parser
 
 
 def _daemon_arguments(parser: argparse.ArgumentParser) -> None:
-    """Operator commands find the daemon through the control socket in its data dir."""
+    """Operator commands resolve settings like `meshd run` (flag > environment > file >
+    default) and find the daemon through the control socket in the data directory."""
+    parser.add_argument("--config", dest="config", default=None,
+                        help="TOML file with settings, as given to `meshd run`")
     parser.add_argument("--data-dir", dest="data_dir", default=None,
-                        help="data directory of the daemon (default: $STATE_DIRECTORY or ./data)")
+                        help="data directory of the daemon (default: $MESHD_DATA_DIR, the "
+                             "file's data_dir, $STATE_DIRECTORY, else ./data)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--backup-dir", dest="backup_dir", default=None,
                         help="backup directory, when no daemon runs (default ./backups)")
@@ -86,10 +97,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if refusal:
         sys.stderr.write(f"meshd: {refusal}\n")
         return 2
-    if settings.listens_beyond_loopback and not settings.ws_auth:
+    if settings.listens_beyond_loopback and settings.ws_auth == "off":
         log.warning("config.ws_open", host=settings.host,
-                    detail="WebSocket connections are accepted without a key; set ws_auth "
-                           "to require it")
+                    detail="ws_auth is off: WebSocket connections without a key receive every "
+                           "event; public or required closes that")
     from meshd.store.schema import SchemaTooNew, check_version
     from meshd.supervisor.loop import run_supervisor
 
@@ -105,6 +116,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    rows = config.describe(load_settings(args))
+    width = max(len(r["setting"]) for r in rows)
+    _print(args, rows, "\n".join(
+        f"{r['setting']:<{width}}  {_show(r['value'])}  ({r['source']})" for r in rows))
+    return 0
+
+
+def _show(value) -> str:
+    return "none" if value is None else str(value)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from meshd.worker.serve import run_supervised
 
@@ -112,14 +135,44 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from meshd.control import client as control
 
-    data = control.call(args, "GET", "/status")
+    data = _call(load_settings(args), "GET", "/status")
     if args.json or not sys.stdout.isatty():
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
-        sys.stdout.write(control.render_status(data))
+        sys.stdout.write(render_status(data))
     return 0
+
+
+def render_status(data: dict) -> str:
+    lines = [f"meshd {data['state']}" + (f": {data['reason']}" if data.get("reason") else "")]
+    for key in ("mode", "supervisor_pid", "worker_pid", "uptime_s", "worker_uptime_s",
+                "restarts", "agents", "open_events", "pending_records", "last_backup",
+                "listen", "data_dir", "database"):
+        lines.append(f"  {key.replace('_', ' '):<16} {data.get(key)}")
+    for r in data.get("replicas") or []:
+        state = "ok" if r["ok"] else f"FAILING ({r['last_error']})"
+        lines.append(f"  replica          {r['replica']}: {state}, shipped seq "
+                     f"{r['shipped_seq']} (epoch {r['shipped_epoch']})")
+    return "\n".join(lines) + "\n"
+
+
+def _call(settings: config.Settings, method: str, path: str, body=None,
+          timeout: float = 30.0):
+    """One request to the running daemon; exits 3 when none answers, 1 on its error."""
+    socket_path = settings.control_socket
+    try:
+        return control.request_sync(socket_path, method, path, body, timeout)
+    except control.Unreachable as exc:
+        if not socket_path.exists():
+            sys.stderr.write(f"meshd: no running daemon: {socket_path} does not exist "
+                             "(start it with `meshd run`, or pass --data-dir)\n")
+        else:
+            sys.stderr.write(f"meshd: the daemon at {socket_path} did not answer: {exc}\n")
+        raise SystemExit(3) from None
+    except control.ControlError as exc:
+        sys.stderr.write(f"meshd: {exc.message}\n")
+        raise SystemExit(1) from None
 
 
 def _print(args: argparse.Namespace, data, text: str) -> None:
@@ -130,13 +183,13 @@ def _print(args: argparse.Namespace, data, text: str) -> None:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from meshd.control import client as control
     from meshd.store import backups
 
-    if control.daemon_running(args):
-        data = control.call(args, "POST", "/control/backup", {}, timeout=600)
+    settings = load_settings(args)
+    if control.alive(settings.control_socket):
+        data = _call(settings, "POST", "/control/backup", {}, timeout=600)
     else:
-        paths = control.offline_paths(args)
+        paths = settings
         if _is_postgres(paths.database):
             return _pg_backup(args, str(paths.database), paths.backup_dir)
         try:
@@ -194,11 +247,10 @@ def _pg_restore(args: argparse.Namespace, url: str, backup_dir) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     """SQLite -> PostgreSQL, with meshd stopped: the writer lock keeps it from starting."""
-    from meshd.control import client as control
     from meshd.locks import FileLock, LockBusy
     from meshd.store import pg_migrate
 
-    paths = control.offline_paths(args)
+    paths = load_settings(args)
     if not str(args.to).startswith(("postgresql://", "postgres://")):
         sys.stderr.write("meshd: --to takes a postgresql:// URL\n")
         return 2
@@ -238,13 +290,13 @@ def _asdict(obj) -> dict:
 
 
 def cmd_backups(args: argparse.Namespace) -> int:
-    from meshd.control import client as control
     from meshd.supervisor.maintenance import backup_listing
 
-    if control.daemon_running(args):
-        rows = control.call(args, "GET", "/control/backups")
+    settings = load_settings(args)
+    if control.alive(settings.control_socket):
+        rows = _call(settings, "GET", "/control/backups")
     else:
-        rows = backup_listing(control.offline_paths(args).backup_dir)
+        rows = backup_listing(settings.backup_dir)
     text = "\n".join(
         f"{r['file']}  {r['age_s'] // 60:>6.0f} min  {r['size']:>12} B  "
         f"seq {'-' if r['journal_seq'] is None else r['journal_seq']:>8}"
@@ -254,13 +306,13 @@ def cmd_backups(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from meshd.control import client as control
     from meshd.store import backups
 
-    if control.daemon_running(args):
-        data = control.call(args, "POST", "/control/check", {"full": args.full}, timeout=3600)
+    settings = load_settings(args)
+    if control.alive(settings.control_socket):
+        data = _call(settings, "POST", "/control/check", {"full": args.full}, timeout=3600)
     else:
-        database = control.offline_paths(args).database
+        database = settings.database
         if not _is_postgres(database) and not database.exists():
             sys.stderr.write(f"meshd: no database at {database}\n")
             return 1
@@ -271,15 +323,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from meshd.control import client as control
     from meshd.store import restore as restore_mod
 
+    if args.from_url:
+        return cli_replica.restore_from_replica(args)
     body = {"backup": args.backup, "to_time": _iso(args.to_time) if args.to_time else None}
-    if control.daemon_running(args):
-        data = control.call(args, "POST", "/control/restore", body, timeout=3600)
+    paths = load_settings(args)
+    if control.alive(paths.control_socket):
+        data = _call(paths, "POST", "/control/restore", body, timeout=3600)
         _print(args, data, f"restore run {data['id']}: {data['outcome']} ({data['state']})")
         return 0 if data["outcome"] == "completed" else 1
-    paths = control.offline_paths(args)
     if _is_postgres(paths.database):
         return _pg_restore(args, str(paths.database), paths.backup_dir)
     from meshd.locks import FileLock, LockBusy
@@ -322,15 +375,13 @@ def _iso(text: str) -> str:
 
 
 def cmd_mode(args: argparse.Namespace) -> int:
-    from meshd.control import client as control
 
-    data = control.call(args, "POST", "/control/mode", {"mode": args.mode})
+    data = _call(load_settings(args), "POST", "/control/mode", {"mode": args.mode})
     _print(args, data, f"mode: {data['mode']}")
     return 0
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
-    from meshd.control import client as control
     from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
 
     if args.action == "list":
@@ -350,37 +401,48 @@ def cmd_protocol(args: argparse.Namespace) -> int:
         context = {k: v for k, v in (("update_id", args.update), ("backup", args.backup),
                                      ("agents", args.agents.split(",") if args.agents else None))
                    if v}
-        data = control.call(args, "POST", f"/control/protocols/{args.name}/run",
+        data = _call(load_settings(args), "POST", f"/control/protocols/{args.name}/run",
                             {"reason": args.reason, "context": context})
         _print(args, data, f"run {data['id']} started ({data['protocol']}, {data['state']})")
         return 0
     if args.action == "status":
         if args.run:
-            data = control.call(args, "GET", f"/control/runs/{args.run}")
+            data = _call(load_settings(args), "GET", f"/control/runs/{args.run}")
             text = "\n".join([f"{data['protocol']} {data['id']}: {data['outcome']} at "
                               f"{data['state']}" + (f" ({data['reason']})" if data['reason']
                                                     else "")]
                              + [f"  {st['state']} -> {st['next_state']}: {st['outcome']}"
                                 f" ({st['detail']})" for st in data["steps"]])
         else:
-            data = control.call(args, "GET", "/control/runs")
+            data = _call(load_settings(args), "GET", "/control/runs")
             text = "\n".join(f"{r['id']}  {r['protocol']:<22} {r['outcome']:<9} {r['state']}"
                              for r in data) or "no protocol runs"
         _print(args, data, text)
         return 0
-    data = control.call(args, "POST", f"/control/runs/{args.run}/abort", {"reason": "operator"})
+    data = _call(load_settings(args), "POST", f"/control/runs/{args.run}/abort",
+                 {"reason": "operator"})
     _print(args, data, f"run {data['id']}: {data['outcome']}")
     return 0
 
 
-COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "status": cmd_status, "backup": cmd_backup,
+def cmd_mcp(args: argparse.Namespace) -> int:
+    from meshd.mcp import stdio
+
+    # stdout carries the protocol: log lines (warnings and worse) go to stderr.
+    logging.configure("json", "warning", process="mcp")
+    return stdio.run()
+
+
+COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "mcp": cmd_mcp,
+            "config": cmd_config, "status": cmd_status, "backup": cmd_backup,
             "backups": cmd_backups, "check": cmd_check, "restore": cmd_restore,
-            "mode": cmd_mode, "migrate": cmd_migrate}
+            "mode": cmd_mode, "migrate": cmd_migrate,
+            "replicas": lambda args: cli_replica.cmd_replicas(args)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("run", "worker"):
+    if args.command not in ("run", "worker", "mcp"):
         # Operator commands print results on stdout; their log lines go to stderr.
         logging.configure("auto", "warning", process="cli")
     return COMMANDS[args.command](args)

@@ -80,6 +80,50 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
     return parse
 
 
+WS_AUTH_MODES = ("off", "public", "required")
+
+
+def parse_ws_auth(value: Any) -> str:
+    """off, public or required; the old boolean still reads (true: required, false: off)."""
+    if isinstance(value, bool):
+        return "required" if value else "off"
+    text = str(value).strip().lower()
+    if text in WS_AUTH_MODES:
+        return text
+    if text in {"1", "true", "yes", "on"}:
+        return "required"
+    if text in {"0", "false", "no"}:
+        return "off"
+    raise ValueError(f"must be one of {', '.join(WS_AUTH_MODES)}")
+
+
+_ORIGIN_RE = re.compile(r"^https?://[^/\s,]+$")
+
+
+def parse_origins(value: Any) -> str:
+    """`*` or a comma-separated list of origins (`https://ui.example:8443`), kept as text."""
+    text = str(value).strip()
+    if text == "*":
+        return text
+    origins = [o.strip().rstrip("/") for o in text.split(",") if o.strip()]
+    bad = [o for o in origins if not _ORIGIN_RE.match(o)]
+    if not origins or bad:
+        raise ValueError("use * or a comma-separated list of origins such as "
+                         "https://ui.example.org" + (f" (not an origin: {bad[0]})" if bad else ""))
+    return ",".join(origins)
+
+
+def _replicas(value: Any) -> tuple[str, ...]:
+    """Checked here so a malformed URL refuses to start (urls.parse_list says why)."""
+    from meshd.store.replica.urls import parse_list
+
+    return tuple(u.url for u in parse_list(value))
+
+
+def _optional_path(value: Any) -> Path | None:
+    return Path(value) if str(value) else None
+
+
 def _optional_str(value: Any) -> str | None:
     text = str(value)
     return text if text else None
@@ -111,7 +155,17 @@ OPTIONS: tuple[Option, ...] = (
            "log format: json, console, or auto (console on a TTY)"),
     Option("log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
     Option("access_log", parse_bool, True, "log one event per HTTP request"),
-    Option("ws_auth", parse_bool, False, "require the API key on WebSocket connections"),
+    Option("ws_auth", parse_ws_auth, "off",
+           "WebSocket access: off (anyone, every event), public (anonymous sockets see only "
+           "mesh-wide events), required (a key or token needed); must be set explicitly "
+           "beyond loopback"),
+    Option("agent_auth", _choice("off", "optional", "required"), "optional",
+           "agent tokens: off, optional (enforced when presented), required (agent-scoped "
+           "routes need the agent's own token)"),
+    Option("cors_origins", parse_origins, "*",
+           "origins allowed to call header-key routes from a browser (* or a comma list)"),
+    Option("metrics_auth", parse_bool, False,
+           "require the API key (or a console session) on GET /metrics"),
     Option("max_body_size", parse_size, 1 << 20, "largest JSON body of a non-upload request"),
     Option("max_file_size", parse_size, 25 << 20, "largest uploaded file (decoded bytes)"),
     Option("sweep_interval", parse_duration, 60.0, "how often messages past their timeoutMs are timed out"),
@@ -154,59 +208,52 @@ OPTIONS: tuple[Option, ...] = (
     Option("alert_webhook", _optional_str, None,
            "URL POSTed each critical event / protocol transition as JSON"),
     Option("alert_timeout", parse_duration, 10.0, "time limit of one alert hook"),
+    Option("replica", _replicas, (),
+           "off-site replicas of backups and journal: file:///dir, sftp://user@host/dir, "
+           "s3://bucket/prefix (comma-separated, or a TOML list)"),
+    Option("replica_credentials", _optional_path, None,
+           "KEY=VALUE file with replica secrets (AWS_*, MESHD_SFTP_*), read over the environment"),
+    Option("replica_key_file", _optional_path, None,
+           "file with a 256-bit key (64 hex characters): encrypt everything shipped to replicas"),
+    Option("replica_interval", parse_duration, 1.0, "how often new journal records are shipped"),
+    Option("replica_sync", parse_bool, False,
+           "acknowledge a write only once a replica holds its journal records (RPO 0)"),
+    Option("replica_sync_timeout", parse_duration, 2.0,
+           "with replica_sync, a write no replica confirms within this is aborted (503)"),
+    Option("drill_interval", parse_duration, 86400.0,
+           "how often the newest replica is restored into a scratch file and checked"),
     Option("readers", int, 4, "reader connections (threads)"),
+    Option("baseline_retry", parse_duration, 10.0,
+           "after a restore, how long the worker waits between attempts at its baseline backup"),
+    Option("event_loop", _choice("uvloop", "asyncio"), "asyncio",
+           "the worker's event loop: uvloop (libuv) or asyncio's own"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
+    Option("mcp", parse_bool, False,
+           "serve the MCP server (streamable HTTP) at /mcp on the API port"),
+    Option("header_timeout", parse_duration, 20.0,
+           "a connection that has not sent a whole request head within this is closed"),
+    Option("body_timeout", parse_duration, 30.0,
+           "a request body that stops arriving for this long is refused (408)"),
+    Option("ws_max_per_address", int, 0,
+           "most WebSocket connections from one remote address (0: no cap; never loopback)"),
 )
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    config: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 4000
-    api_key: str = DEFAULT_API_KEY
-    allow_default_key: bool = False
-    data_dir: Path = Path("data")
-    database: Path | str = Path("data/mesh.db")  # str: a postgresql:// URL
-    backup_dir: Path = Path("backups")
-    log_format: str = "auto"
-    log_level: str = "info"
-    access_log: bool = True
-    ws_auth: bool = False
-    max_body_size: int = 1 << 20
-    max_file_size: int = 25 << 20
-    sweep_interval: float = 60.0
-    heartbeat_timeout: float = 120.0
-    offline_check_interval: float = 5.0
-    probe_interval: float = 1.0
-    probe_timeout: float = 2.0
-    probe_failures: int = 3
-    restart_backoff_max: float = 30.0
-    crash_loop_limit: int = 5
-    crash_loop_window: float = 60.0
-    backup_interval: float = 300.0
-    backup_cron: str | None = None
-    backup_keep: int = 10
-    backup_keep_daily: int = 7
-    backup_keep_weekly: int = 4
-    quick_check_interval: float = 60.0
-    full_check_cron: str = "0 3 * * *"
-    auto_read_write: bool = True
-    admin_key: str | None = None
-    crash_update_window: float = 900.0
-    partition_share: float = 0.5
-    partition_min_agents: int = 2
-    partition_window: float = 60.0
-    update_grace: float = 600.0
-    unknown_version: str = "deny"
-    alert_command: str | None = None
-    alert_webhook: str | None = None
-    alert_timeout: float = 10.0
-    readers: int = 4
-    drain_timeout: float = 10.0
-    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+# Defaults of the settings whose table default is "decided by another setting", for a Settings
+# built without the loader (the loader always resolves them: see `load`).
+_SETTINGS_DEFAULTS = {"data_dir": Path("data"), "database": None}
+
+
+class _SettingsBase:
+    """Behaviour of Settings; its fields come from OPTIONS (declared once, there)."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        if self.database is None:
+            object.__setattr__(self, "database", Path(self.data_dir) / "mesh.db")
 
     @property
     def listens_beyond_loopback(self) -> bool:
@@ -224,6 +271,22 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
+def _settings_fields() -> list[tuple[str, Any, Any]]:
+    fields = [(opt.name, Any, field(default=_SETTINGS_DEFAULTS.get(opt.name, opt.default)))
+              for opt in OPTIONS]
+    fields.append(("sources", Mapping[str, str], field(default_factory=dict, compare=False)))
+    return fields
+
+
+# One field per option, same name and default: adding a row to OPTIONS adds the setting.
+Settings = dataclasses.make_dataclass(
+    "Settings", _settings_fields(), bases=(_SettingsBase,), frozen=True, slots=True)
+Settings.__module__ = __name__
+Settings.__doc__ = "The effective settings: one field per row of OPTIONS, plus their sources."
+
+PATH_OPTIONS = tuple(opt.name for opt in OPTIONS if opt.parse in (Path, _optional_path))
+
+
 def to_json(settings: Settings) -> str:
     """Settings for a worker process, which gets them from its supervisor, not from flags."""
     data = {f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)}
@@ -233,9 +296,12 @@ def to_json(settings: Settings) -> str:
 
 def from_json(text: str) -> Settings:
     data = json.loads(text)
-    for name in ("data_dir", "backup_dir"):
-        data[name] = Path(data[name])
-    data["database"] = parse_database(data["database"])
+    data["replica"] = tuple(data.get("replica") or ())
+    for name in PATH_OPTIONS:
+        if data.get(name) is not None:
+            data[name] = Path(data[name])
+    if data.get("database") is not None:
+        data["database"] = parse_database(data["database"])
     return Settings(**data)
 
 
@@ -294,8 +360,12 @@ def load(
         sources[opt.name] = source
 
     if values["data_dir"] is None:
+        # systemd's StateDirectory= comes after MESHD_DATA_DIR and the file: it is where a
+        # unit without any other setting keeps its state.
         state_dir = environ.get("STATE_DIRECTORY")
         values["data_dir"] = Path(state_dir.split(":")[0]) if state_dir else Path("data")
+        if state_dir:
+            sources["data_dir"] = "env STATE_DIRECTORY"
     if values["database"] is None:
         values["database"] = values["data_dir"] / "mesh.db"
     if not values["api_key"]:
@@ -310,10 +380,34 @@ def validate(settings: Settings) -> None:
         raise ConfigError(f"port: {settings.port} is not a TCP port")
     if settings.readers < 1:
         raise ConfigError("readers: at least 1")
+    if min(settings.replica_interval, settings.drill_interval,
+           settings.replica_sync_timeout) <= 0:
+        raise ConfigError("replica_interval, replica_sync_timeout, drill_interval: more than 0")
+    if settings.replica_sync and not settings.replica:
+        raise ConfigError("replica_sync: needs at least one replica")
+    if isinstance(settings.database, str) and (settings.replica or settings.replica_sync):
+        # Replicas ship meshd's SQLite backups and journal; PostgreSQL has neither.
+        raise ConfigError("replica, replica_sync: SQLite only; on PostgreSQL use its own "
+                          "streaming replication or WAL archiving (docs/postgresql.md)")
+    if settings.replica_credentials is not None:
+        from meshd.store.replica.targets import read_credentials
+
+        try:
+            read_credentials(settings.replica_credentials, {})
+        except OSError as exc:
+            raise ConfigError(f"replica_credentials: {exc}") from None
+    if settings.replica_key_file is not None:
+        from meshd.store.replica.crypt import load_key
+
+        try:
+            load_key(settings.replica_key_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"replica_key_file: {exc}") from None
 
 
 def refuse_unsafe(settings: Settings) -> str | None:
-    """The reason to refuse starting, or None: the default key must not face a network."""
+    """The reason to refuse starting, or None: the default key must not face a network, and
+    nor may a WebSocket whose openness nobody chose."""
     if (
         settings.api_key == DEFAULT_API_KEY
         and settings.listens_beyond_loopback
@@ -323,6 +417,13 @@ def refuse_unsafe(settings: Settings) -> str | None:
             f"refusing to listen on {settings.host} with the default API key: anyone on the "
             "network could use the mesh. Set AGENT_MESH_API_KEY (or --api-key), or pass "
             "--allow-default-key if this network is trusted."
+        )
+    if settings.listens_beyond_loopback and settings.sources.get("ws_auth", "default") == "default":
+        return (
+            f"refusing to listen on {settings.host} without an explicit ws_auth: choose off "
+            "(anyone who reaches the port reads every event, direct messages included), public "
+            "(sockets without a key see only mesh-wide events) or required (a key or agent "
+            "token is needed), e.g. --ws-auth public or MESHD_WS_AUTH=public."
         )
     return None
 
@@ -351,6 +452,24 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     return data.get("meshd", data)
+
+
+SECRET_OPTIONS = frozenset({"api_key", "admin_key"})
+
+
+def describe(settings: Settings) -> list[dict[str, Any]]:
+    """Every effective setting with where it came from (`meshd config`); secrets are shown
+    only as set or default, never their value."""
+    rows = []
+    for opt in OPTIONS:
+        value = getattr(settings, opt.name)
+        if opt.name in SECRET_OPTIONS and value is not None:
+            value = "(default)" if value == DEFAULT_API_KEY else "(set)"
+        elif isinstance(value, Path):
+            value = str(value)
+        rows.append({"setting": opt.name, "value": value,
+                     "source": settings.sources.get(opt.name, "default")})
+    return rows
 
 
 def settings_table() -> Sequence[tuple[str, str, str, str, str]]:

@@ -71,13 +71,47 @@ def pg_database(request, backend):
     cluster.drop_database(name)
 
 
+def make_settings(tmp_path: Path, data: str = "data", **overrides: str) -> config.Settings:
+    """Test settings through the real loader (as flags, never the environment), in files
+    under `tmp_path`; `overrides` are settings by name, as a flag would give them (a
+    `database` override of a postgresql:// URL selects that backend)."""
+    flags = {"data_dir": str(tmp_path / data), "backup_dir": str(tmp_path / "backups"),
+             "api_key": API_KEY, "access_log": "false", "log_format": "json", **overrides}
+    return config.load(flags, environ={})
+
+
 @pytest.fixture
 def settings(tmp_path: Path, pg_database) -> config.Settings:
-    flags = {"data_dir": str(tmp_path / "data"), "backup_dir": str(tmp_path / "backups"),
-             "api_key": API_KEY, "access_log": "false", "log_format": "json"}
-    if pg_database:
-        flags["database"] = pg_database
-    return config.load(flags, environ={})
+    return make_settings(tmp_path, **({"database": pg_database} if pg_database else {}))
+
+
+@pytest.fixture
+async def make_client(aiohttp_client, tmp_path: Path, request, backend):
+    """A factory of test clients, each on the real app with its own settings and database
+    (on PostgreSQL, a fresh database of its own): `await make_client(update_grace="0s")`.
+    Sends the API key unless `headers` says otherwise; every store it opened is closed (and
+    every PostgreSQL database dropped) at teardown."""
+    opened = []
+    databases = []
+    cluster = request.getfixturevalue("pg_cluster") if backend == "postgresql" else None
+
+    async def make(*, headers: dict[str, str] | None = AUTH, **overrides: str):
+        if cluster is not None and "database" not in overrides:
+            name = f"t{next(_database_names)}"
+            overrides["database"] = cluster.clone_template(name)
+            databases.append(name)
+        settings = make_settings(tmp_path, f"data-{len(opened) + 1}" if opened else "data",
+                                 **overrides)
+        store = open_storage(settings)
+        await store.start()
+        opened.append(store)
+        return await aiohttp_client(make_app(settings, store), headers=headers)
+
+    yield make
+    for store in opened:
+        await store.close()
+    for name in databases:
+        cluster.drop_database(name)
 
 
 @pytest.fixture

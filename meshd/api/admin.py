@@ -7,23 +7,31 @@ it over the control socket.
 
 from __future__ import annotations
 
+import re
+from urllib.parse import quote
+
 from aiohttp import web
 
+from meshd.api import auth
 from meshd.api.http import json_response, read_body
-from meshd.api.keys import settings, supervisor
-from meshd.api.middleware import key_matches
-from meshd.errors import Forbidden, Invalid, MeshError, NotFound
+from meshd.api.keys import supervisor
+from meshd.errors import Invalid, MeshError, NotFound
 from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
 
 routes = web.RouteTableDef()
+# Run ids are UUIDs; anything else (`..%2F..%2Fstatus`, `?`) never reaches the control socket.
+RUN_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def _run_id(request: web.Request) -> str:
+    run_id = request.match_info["runId"]
+    if not RUN_ID.fullmatch(run_id):
+        raise Invalid("runId must be a run id (letters, digits and dashes)")
+    return quote(run_id, safe="")
 
 
 def _require_admin(request: web.Request) -> None:
-    expected = settings(request).admin_key
-    if not expected:
-        raise Forbidden("the admin API is disabled: set admin_key to enable it")
-    if not key_matches(request.headers.get("X-Admin-Key"), expected):
-        raise Forbidden("Invalid or missing admin key")
+    auth.require_admin(request)  # also applied by the auth middleware; kept beside the calls
 
 
 async def _ask(request: web.Request, method: str, path: str, body=None) -> web.Response:
@@ -67,12 +75,13 @@ async def list_runs(request: web.Request) -> web.Response:
 @routes.get("/api/admin/protocols/runs/{runId}")
 async def get_run(request: web.Request) -> web.Response:
     _require_admin(request)
-    return await _ask(request, "GET", f"/control/runs/{request.match_info['runId']}")
+    return await _ask(request, "GET", f"/control/runs/{_run_id(request)}")
 
 
 @routes.post("/api/admin/protocols/runs/{runId}/abort")
 async def abort_run(request: web.Request) -> web.Response:
     _require_admin(request)
+    run_id = _run_id(request)
     body = await read_body(request)
-    return await _ask(request, "POST", f"/control/runs/{request.match_info['runId']}/abort",
+    return await _ask(request, "POST", f"/control/runs/{run_id}/abort",
                       {"reason": str(body.get("reason") or "aborted through the admin API")})

@@ -17,11 +17,12 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import hub, storage
+from meshd.api.keys import storage
 from meshd.clock import db_time, iso_time, utcnow
 from meshd.errors import Invalid, NotFound
 from meshd.recovery.protocols import catalog
 from meshd.store import catastrophe as store
+from meshd.store.events import Event, emitting
 
 routes = web.RouteTableDef()
 
@@ -61,18 +62,22 @@ async def report(request: web.Request) -> web.Response:
         "affected_agents": _affected_agents(body),
     }
     moment = utcnow()
+
+    def alert(event_id: str) -> list[Event]:
+        """The Node contract's echo of the request (fields as sent), not a row's alert."""
+        alert: dict[str, Any] = {"id": event_id, "eventType": body["eventType"],
+                                 "severity": body["severity"], "title": body["title"]}
+        for key in ("description", "recoveryProtocol"):
+            if key in body:
+                alert[key] = body[key]
+        alert["occurredAt"] = iso_time(moment)
+        if "affectedAgents" in body:
+            alert["affectedAgents"] = body["affectedAgents"]
+        alert["status"] = store.ACTIVE
+        return [Event("catastrophe_alert", {"catastrophe": alert})]
+
     event_id = await storage(request).write(
-        partial(store.create_event, now=db_time(moment), **fields))
-    alert: dict[str, Any] = {"id": event_id, "eventType": body["eventType"],
-                             "severity": body["severity"], "title": body["title"]}
-    for key in ("description", "recoveryProtocol"):
-        if key in body:
-            alert[key] = body[key]
-    alert["occurredAt"] = iso_time(moment)
-    if "affectedAgents" in body:
-        alert["affectedAgents"] = body["affectedAgents"]
-    alert["status"] = store.ACTIVE
-    hub(request).publish({"type": "catastrophe_alert", "catastrophe": alert})
+        emitting(partial(store.create_event, now=db_time(moment), **fields), alert))
     return json_response({"success": True, "eventId": event_id, "broadcast": True,
                           "message": "Catastrophe event reported and broadcasted"})
 
@@ -89,6 +94,16 @@ async def get_event(request: web.Request) -> web.Response:
     if row is None:
         raise NotFound("Catastrophe event not found")
     return json_response(public_event(row))
+
+
+@routes.get("/api/catastrophe/{id}/runs")
+async def event_runs(request: web.Request) -> web.Response:
+    """The protocol runs working on one event: what an agent sees of its recovery."""
+    event_id = request.match_info["id"]
+    db = storage(request)
+    if await db.read(store.get_event, event_id) is None:
+        raise NotFound("Catastrophe event not found")
+    return json_response(await db.read(store.runs_for_event, event_id))
 
 
 @routes.get("/api/catastrophe")

@@ -19,7 +19,7 @@ from meshd.api.http import read_body
 from meshd.api.keys import ENFORCEMENT, HUB, SETTINGS, STORAGE
 from meshd.clock import db_time, utcnow
 from meshd.errors import UpgradeRequired
-from meshd.store.base import Reader
+from meshd.store import updates as updates_store
 
 # Routes that send something: messages, broadcasts, skill invocations, uploads.
 SENDING_ROUTES = frozenset({
@@ -74,28 +74,6 @@ class Enforcement:
         }
 
 
-def load(db: Reader, enforce_before: str) -> tuple[dict | None, dict[str, str]]:
-    """The breaking update in force (past its grace, not complete; the highest requirement
-    wins) and every agent's last acknowledged version."""
-    updates = db.query(
-        "SELECT id, required_version, announcement, description FROM system_updates"
-        " WHERE breaking_change = 1 AND required_version IS NOT NULL"
-        " AND completed_at IS NULL AND created_at <= ?", (enforce_before,))
-    best = None
-    for row in updates:
-        if semver.is_valid(row["required_version"]) and (
-                best is None or semver.compare(row["required_version"],
-                                               best["required_version"]) > 0):
-            best = row
-    versions: dict[str, str] = {}
-    if best is not None:
-        for row in db.query(
-                "SELECT agent_id, agent_version FROM update_acknowledgments"
-                " WHERE agent_version IS NOT NULL ORDER BY acknowledged_at, rowid"):
-            versions[row["agent_id"]] = row["agent_version"]
-    return best, versions
-
-
 async def current(app: web.Application) -> Enforcement:
     state: Enforcement = app[ENFORCEMENT]
     if time.monotonic() - state.refreshed < REFRESH_SECONDS:
@@ -103,7 +81,7 @@ async def current(app: web.Application) -> Enforcement:
     state.refreshed = time.monotonic()
     grace = app[SETTINGS].update_grace
     update, versions = await app[STORAGE].read(
-        load, db_time(utcnow() - timedelta(seconds=grace)))
+        updates_store.enforcement_state, db_time(utcnow() - timedelta(seconds=grace)))
     if update is None:
         state.update_id = state.required = state.instructions = None
         state.versions.clear()

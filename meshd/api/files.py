@@ -21,9 +21,11 @@ import orjson
 from aiohttp import hdrs, web
 
 from meshd import log as logging
+from meshd.api import auth
 from meshd.api.enforcement import require_current
 from meshd.api.http import (
     JSON_TYPE,
+    body_chunks,
     body_not_json,
     body_object,
     dumps,
@@ -35,11 +37,13 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import AGENT_ID, hub, settings, storage
+from meshd.api.keys import AGENT_ID, settings, storage
+from meshd.api.middleware import allow_cors
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound, TooLarge
 from meshd.store import agents as agents_store
 from meshd.store import files as store
+from meshd.store.events import Event, emitting
 
 T = TypeVar("T")
 log = logging.get("meshd.files")
@@ -81,26 +85,18 @@ async def off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
 async def read_upload(request: web.Request, file_limit: int) -> dict[str, Any]:
     """The upload's JSON body, read with `read_body`'s rules but keeping no copy of the raw
     bytes: `request.read()` caches them for the whole request, which would hold one more copy
-    of the file while the write is stored and journaled."""
+    of the file while the write is stored and journaled.
+
+    Memory follows what arrived, never what Content-Length announced (a client can declare
+    30 MB and send 6 bytes), and a body that stops arriving times out (408)."""
     limit = file_limit * 4 // 3 + UPLOAD_SLACK
     if request.content_length is not None and request.content_length > limit:
         raise too_large(file_limit)
-    raw = bytearray(request.content_length or 0)  # filled in place: no second copy
-    view, total = memoryview(raw), 0
-    async for chunk in request.content.iter_any():
-        end = total + len(chunk)
-        if end > limit:
+    raw = bytearray()
+    async for chunk in body_chunks(request, settings(request).body_timeout):
+        if len(raw) + len(chunk) > limit:
             raise too_large(file_limit)
-        if end > len(raw):  # chunked transfer: no length was announced
-            view.release()
-            del raw[total:]
-            raw += chunk
-            view = memoryview(raw)
-        else:
-            view[total:end] = chunk
-        total = end
-    view.release()
-    del raw[total:]
+        raw += chunk
     if not raw or raw.isspace():
         return {}
     try:
@@ -175,8 +171,9 @@ def download_headers(row: dict, size: int, etag: str) -> dict[str, str]:
         hdrs.CONTENT_LENGTH: str(size),
         hdrs.ETAG: etag,
         "X-Content-Type-Options": "nosniff",
-        # Streamed responses are sent before the pipeline middleware could add it.
-        "Access-Control-Allow-Origin": "*",
+        # An uploaded HTML, SVG, XML or JavaScript file opened in a browser (despite
+        # `attachment`) runs in a sandbox: no scripts, no same-origin access to the API.
+        "Content-Security-Policy": "sandbox",
     }
 
 
@@ -212,6 +209,7 @@ async def stream(request: web.Request, headers: dict[str, str],
     """Send what `pieces` yields. A client that goes away mid-file is only logged; a file
     deleted mid-stream closes the connection, so the client sees a short body."""
     response = web.StreamResponse(headers=headers)
+    allow_cors(request, response)  # sent before the pipeline middleware could add it
     await response.prepare(request)
     if request.method == hdrs.METH_HEAD:
         return response
@@ -250,6 +248,7 @@ async def upload(request: web.Request) -> web.Response:
     if not all(truthy(body.get(k)) for k in ("agentId", "filename", "fileData")):
         raise Invalid("agentId, filename, and fileData are required")
     agent_id = text(body["agentId"], "agentId")
+    await auth.check_agent(request, agent_id)  # the streamed body names it only now
     await require_current(request, request.headers.get("X-Agent-Id") or agent_id)
     filename = text(body["filename"], "filename")
     file_type = optional_text(body, "fileType")
@@ -261,18 +260,21 @@ async def upload(request: web.Request) -> web.Response:
     data = body["fileData"]
     content = await off_loop(len(data) if isinstance(data, str) else 0, scan_base64, data, limit)
     del data, body["fileData"]
+
+    def available(file_id: str) -> list[Event]:
+        # The contract's keys, raw values as sent, absent ones left out.
+        file = {"id": file_id, "agentId": body["agentId"], "filename": body["filename"]}
+        if "fileType" in body:
+            file["fileType"] = body["fileType"]
+        file["fileSize"] = content.size
+        if "description" in body:
+            file["description"] = body["description"]
+        file["sha256"] = content.sha256
+        return [Event("file_available", {"file": file})]
+
     file_id = await storage(request).write(
-        store.create, agent_id, filename, file_type, content.size, content.base64, description,
-        content.sha256, db_time())
-    # The contract's keys, raw values as sent, absent ones left out.
-    file = {"id": file_id, "agentId": body["agentId"], "filename": body["filename"]}
-    if "fileType" in body:
-        file["fileType"] = body["fileType"]
-    file["fileSize"] = content.size
-    if "description" in body:
-        file["description"] = body["description"]
-    file["sha256"] = content.sha256
-    hub(request).publish({"type": "file_available", "file": file})
+        emitting(store.create, available), agent_id, filename, file_type, content.size,
+        content.base64, description, content.sha256, db_time())
     return json_response({"success": True, "fileId": file_id, "url": f"/api/files/{file_id}",
                           "filename": filename, "fileSize": content.size,
                           "sha256": content.sha256, "message": "File uploaded successfully"})
@@ -312,7 +314,6 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     headers = {
         hdrs.CONTENT_TYPE: f"{JSON_TYPE}; charset=utf-8",
         hdrs.CONTENT_LENGTH: str(len(head) + len(middle) + len(tail) + 2 * length),
-        "Access-Control-Allow-Origin": "*",
     }
 
     async def pieces() -> AsyncIterator[bytes]:
@@ -359,10 +360,10 @@ async def send_raw(request: web.Request, meta: dict) -> web.StreamResponse:
 @routes.delete("/api/files/{id}")
 async def delete_file(request: web.Request) -> web.Response:
     """Only the uploader may delete; the request names who it acts for in the body (as the
-    Node server required), the query or the X-Agent-Id header."""
+    Node server required), the query or the X-Agent-Id header, or by its agent token."""
     body = await read_body(request)
     for candidate in (body.get("agentId"), request.query.get("agentId"),
-                      request.headers.get("X-Agent-Id")):
+                      request.headers.get("X-Agent-Id"), auth.token_agent(request)):
         if truthy(candidate):
             agent_id = text(candidate, "agentId")
             break

@@ -17,10 +17,11 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import AGENT_ID, hub, storage
+from meshd.api.keys import AGENT_ID, storage
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound
 from meshd.store import groups as store
+from meshd.store.events import Event, emitting
 
 routes = web.RouteTableDef()
 log = logging.get("meshd.groups")
@@ -45,11 +46,11 @@ async def create_group(request: web.Request) -> web.Response:
     metadata = body.get("metadata")
     metadata_json = dumps(metadata if truthy(metadata) else {}).decode()
     group_id = await storage(request).write(
-        store.create, name, description, metadata_json, created_by, db_time())
+        emitting(store.create, lambda group_id: [Event("group_created", {"group": {
+            "id": group_id, **present(body, "name", "description", "createdBy", "metadata")}})]),
+        name, description, metadata_json, created_by, db_time())
     request[AGENT_ID] = created_by
     log.info("group.created", group_id=group_id, created_by=created_by)
-    group = {"id": group_id, **present(body, "name", "description", "createdBy", "metadata")}
-    hub(request).publish({"type": "group_created", "group": group})
     return json_response({"success": True, "groupId": group_id,
                           "message": "Agent group created successfully"})
 
@@ -80,11 +81,11 @@ async def add_member(request: web.Request) -> web.Response:
     role = optional_text(body, "role")
     if role is None:
         role = "member"
-    audience = await storage(request).write(
-        store.add_member, group_id, agent_id, role, db_time())
+    await storage(request).write(
+        emitting(store.add_member, lambda audience: [Event("group_member_added", {
+            "groupId": group_id, "agentId": body["agentId"], "role": role}, audience)]),
+        group_id, agent_id, role, db_time())
     request[AGENT_ID] = agent_id
-    hub(request).publish({"type": "group_member_added", "groupId": group_id,
-                          "agentId": body["agentId"], "role": role}, audience=audience)
     return json_response({"success": True, "message": "Agent added to group successfully"})
 
 
@@ -92,9 +93,10 @@ async def add_member(request: web.Request) -> web.Response:
 async def remove_member(request: web.Request) -> web.Response:
     group_id = request.match_info["groupId"]
     agent_id = request.match_info["agentId"]
-    audience = await storage(request).write(store.remove_member, group_id, agent_id)
-    hub(request).publish({"type": "group_member_removed", "groupId": group_id,
-                          "agentId": agent_id}, audience=audience)
+    await storage(request).write(
+        emitting(store.remove_member, lambda audience: [Event("group_member_removed", {
+            "groupId": group_id, "agentId": agent_id}, audience)]),
+        group_id, agent_id)
     return json_response({"success": True, "message": "Agent removed from group successfully"})
 
 
@@ -123,11 +125,15 @@ async def group_broadcast(request: web.Request) -> web.Response:
     sender = text(body["from"], "from")
     content = stored_content(body["content"])
     message_type = optional_text(body, "messageType", "direct")
-    message_ids, audience = await storage(request).write(
-        store.broadcast, group_id, sender, content, message_type, db_time())
+
+    def sent(result: tuple[list[str], list[str]]) -> list[Event]:
+        message_ids, audience = result
+        return [Event("group_broadcast", {
+            "groupId": group_id, "from": body["from"], "content": body["content"],
+            "recipientCount": len(message_ids)}, audience)]
+
+    message_ids, _audience = await storage(request).write(
+        emitting(store.broadcast, sent), group_id, sender, content, message_type, db_time())
     request[AGENT_ID] = sender
-    hub(request).publish({"type": "group_broadcast", "groupId": group_id,
-                          "from": body["from"], "content": body["content"],
-                          "recipientCount": len(message_ids)}, audience=audience)
     return json_response({"success": True, "recipientCount": len(message_ids),
                           "messageIds": message_ids})

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from meshd.api.http import dumps, json_response, paging, parse_json_column, read_body
-from meshd.api.keys import SETTINGS, hub, storage
+from meshd.api.keys import SETTINGS, storage
+from meshd.api.snapshots import SNAPSHOTS, encoded_response
 from meshd.clock import db_time, db_time_ago
 from meshd.errors import Invalid, NotFound
 from meshd.store import health as store
+from meshd.store.events import emitting
 
 routes = web.RouteTableDef()
 
 NUMERIC_METRICS = ("uptimeSeconds", "cpuUsage", "memoryUsage")
-_INT64 = 1 << 63
 
 
 def health_fields(body: dict) -> dict[str, Any]:
@@ -31,10 +33,8 @@ def health_fields(body: dict) -> dict[str, Any]:
         if key not in body:
             continue
         value = body[key]
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float)
-            or (isinstance(value, int) and not -_INT64 <= value < _INT64)
-        ):
+        # Integers beyond 64 bits arrive as floats already (read_body), as Node reads them.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise Invalid(f"{key} must be a number or null")
         fields[store.METRIC_COLUMNS[key]] = value
     if "customMetrics" in body:
@@ -47,15 +47,16 @@ def health_fields(body: dict) -> dict[str, Any]:
     return fields
 
 
-def _health_change(agent_id: str, status: str, body: dict) -> dict:
-    metrics = {k: body[k] for k in store.METRIC_COLUMNS if k in body}
-    return {"type": "agent_health_change", "agentId": agent_id, "status": status,
-            "metrics": metrics}
+def _metrics(body: dict) -> dict:
+    """The metric fields as sent, for the `agent_health_change` event."""
+    return {k: body[k] for k in store.METRIC_COLUMNS if k in body}
 
 
 def _number(value: Any) -> Any:
-    """REAL columns give 45.0 where the Node server printed 45."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    """REAL columns give 45.0 where the Node server printed 45; a whole float beyond 64-bit
+    integers stays a float (1e+20), which orjson can write."""
+    whole = isinstance(value, float) and value.is_integer() and abs(value) < 2**63
+    return int(value) if whole else value
 
 
 @routes.post("/api/agents/{id}/heartbeat")
@@ -65,9 +66,9 @@ async def heartbeat(request: web.Request) -> web.Response:
     agent_id = request.match_info["id"]
     body = await read_body(request)
     fields = health_fields(body)
-    old, new = await storage(request).write(store.record, agent_id, fields, db_time(), False)
-    if new is not None and new != old:
-        hub(request).publish(_health_change(agent_id, new, body))
+    await storage(request).write(
+        emitting(store.record, store.change_events(agent_id, _metrics(body), always=False)), agent_id, fields,
+        db_time(), False)
     return json_response({"success": True})
 
 
@@ -76,8 +77,9 @@ async def post_health(request: web.Request) -> web.Response:
     agent_id = request.match_info["id"]
     body = await read_body(request)
     fields = health_fields(body)
-    _old, new = await storage(request).write(store.record, agent_id, fields, db_time(), True)
-    hub(request).publish(_health_change(agent_id, new, body))
+    await storage(request).write(
+        emitting(store.record, store.change_events(agent_id, _metrics(body), always=True)), agent_id, fields,
+        db_time(), True)
     return json_response({"success": True, "message": "Health status updated"})
 
 
@@ -100,12 +102,28 @@ async def get_health(request: web.Request) -> web.Response:
 
 @routes.get("/api/health/dashboard")
 async def dashboard(request: web.Request) -> web.Response:
+    """Served from a snapshot encoded once per change: a write to the tables it reads, or an
+    agent crossing the heartbeat timeout (the one change the clock makes)."""
     limit, offset = paging(request)
-    cutoff = db_time_ago(request.app[SETTINGS].heartbeat_timeout)
-    data = await storage(request).read(store.dashboard, cutoff, limit, offset)
+    timeout = request.app[SETTINGS].heartbeat_timeout
+    db = storage(request)
+
+    async def build() -> tuple[bytes, Callable[[], bool] | None]:
+        data = await db.read(store.dashboard, db_time_ago(timeout), limit, offset)
+        next_offline = data["next_offline"]
+        still_valid = None if next_offline is None else (
+            lambda: db_time_ago(timeout) <= next_offline)
+        return dumps(dashboard_body(data)), still_valid
+
+    body = await request.app[SNAPSHOTS].dashboard.body(db.versions, (limit, offset), build)
+    return encoded_response(body)
+
+
+def dashboard_body(data: dict[str, Any]) -> dict[str, Any]:
     counts = data["counts"]
     last = data["last_catastrophe"]
-    return json_response({
+    number = _number
+    return {
         "totalAgents": sum(counts.values()),
         **{status: counts.get(status, 0) for status in store.STATUSES},
         "unknown": counts.get("unknown", 0),
@@ -119,10 +137,10 @@ async def dashboard(request: web.Request) -> web.Response:
             "name": r["name"],
             "endpoint": r["endpoint"],
             "status": r["status"],
-            "uptimeSeconds": _number(r["uptime_seconds"]),
-            "cpuUsage": _number(r["cpu_usage"]),
-            "memoryUsage": _number(r["memory_usage"]),
+            "uptimeSeconds": number(r["uptime_seconds"]),
+            "cpuUsage": number(r["cpu_usage"]),
+            "memoryUsage": number(r["memory_usage"]),
             "lastSeen": r["last_seen"],
             "lastUpdated": r["last_updated"],
         } for r in data["agents"]],
-    })
+    }

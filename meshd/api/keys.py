@@ -9,20 +9,20 @@ from aiohttp import web
 if TYPE_CHECKING:
     from meshd.api.enforcement import Enforcement
     from meshd.api.middleware import InFlight
+    from meshd.api.supervision import SupervisorLink
     from meshd.api.ws import Hub
     from meshd.config import Settings
-    from meshd.store.sqlite import SqliteStorage
-    from meshd.worker.supervisor_client import SupervisorClient
+    from meshd.store.base import Storage
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
-STORAGE: web.AppKey[SqliteStorage] = web.AppKey("storage")
+STORAGE: web.AppKey[Storage] = web.AppKey("storage")
 HUB: web.AppKey[Hub] = web.AppKey("hub")
-SUPERVISOR: web.AppKey[SupervisorClient] = web.AppKey("supervisor")
+SUPERVISOR: web.AppKey[SupervisorLink] = web.AppKey("supervisor")
 ENFORCEMENT: web.AppKey[Enforcement] = web.AppKey("enforcement")
 INFLIGHT: web.AppKey[InFlight] = web.AppKey("inflight")
 
 
-def storage(request: web.Request) -> SqliteStorage:
+def storage(request: web.Request) -> Storage:
     return request.app[STORAGE]
 
 
@@ -30,7 +30,7 @@ def hub(request: web.Request) -> Hub:
     return request.app[HUB]
 
 
-def supervisor(request: web.Request) -> SupervisorClient:
+def supervisor(request: web.Request) -> SupervisorLink:
     return request.app[SUPERVISOR]
 
 
@@ -39,3 +39,5 @@ def settings(request: web.Request) -> Settings:
 
 # The agent a request acts for, once a handler knows it (for the request log line).
 AGENT_ID: web.RequestKey[str] = web.RequestKey("agent_id", str)
+# The kind of credential a request carried (api/auth.py), for the request log line.
+CREDENTIAL: web.RequestKey[str] = web.RequestKey("credential", str)

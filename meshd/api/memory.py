@@ -8,6 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from meshd import log as logging
+from meshd.api import auth
 from meshd.api.http import (
     MISSING,
     dumps,
@@ -20,10 +21,11 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import AGENT_ID, hub, storage
+from meshd.api.keys import AGENT_ID, storage
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound
 from meshd.store import memory as store
+from meshd.store.events import Event, emitting
 
 routes = web.RouteTableDef()
 log = logging.get("meshd.memory")
@@ -51,11 +53,17 @@ async def upsert_memory(request: web.Request) -> web.Response:
     agent_id = text(body["agentId"], "agentId")
     key = text(body["key"], "key")
     memory_type = optional_text(body, "memoryType")
-    memory_id, version, audience = await storage(request).write(
-        store.upsert, group_id, agent_id, key, dumps(value).decode(), memory_type, db_time())
+
+    def updated(result: tuple[str, int, list[str]]) -> list[Event]:
+        memory_id, _version, audience = result
+        return [Event("memory_updated", {"groupId": group_id, "memoryId": memory_id,
+                                         "key": body["key"], "agentId": body["agentId"]},
+                      audience)]
+
+    memory_id, version, _audience = await storage(request).write(
+        emitting(store.upsert, updated), group_id, agent_id, key, dumps(value).decode(),
+        memory_type, db_time())
     request[AGENT_ID] = agent_id
-    hub(request).publish({"type": "memory_updated", "groupId": group_id, "memoryId": memory_id,
-                          "key": body["key"], "agentId": body["agentId"]}, audience=audience)
     return json_response({"success": True, "memoryId": memory_id, "version": version})
 
 
@@ -90,15 +98,17 @@ async def delete_memory(request: web.Request) -> web.Response:
     # HTTP library cannot send a body with DELETE.
     candidate = body.get("agentId")
     if not truthy(candidate):
-        candidate = query_text(request, "agentId") or request.headers.get("X-Agent-Id")
+        candidate = (query_text(request, "agentId") or request.headers.get("X-Agent-Id")
+                     or auth.token_agent(request))
     if not truthy(candidate):
         raise Invalid("agentId is required")
     agent_id = text(candidate, "agentId")
-    audience = await storage(request).write(store.delete, group_id, key, agent_id, db_time())
+    await storage(request).write(
+        emitting(store.delete, lambda audience: [Event("memory_deleted", {
+            "groupId": group_id, "key": key, "agentId": candidate}, audience)]),
+        group_id, key, agent_id, db_time())
     request[AGENT_ID] = agent_id
     log.info("memory.deleted", group_id=group_id, key=key, agent_id=agent_id)
-    hub(request).publish({"type": "memory_deleted", "groupId": group_id, "key": key,
-                          "agentId": candidate}, audience=audience)
     return json_response({"success": True, "message": "Memory deleted successfully"})
 
 

@@ -18,10 +18,11 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import AGENT_ID, hub, storage
+from meshd.api.keys import AGENT_ID, storage
 from meshd.clock import db_time, iso_time, normalize_since, parse_time, utcnow
 from meshd.errors import Invalid
 from meshd.store import messages as store
+from meshd.store.events import Event, emitting
 
 log = logging.get("meshd.messages")
 
@@ -85,21 +86,29 @@ async def send(request: web.Request) -> web.Response:
     )
     request[AGENT_ID] = outgoing.from_agent
     moment = utcnow()
-    row, replayed = await storage(request).write(store.send, outgoing, db_time(moment))
+
+    def echo(message_id: str) -> dict:
+        message = {"id": message_id, "from": body["from"], "to": body["to"],
+                   "content": body["content"],
+                   "messageType": "direct" if message_type is MISSING else message_type,
+                   "createdAt": iso_time(moment)}
+        if outgoing.client_id is not None:
+            message["clientId"] = outgoing.client_id
+        return message
+
+    def delivered(result: tuple[dict, bool]) -> list[Event]:
+        row, replayed = result
+        return [] if replayed else [Event("new_message", {"message": echo(row["id"])},
+                                          [outgoing.to_agent, outgoing.from_agent])]
+
+    row, replayed = await storage(request).write(emitting(store.send, delivered), outgoing,
+                                                 db_time(moment))
     if replayed:
         log.info("messages.replayed", message_id=row["id"], from_agent=row["from_agent"],
                  client_id=row["client_id"])
         return json_response({"success": True, "messageId": row["id"],
                               "message": echo_of_row(row)})
-    message = {"id": row["id"], "from": body["from"], "to": body["to"],
-               "content": body["content"],
-               "messageType": "direct" if message_type is MISSING else message_type,
-               "createdAt": iso_time(moment)}
-    if outgoing.client_id is not None:
-        message["clientId"] = outgoing.client_id
-    hub(request).publish({"type": "new_message", "message": message},
-                         audience=[outgoing.to_agent, outgoing.from_agent])
-    return json_response({"success": True, "messageId": row["id"], "message": message})
+    return json_response({"success": True, "messageId": row["id"], "message": echo(row["id"])})
 
 
 @routes.get("/api/messages/{agentId}")
@@ -128,10 +137,10 @@ async def broadcast(request: web.Request) -> web.Response:
         raise Invalid("from and content are required")
     from_agent = text(body["from"], "from")
     request[AGENT_ID] = from_agent
-    ids = await storage(request).write(store.broadcast, from_agent,
-                                       stored_content(body["content"]), db_time())
-    hub(request).publish({"type": "broadcast", "from": body["from"],
-                          "content": body["content"], "recipientCount": len(ids)})
+    ids = await storage(request).write(
+        emitting(store.broadcast, lambda ids: [Event("broadcast", {
+            "from": body["from"], "content": body["content"], "recipientCount": len(ids)})]),
+        from_agent, stored_content(body["content"]), db_time())
     return json_response({"success": True, "recipientCount": len(ids), "messageIds": ids})
 
 
@@ -146,11 +155,17 @@ async def set_status(request: web.Request) -> web.Response:
     error = body.get("error")
     error_text = text(error, "error") if truthy(error) else None
     message_id = request.match_info["id"]
-    to_agent = await storage(request).write(store.set_status, message_id, status, error_text)
-    if status in FAILURE_STATUSES:
-        event = {"type": "message_failed", "messageId": message_id, "status": status,
-                 "error": error if truthy(error) else DEFAULT_FAILURE, "toAgent": to_agent}
-        hub(request).publish(event, audience=[to_agent])
+
+    def failure(to_agent: str) -> list[Event]:
+        if status not in FAILURE_STATUSES:
+            return []
+        return [Event("message_failed", {
+            "messageId": message_id, "status": status,
+            "error": error if truthy(error) else DEFAULT_FAILURE, "toAgent": to_agent},
+            [to_agent])]
+
+    await storage(request).write(emitting(store.set_status, failure), message_id, status,
+                                 error_text)
     return json_response({"success": True, "status": status})
 
 
@@ -167,7 +182,8 @@ async def failed(request: web.Request) -> web.Response:
 @routes.post("/api/messages/{id}/retry")
 async def retry(request: web.Request) -> web.Response:
     message_id = request.match_info["id"]
-    to_agent = await storage(request).write(store.retry, message_id, db_time())
-    hub(request).publish({"type": "message_retry", "messageId": message_id,
-                          "toAgent": to_agent}, audience=[to_agent])
+    await storage(request).write(
+        emitting(store.retry, lambda to_agent: [Event(
+            "message_retry", {"messageId": message_id, "toAgent": to_agent}, [to_agent])]),
+        message_id, db_time())
     return json_response({"success": True, "message": "Message queued for retry"})

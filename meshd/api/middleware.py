@@ -7,16 +7,16 @@ Every error leaves as `{"error": ...}` JSON with a 4xx/5xx status, framework err
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 import uuid
 
 from aiohttp import web
 
 from meshd import log as logging
-from meshd.api.http import dumps, json_response
-from meshd.api.keys import AGENT_ID, INFLIGHT, SETTINGS, STORAGE
-from meshd.errors import MeshError, Unavailable
+from meshd.api.http import RequestTimeout, dumps, json_response, safe_text
+from meshd.api.keys import AGENT_ID, CREDENTIAL, INFLIGHT, SETTINGS, STORAGE
+from meshd.credentials import key_matches, presented_key  # noqa: F401 - re-exported
+from meshd.errors import Invalid, MeshError, Unavailable
 
 log = logging.get("meshd.http")
 
@@ -26,25 +26,13 @@ API_HEADERS = (
 ALLOWED_METHODS = "GET,HEAD,PUT,PATCH,POST,DELETE"
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUTH_FAILED = "Invalid or missing API key"
+# Connections that stay open for a session: shutdown does not wait for them to finish.
+LONG_LIVED = frozenset({"/ws", "/mcp"})
 
-
-def presented_key(request: web.Request) -> str | None:
-    """The key as the Node server finds it: X-API-Key, else `?apiKey=`, and a `Bearer `
-    Authorization header replaces either."""
-    candidate = request.headers.get("X-API-Key")
-    if candidate is None:
-        candidate = request.query.get("apiKey")
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        candidate = auth[7:]
-    return candidate
-
-
-def key_matches(candidate: str | None, expected: str) -> bool:
-    """Constant-time comparison of the trimmed candidate (the Node server trims too)."""
-    if not candidate:
-        return False
-    return hmac.compare_digest(candidate.strip().encode(), expected.encode())
+# Headers meshd reads: one carrying bytes that are not UTF-8 is refused before any handler
+# sees it (aiohttp keeps such bytes as lone surrogates, which no encoder accepts).
+READ_HEADERS = ("X-API-Key", "Authorization", "X-Admin-Key", "Idempotency-Key", "X-Agent-Id",
+                "X-Agent-Version", "If-None-Match", "Origin")
 
 
 def _agent_id(request: web.Request) -> str | None:
@@ -79,11 +67,23 @@ class InFlight:
             return False
 
 
+def undecodable_header(request: web.Request) -> str | None:
+    """The name of the first header meshd reads whose value is not valid UTF-8."""
+    for name in READ_HEADERS:
+        for value in request.headers.getall(name, ()):
+            if safe_text(value) is not value:
+                return name
+    return None
+
+
 @web.middleware
 async def pipeline(request: web.Request, handler):
     """CORS on every response, preflight answered without auth, errors as JSON, one log line."""
     started = time.perf_counter()
-    if request.method == "OPTIONS":
+    bad_header = undecodable_header(request)
+    if bad_header:
+        response = error_response(Invalid(f"the {bad_header} header is not valid UTF-8"))
+    elif request.method == "OPTIONS":
         response = web.Response(status=204, headers={
             "Access-Control-Allow-Methods": ALLOWED_METHODS,
             "Access-Control-Allow-Headers": API_HEADERS,
@@ -91,15 +91,27 @@ async def pipeline(request: web.Request, handler):
         })
     else:
         inflight = request.app[INFLIGHT]
-        counted = request.path != "/ws"
+        counted = request.path not in LONG_LIVED
         if counted:
             inflight.enter()
         try:
             response = await handler(request)
+        except RequestTimeout as exc:
+            response = error_response(exc)
+            response.force_close()  # what is left of the body will not be read
         except MeshError as exc:
             response = error_response(exc)
         except web.HTTPException as exc:
             response = _framework_error(request, exc)
+        except ConnectionError as exc:
+            # The client went away mid-request: this one line (in place of the access line),
+            # no traceback; nobody reads the answer.
+            log.info("http.client_disconnected", method=request.method,
+                     path=safe_text(request.path), error=type(exc).__name__,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            response = json_response({"error": "client disconnected"}, status=400)
+            response.force_close()
+            return response
         except Exception:
             request_id = str(uuid.uuid4())
             log.exception("http.unhandled_error", request_id=request_id,
@@ -109,12 +121,42 @@ async def pipeline(request: web.Request, handler):
         finally:
             if counted:
                 inflight.leave()
-    response.headers["Access-Control-Allow-Origin"] = "*"
+    allow_cors(request, response)
     if request.app[SETTINGS].access_log:
-        log.info("http.request", method=request.method, path=request.path,
-                 status=response.status, agent_id=_agent_id(request),
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        access_log(request, response, started)
     return response
+
+
+def access_log(request: web.Request, response: web.StreamResponse, started: float) -> None:
+    """One line per request. It runs after the write committed, so it must not fail: every
+    client-supplied text is repaired first, and a failure is logged instead of raised."""
+    try:
+        agent_id = _agent_id(request)
+        log.info("http.request", method=safe_text(request.method),
+                 path=safe_text(request.path), status=response.status,
+                 agent_id=safe_text(agent_id) if isinstance(agent_id, str) else None,
+                 credential=request.get(CREDENTIAL),
+                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+    except Exception as exc:  # noqa: BLE001 - the response is already decided
+        log.warning("http.access_log_failed", error=type(exc).__name__)
+
+
+def cors_origin(request: web.Request) -> str | None:
+    """The Access-Control-Allow-Origin to send: `*` unless cors_origins narrows it, then the
+    request's Origin when listed (no credentials either way: keys travel in headers)."""
+    allowed = request.app[SETTINGS].cors_origins
+    if allowed == "*":
+        return "*"
+    origin = request.headers.get("Origin")
+    return origin if origin and origin in allowed.split(",") else None
+
+
+def allow_cors(request: web.Request, response: web.StreamResponse) -> None:
+    origin = cors_origin(request)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+    if origin != "*":
+        response.headers["Vary"] = "Origin"
 
 
 def error_response(exc: MeshError) -> web.Response:
@@ -138,16 +180,14 @@ def _framework_error(request: web.Request, exc: web.HTTPException) -> web.Stream
 
 @web.middleware
 async def guard(request: web.Request, handler):
-    """API key on /api/*, and no writes while the store is read-only."""
+    """No writes while the store is read-only (who may call a route is api/auth.py's job,
+    in the middleware before this one)."""
     resource = request.match_info.route.resource
     # The matched route decides, not the raw path: `/API/agents/` matches case-insensitively.
     if resource is None or not resource.canonical.startswith("/api/"):
         return await handler(request)
     if resource.canonical.startswith("/api/admin/"):
-        return await handler(request)  # the operator key, checked by each admin route
-    settings = request.app[SETTINGS]
-    if not key_matches(presented_key(request), settings.api_key):
-        return json_response({"error": AUTH_FAILED}, status=401)
+        return await handler(request)
     reason = request.app[STORAGE].read_only_reason
     if reason and request.method in MUTATING:
         raise Unavailable(f"meshd is read-only: {reason}", extra={"mode": "read-only"})

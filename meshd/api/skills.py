@@ -6,10 +6,11 @@ from __future__ import annotations
 from aiohttp import web
 
 from meshd.api.http import json_response, paging, read_body, text, truthy
-from meshd.api.keys import AGENT_ID, hub, storage
+from meshd.api.keys import AGENT_ID, storage
 from meshd.clock import db_time
 from meshd.errors import Invalid
 from meshd.store import skills as store
+from meshd.store.events import Event, emitting
 
 routes = web.RouteTableDef()
 
@@ -48,9 +49,14 @@ async def invoke(request: web.Request) -> web.Response:
     if from_agent is not None:
         request[AGENT_ID] = from_agent
     payload_field = {"payload": body["payload"]} if "payload" in body else {}
-    message_id, skill = await storage(request).write(
-        store.invoke, request.match_info["id"], from_agent, payload_field, db_time())
-    hub(request).publish({"type": "skill_invoked", "skillId": skill["id"],
-                          "skillName": skill["name"], "from": sender, "to": skill["agent_id"]},
-                         audience=[skill["agent_id"], from_agent])
+
+    def invoked(result: tuple[str, dict]) -> list[Event]:
+        _message_id, skill = result
+        return [Event("skill_invoked", {
+            "skillId": skill["id"], "skillName": skill["name"], "from": sender,
+            "to": skill["agent_id"]}, [skill["agent_id"], from_agent])]
+
+    message_id, _skill = await storage(request).write(
+        emitting(store.invoke, invoked), request.match_info["id"], from_agent, payload_field,
+        db_time())
     return json_response({"success": True, "invocationId": message_id})

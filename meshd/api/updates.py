@@ -19,10 +19,11 @@ from meshd.api.http import (
     text,
     truthy,
 )
-from meshd.api.keys import AGENT_ID, ENFORCEMENT, hub, settings, storage, supervisor
+from meshd.api.keys import AGENT_ID, ENFORCEMENT, settings, storage, supervisor
 from meshd.clock import db_time, db_time_ago, iso_time, normalize_since, parse_time, utcnow
 from meshd.errors import Invalid, NotFound
 from meshd.store import updates as store
+from meshd.store.events import Event, emitting
 
 routes = web.RouteTableDef()
 
@@ -70,7 +71,17 @@ async def create_update(request: web.Request) -> web.Response:
     breaking = row["breaking_change"] and row["required_version"]
     if breaking and not semver.is_valid(row["required_version"]):
         raise Invalid("requiredVersion must be a semantic version such as 2.0.0")
-    update_id = await storage(request).write(store.create, row)
+
+    def announced(update_id: str) -> list[Event]:
+        update = {"id": update_id}
+        for key in ("version", "updateType", "title", "description", "requiredVersion",
+                    "breakingChange", "announcement"):
+            if key in body:
+                update[key] = body[key]
+        update["createdAt"] = iso_time(now)
+        return [Event("system_update", {"update": update})]
+
+    update_id = await storage(request).write(emitting(store.create, announced), row)
     request.app[ENFORCEMENT].refreshed = 0.0  # a new requirement is seen at once
     if breaking:
         supervisor(request).start_protocol(
@@ -78,13 +89,6 @@ async def create_update(request: web.Request) -> web.Response:
             f"{row['required_version']}", {"update_id": update_id,
                                            "required_version": row["required_version"],
                                            "created_at": row["created_at"]})
-    update = {"id": update_id}
-    for key in ("version", "updateType", "title", "description", "requiredVersion",
-                "breakingChange", "announcement"):
-        if key in body:
-            update[key] = body[key]
-    update["createdAt"] = iso_time(now)
-    hub(request).publish({"type": "system_update", "update": update})
     return json_response({"success": True, "updateId": update_id, "broadcast": True,
                           "message": "System update created and broadcasted"})
 

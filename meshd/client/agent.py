@@ -288,7 +288,7 @@ class MeshClient:
             health = await self.http.request("GET", "/health")
             moment = parse_time(str(health.get("timestamp", ""))) or utcnow()
             await self._save_cursor(db_time(moment))
-        reply = await self.http.request("POST", "/api/agents/register", json=body)
+        reply = await self._register_request(body)
         agent_id = reply["agentId"]
         known = await self._db.get("agent_id")
         if known is not None and agent_id != known:
@@ -298,8 +298,34 @@ class MeshClient:
         self._needs_register = False
         await self._db.set("agent_id", agent_id)
         await self._db.set("name", self.name)
+        if reply.get("agentToken"):
+            # Shown once by the server: kept with the identity, sent from now on.
+            await self._db.set("agent_token", reply["agentToken"])
+            self.http.token = reply["agentToken"]
         self._open_mailbox()
         log.info("client.registered", agent_id=agent_id, existed=reply.get("existed"))
+
+    async def _register_request(self, body: dict[str, Any]) -> dict:
+        """POST the registration with the stored token as proof of identity. A token the
+        server no longer knows (revoked, or a database restored from before it) is dropped
+        and the registration retried with the shared key alone: with agent_auth optional
+        that is how an agent whose token was lost gets back in."""
+        assert self._db is not None
+        self.http.token = await self._db.get("agent_token")
+        try:
+            return await self.http.request("POST", "/api/agents/register", json=body)
+        except Rejected as exc:
+            if exc.status != 401 or self.http.token is None:
+                raise
+            log.error("client.token_rejected", name=self.name, error=str(exc))
+            await self._db.run(_forget_token)
+            self.http.token = None
+            return await self.http.request("POST", "/api/agents/register", json=body)
+
+    @property
+    def agent_token(self) -> str | None:
+        """This agent's token, once the server handed one out (kept in state_dir)."""
+        return self.http.token
 
     def _open_mailbox(self) -> None:
         if self.spool is not None and self._on_message is not None:
@@ -481,3 +507,8 @@ def _from_event(data: dict) -> Message:
                    to_agent=data["to"], content=_text(data.get("content")),
                    message_type=data.get("messageType"), created_at=data.get("createdAt"),
                    via=Via.SERVER, id=data.get("id"))
+
+
+def _forget_token(conn) -> None:
+    with conn:
+        conn.execute("DELETE FROM settings WHERE key = 'agent_token'")

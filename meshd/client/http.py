@@ -1,5 +1,6 @@
-"""The HTTP side of the SDK: one aiohttp session, the API key on every request, and every
-failure sorted into `Unavailable` (try again later) or `Rejected` (do not)."""
+"""The HTTP side of the SDK: one aiohttp session, the API key on every request (and the
+agent's token once it has one), and every failure sorted into `Unavailable` (try again later)
+or `Rejected` (do not)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ class MeshHttp:
             self.headers["X-Agent-Version"] = agent_version
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
+        # The agent token, when the server gave one: sent as `Authorization: Bearer`, where
+        # the server lets it win over the shared key, so every request acts as this agent.
+        self.token: str | None = None
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -49,6 +56,7 @@ class MeshHttp:
         """The parsed JSON of a 2xx answer; `Unavailable` or `Rejected` otherwise."""
         try:
             async with self.session.request(method, self.url(path), json=json, params=params,
+                                            headers=self.auth_headers(),
                                             timeout=self._timeout) as resp:
                 body = await _body(resp)
                 _raise_for(resp.status, body, method, path)
@@ -59,7 +67,8 @@ class MeshHttp:
     async def download(self, path: str) -> bytes:
         """The raw bytes of a 2xx answer."""
         try:
-            async with self.session.get(self.url(path), timeout=self._timeout) as resp:
+            async with self.session.get(self.url(path), headers=self.auth_headers(),
+                                        timeout=self._timeout) as resp:
                 if resp.status >= 300:
                     _raise_for(resp.status, await _body(resp), "GET", path)
                 return await resp.read()

@@ -44,7 +44,7 @@ class EventStream:
             try:
                 async with self._http.session.ws_connect(
                         self._http.url("/ws"), params=self._params(),
-                        heartbeat=self._heartbeat) as ws:
+                        headers=self._http.auth_headers(), heartbeat=self._heartbeat) as ws:
                     first = await ws.receive_json(timeout=HANDSHAKE_TIMEOUT)
                     if not isinstance(first, dict) or first.get("type") != "connected":
                         raise ValueError(f"unexpected first frame {first!r}")

@@ -1,91 +1,121 @@
-"""Client side of the control socket: how operator commands reach the running supervisor."""
+"""The one client of meshd's unix sockets: the CLI and the worker call the supervisor's control
+socket with it, the supervisor calls the worker's private socket with it.
+
+One framing (HTTP/1.1 with JSON bodies over a unix socket) and one error convention: a status
+of 400 or more carries `{"error": "..."}` and becomes `ControlError`; no answer at all (no
+socket file, nobody listening, a dead daemon's stale socket) is `Unreachable`.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from argparse import Namespace
-from dataclasses import dataclass
+import http.client
+import socket
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 
-class DaemonNotRunning(SystemExit):
-    pass
+class Unreachable(Exception):
+    """Nobody answers on the socket: the daemon (or worker) is not running."""
 
 
-def data_dir(args: Namespace) -> Path:
-    if getattr(args, "data_dir", None):
-        return Path(args.data_dir)
-    state = os.environ.get("STATE_DIRECTORY") or os.environ.get("MESHD_DATA_DIR")
-    return Path(state.split(":")[0]) if state else Path("data")
+class ControlError(Exception):
+    """The other side answered with an error status; `message` is its `error` field."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class Paths:
-    data_dir: Path
-    database: Path | str  # str: a postgresql:// URL
-    backup_dir: Path
+def alive(path: Path, timeout: float = 2.0) -> bool:
+    """Whether a process accepts connections on the socket: a connect, not the file's
+    existence, since a daemon killed by SIGKILL leaves its socket file behind."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
-def daemon_running(args: Namespace) -> bool:
-    return (data_dir(args) / "meshd.sock").exists()
+async def exchange(path: Path, method: str, route: str, body: Any = None,
+                   timeout: float = 30.0) -> tuple[int, Any]:
+    """(status, parsed JSON body) of one request; `Unreachable` when nobody answers."""
+    status, raw = await exchange_raw(path, method, route, body, timeout)
+    return status, _decode(status, raw)
 
 
-def offline_paths(args: Namespace) -> Paths:
-    """Where the files are when no daemon can tell us: flags, then the usual defaults."""
-    directory = data_dir(args)
-    from meshd.config import parse_database
-
-    database = parse_database(args.database) if getattr(args, "database", None) else (
-        parse_database(os.environ["MESHD_DATABASE"]) if os.environ.get("MESHD_DATABASE")
-        else directory / "mesh.db")
-    backup_dir = Path(args.backup_dir) if getattr(args, "backup_dir", None) else Path(
-        os.environ.get("MESHD_BACKUP_DIR", "backups"))
-    return Paths(directory, database, backup_dir)
-
-
-def call(args: Namespace, method: str, path: str, body: Any = None,
-         timeout: float = 30.0) -> Any:
-    """One request to the supervisor; exits with a clear message when no daemon answers."""
-    import asyncio
-
-    socket_path = data_dir(args) / "meshd.sock"
-    if not socket_path.exists():
-        sys.stderr.write(f"meshd: no running daemon: {socket_path} does not exist "
-                         "(start it with `meshd run`, or pass --data-dir)\n")
-        raise DaemonNotRunning(3)
-
-    async def go() -> Any:
-        connector = aiohttp.UnixConnector(path=str(socket_path))
+async def exchange_raw(path: Path, method: str, route: str, body: Any = None,
+                       timeout: float = 30.0) -> tuple[int, bytes]:
+    """(status, body bytes): for the few routes that answer text (the metrics exposition)."""
+    connector = aiohttp.UnixConnector(path=str(path))
+    try:
         async with aiohttp.ClientSession(connector=connector) as session, session.request(
-            method, f"http://meshd{path}", json=body,
+            method, f"http://meshd{route}",
+            data=None if body is None else orjson.dumps(body),
+            headers={"Content-Type": "application/json"},
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
-            text = await resp.text()
-            try:
-                data = json.loads(text)
-            except ValueError:
-                data = {"error": f"the daemon answered {resp.status}: {text[:500]}"}
-            if resp.status >= 400:
-                sys.stderr.write(f"meshd: {data.get('error', data)}\n")
-                raise SystemExit(1)
-            return data
+            return resp.status, await resp.read()
+    except (aiohttp.ClientConnectionError, FileNotFoundError, ConnectionError) as exc:
+        raise Unreachable(f"nothing answers on {path}: {exc}") from None
+    except TimeoutError:
+        raise Unreachable(f"{path} did not answer within {timeout:g} s") from None
 
+
+async def request(path: Path, method: str, route: str, body: Any = None,
+                  timeout: float = 30.0) -> Any:
+    """The parsed body of a successful request; `ControlError` for an error status."""
+    return _checked(*await exchange(path, method, route, body, timeout))
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("meshd", timeout=timeout)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def request_sync(path: Path, method: str, route: str, body: Any = None,
+                 timeout: float = 30.0) -> Any:
+    """`request` for code without an event loop: the command line, and the writer thread
+    (replica_sync), which must block until it knows. Same framing and errors."""
+    conn = _UnixConnection(path, timeout)
     try:
-        return asyncio.run(go())
-    except (aiohttp.ClientError, OSError) as exc:
-        sys.stderr.write(f"meshd: the daemon at {socket_path} did not answer: {exc}\n")
-        raise DaemonNotRunning(3) from None
+        conn.request(method, route, None if body is None else orjson.dumps(body),
+                     {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        status, raw = resp.status, resp.read()
+    except (FileNotFoundError, ConnectionError) as exc:
+        raise Unreachable(f"nothing answers on {path}: {exc}") from None
+    except TimeoutError:
+        raise Unreachable(f"{path} did not answer within {timeout:g} s") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise Unreachable(f"{path}: {exc}") from None
+    finally:
+        conn.close()
+    return _checked(status, _decode(status, raw))
 
 
-def render_status(data: dict[str, Any]) -> str:
-    lines = [f"meshd {data['state']}" + (f": {data['reason']}" if data.get("reason") else "")]
-    for key in ("mode", "supervisor_pid", "worker_pid", "uptime_s", "worker_uptime_s",
-                "restarts", "agents", "open_events", "pending_records", "last_backup",
-                "listen", "data_dir", "database"):
-        lines.append(f"  {key.replace('_', ' '):<16} {data.get(key)}")
-    return "\n".join(lines) + "\n"
+def _checked(status: int, data: Any) -> Any:
+    if status >= 400:
+        message = data.get("error") if isinstance(data, dict) else None
+        raise ControlError(status, str(message or data))
+    return data
+
+
+def _decode(status: int, raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        # Not our convention (a proxy, an old daemon): keep the text as the error.
+        return {"error": f"answered {status} with non-JSON: {raw[:300].decode(errors='replace')}"}

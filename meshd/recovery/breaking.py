@@ -29,7 +29,7 @@ async def wait_grace(host, run: Run) -> str:
 
 
 async def monitor_adoption(host, run: Run) -> str:
-    return await watch.wait_for_adoption(host.settings, run.context["update_id"])
+    return await watch.wait_for_adoption(host.settings, host.storage, run.context["update_id"])
 
 
 async def complete(host, run: Run) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from meshd import incidents
 from meshd.recovery import watch
 from meshd.recovery.engine import ProtocolSpec, Run, Transition
 
@@ -47,18 +48,15 @@ async def check_database(host, run: Run) -> str:
 
 
 async def review_recent_update(host, run: Run) -> str:
-    update = await watch.recent_update(host.settings, run.context.get("crashed_at"))
+    update = await watch.recent_update(host.settings, host.storage, run.context.get("crashed_at"))
     if update is None:
         return "no system update before the crash"
     run.context["suspect_update"] = update
     run.event["description"] = (
         f"{run.event.get('description')}; suspect update {update['id']} "
         f"(version {update['version']}, created {update['created_at']})")
-    await host.publish({"type": "catastrophe_alert", "catastrophe": {
-        "id": run.event["id"], "eventType": run.event["event_type"],
-        "severity": run.event["severity"], "title": "Crash follows a system update",
-        "description": run.event["description"], "status": run.event["status"],
-        "suspectUpdate": update}})
+    await host.publish(incidents.alert(run.event, title="Crash follows a system update",
+                                       suspectUpdate=update))
     return f"update {update['id']} ({update['version']}) marked suspect; agents told"
 
 

@@ -14,10 +14,11 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from meshd import incidents
 from meshd import log as logging
 from meshd.clock import db_time, new_id
 from meshd.locks import write_atomic
@@ -28,14 +29,11 @@ RUNNING, COMPLETED, FAILED, ABORTED = "running", "completed", "failed", "aborted
 FAILED_STATE = "failed"
 
 
-class Host(Protocol):
-    """What the engine needs from the supervisor it runs in."""
+if TYPE_CHECKING:
+    from meshd.recovery.host import RecoveryHost
 
-    def queue_record(self, record: dict[str, Any]) -> None: ...
-    async def publish(self, event: dict[str, Any]) -> None: ...
-
-
-StepFn = Callable[[Any, "Run"], Awaitable[str | None]]
+# A step: one thing, safe to run twice; its return value is the step's detail in the log.
+StepFn = Callable[["RecoveryHost", "Run"], Awaitable[str | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +107,10 @@ class Run:
 
 
 class Engine:
-    def __init__(self, host: Host, runs_dir: Path, protocols: dict[str, ProtocolSpec]) -> None:
+    def __init__(self, host: RecoveryHost, runs_dir: Path, protocols: dict[str, ProtocolSpec],
+                 retry_pause: float = 0.5) -> None:
         self.host = host
+        self.retry_pause = retry_pause  # before the first retry; doubles, at most 5 s
         self.runs_dir = runs_dir
         self.protocols = protocols
         self.runs: dict[str, Run] = {}
@@ -132,11 +132,9 @@ class Engine:
             log.info("protocol.joined", run_id=existing.id, protocol=protocol, reason=reason)
             return existing
         now = db_time()
-        event = {"kind": "event", "id": new_id(), "event_type": spec.event_type,
-                 "severity": severity or spec.severity, "title": title or spec.title,
-                 "description": description or reason, "affected_agents": [],
-                 "recovery_protocol": protocol, "status": "active", "occurred_at": now,
-                 "resolved_at": None}
+        event = incidents.event_record(spec.event_type, severity or spec.severity,
+                                       title or spec.title, description or reason,
+                                       recovery_protocol=protocol, occurred_at=now)
         run = Run(new_id(), protocol, event["id"], spec.initial, now, now, reason=reason,
                   context=dict(context or {}), event=event)
         self.runs[run.id] = run
@@ -236,7 +234,7 @@ class Engine:
                 detail = f"{type(exc).__name__}: {exc}"
             log.warning("protocol.step_retry", run_id=run.id, state=run.state,
                         attempt=attempt + 1, detail=detail)
-            await asyncio.sleep(min(0.5 * (2 ** attempt), 5.0))
+            await asyncio.sleep(min(self.retry_pause * (2 ** attempt), 5.0))
         return False, detail
 
     async def _transition(self, run: Run) -> None:
@@ -255,15 +253,7 @@ class Engine:
 
     @staticmethod
     def alert(run: Run) -> dict[str, Any]:
-        event = run.event
-        return {"type": "catastrophe_alert", "catastrophe": {
-            "id": event["id"], "eventType": event["event_type"], "severity": event["severity"],
-            "title": event["title"], "description": event.get("description"),
-            "recoveryProtocol": run.protocol, "status": event["status"],
-            "occurredAt": event["occurred_at"], "resolvedAt": event.get("resolved_at"),
-            "affectedAgents": event.get("affected_agents") or [],
-        }, "run": {"id": run.id, "protocol": run.protocol, "state": run.state,
-                   "outcome": run.outcome, "reason": run.reason}}
+        return incidents.alert(run.event, asdict(run))
 
 
 def _run_row(run: Run) -> dict[str, Any]:

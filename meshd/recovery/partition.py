@@ -28,13 +28,13 @@ async def record(host, run: Run) -> str:
 
 
 async def wait_for_agents(host, run: Run) -> str:
-    returned = await watch.wait_for_agents(host.settings, _last_seen(run))
+    returned = await watch.wait_for_agents(host.settings, host.storage, _last_seen(run))
     run.context["returned"] = returned
     return f"{len(returned)} agents back"
 
 
 async def count_synced(host, run: Run) -> str:
-    summary = await watch.partition_summary(host.settings, run.context.get("returned", {}),
+    summary = await watch.partition_summary(host.storage, run.context.get("returned", {}),
                                             _last_seen(run))
     run.context["summary"] = summary
     run.event["description"] = (

@@ -43,6 +43,7 @@ class Manifest:
     integrity: str
     seconds: float
     reason: str = "scheduled"
+    row_counts: dict[str, int] | None = None  # per table: what a restore drill checks
 
     @property
     def verified(self) -> bool:
@@ -102,6 +103,19 @@ def integrity(path: Path, full: bool = True) -> list[str]:
     except sqlite3.DatabaseError as exc:
         return [str(exc)]
     return [] if rows == ["ok"] else rows
+
+
+def row_counts(path: Path) -> dict[str, int]:
+    """Rows per table of a database file, recorded in its manifest so a restore drill can tell
+    a restored copy holds what the backup held."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            " ORDER BY name")]
+        return {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
+    finally:
+        conn.close()
 
 
 def journal_position(path: Path) -> tuple[int, int]:
@@ -167,6 +181,7 @@ def take_backup(database: Path, backup_dir: Path, reason: str = "scheduled") -> 
         if problems:
             raise BackupError(f"the copy failed integrity_check: {'; '.join(problems[:3])}")
         epoch, seq = journal_position(tmp)
+        counts = row_counts(tmp)
         fsync_path(tmp)
         name = f"{now.strftime('%Y%m%dT%H%M%S.%f')[:-3]}Z-e{epoch}-s{seq}.db"
         final = backup_dir / name
@@ -176,7 +191,7 @@ def take_backup(database: Path, backup_dir: Path, reason: str = "scheduled") -> 
             file=name, created_at=now.isoformat(), size=final.stat().st_size,
             sha256=sha256_file(final), journal_seq=seq, journal_epoch=epoch,
             schema_version=schema_version, integrity="ok",
-            seconds=round(time.monotonic() - started, 3), reason=reason)
+            seconds=round(time.monotonic() - started, 3), reason=reason, row_counts=counts)
         write_atomic(final.with_suffix(".json"), orjson.dumps(asdict(manifest),
                                                               option=orjson.OPT_INDENT_2))
     except (sqlite3.Error, OSError) as exc:
@@ -213,10 +228,10 @@ def verify(manifest: Manifest, backup_dir: Path) -> list[str]:
     return integrity(path, full=True)
 
 
-def prune(backup_dir: Path, keep: int, keep_daily: int, keep_weekly: int) -> list[str]:
-    """Keep the newest `keep`, plus the newest of each of the last `keep_daily` days and
-    `keep_weekly` ISO weeks; delete the rest. Returns the deleted file names."""
-    manifests = list_backups(backup_dir)
+def retained(manifests: list[Manifest], keep: int, keep_daily: int, keep_weekly: int
+             ) -> set[str]:
+    """Names kept by the retention rule, from manifests newest first (local and replica
+    retention share it, so a replica holds what the local disk holds)."""
     kept = {m.file for m in manifests[:keep]}
     days: dict[str, str] = {}
     weeks: dict[tuple[int, int], str] = {}
@@ -225,6 +240,14 @@ def prune(backup_dir: Path, keep: int, keep_daily: int, keep_weekly: int) -> lis
         weeks.setdefault(m.created.isocalendar()[:2], m.file)
     kept.update(list(days.values())[:keep_daily])
     kept.update(list(weeks.values())[:keep_weekly])
+    return kept
+
+
+def prune(backup_dir: Path, keep: int, keep_daily: int, keep_weekly: int) -> list[str]:
+    """Keep the newest `keep`, plus the newest of each of the last `keep_daily` days and
+    `keep_weekly` ISO weeks; delete the rest. Returns the deleted file names."""
+    manifests = list_backups(backup_dir)
+    kept = retained(manifests, keep, keep_daily, keep_weekly)
     deleted = []
     for m in manifests:
         if m.file in kept:

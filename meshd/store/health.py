@@ -6,12 +6,14 @@ timeout, else its health row's status, else `unknown` (it never reported any).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from meshd.errors import NotFound
 from meshd.store import agents as agents_store
 from meshd.store import catastrophe as catastrophe_store
 from meshd.store.base import Reader, Row, Tx
+from meshd.store.events import Event
 
 STATUSES = ("healthy", "degraded", "unhealthy", "offline")
 DEFAULT_STATUS = "healthy"
@@ -71,6 +73,24 @@ def record(
     return old, merged["status"]
 
 
+def changed(agent_id: str, status: str | None, metrics: dict[str, Any]) -> Event:
+    return Event("agent_health_change", {"agentId": agent_id, "status": status,
+                                         "metrics": metrics})
+
+
+def change_events(agent_id: str, metrics: dict[str, Any], *, always: bool):
+    """The events of a `record` write, from its (old, new) status: one
+    `agent_health_change` when the status changed (`always`: on every health post)."""
+
+    def events(result: tuple[str | None, str | None]) -> list[Event]:
+        old, new = result
+        if not always and (new is None or new == old):
+            return []
+        return [changed(agent_id, new, metrics)]
+
+    return events
+
+
 def mark_offline(tx: Tx, cutoff: str, now: str) -> list[Row]:
     """Agents silent since before `cutoff` and not already `offline` (those with no health
     row included) become `offline`; those agents, `{agent_id, last_seen}`, in rowid order.
@@ -89,6 +109,8 @@ def mark_offline(tx: Tx, cutoff: str, now: str) -> list[Row]:
             " status = excluded.status, last_updated = excluded.last_updated",
             [(r["agent_id"], OFFLINE, now) for r in rows],
         )
+    for row in rows:
+        tx.emit(changed(row["agent_id"], OFFLINE, {}))
     return rows
 
 
@@ -104,13 +126,11 @@ _EFFECTIVE_STATUS = (
 
 def dashboard(db: Reader, cutoff: str, limit: int = -1, offset: int = 0) -> dict[str, Any]:
     """Counts by effective status over every agent, one page of agents (newest last_seen
-    first) with their health, and the open catastrophes: four queries whatever the number of
-    agents, in one read so the numbers agree."""
-    counts = {r["status"]: r["n"] for r in db.query(
-        f"SELECT {_EFFECTIVE_STATUS} AS status, COUNT(*) AS n FROM agents a"
-        " LEFT JOIN agent_health_status h ON h.agent_id = a.id GROUP BY 1",
-        (cutoff,),
-    )}
+    first) with their health, the open catastrophes, and `next_offline`: the oldest last_seen
+    still within the timeout (None when no agent is online), from which the caller knows
+    when the clock alone will change the answer. At most five queries whatever the number of
+    agents, in one read so the numbers agree; the whole list (no paging) is counted from its
+    own rows instead of a second pass over the agents."""
     agent_list = db.query(
         f"SELECT a.id AS agent_id, a.name, a.endpoint, {_EFFECTIVE_STATUS} AS status,"
         " h.uptime_seconds, h.cpu_usage, h.memory_usage, a.last_seen, h.last_updated"
@@ -118,6 +138,16 @@ def dashboard(db: Reader, cutoff: str, limit: int = -1, offset: int = 0) -> dict
         " ORDER BY a.last_seen DESC, a.rowid LIMIT ? OFFSET ?",
         (cutoff, limit, offset),
     )
+    if limit < 0 and offset == 0:
+        counts = dict(Counter(r["status"] for r in agent_list))
+    else:
+        counts = {r["status"]: r["n"] for r in db.query(
+            f"SELECT {_EFFECTIVE_STATUS} AS status, COUNT(*) AS n FROM agents a"
+            " LEFT JOIN agent_health_status h ON h.agent_id = a.id GROUP BY 1",
+            (cutoff,),
+        )}
+    next_offline = db.scalar("SELECT MIN(last_seen) FROM agents WHERE last_seen >= ?",
+                             (cutoff,))
     critical, newest = catastrophe_store.open_summary(db)
     return {"counts": counts, "agents": agent_list, "critical_events": critical,
-            "last_catastrophe": newest}
+            "last_catastrophe": newest, "next_offline": next_offline}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,24 +97,34 @@ def scan_segment(path: Path) -> tuple[int | None, int, bool]:
 def read_segment(path: Path) -> tuple[list[Record], int, bool]:
     """Good records of one segment, the byte offset where they end, and whether a bad tail
     (torn write or checksum mismatch) follows them."""
-    data = path.read_bytes()
+    return read_frames(path.read_bytes())
+
+
+def read_frames(data: bytes) -> tuple[list[Record], int, bool]:
+    """As read_segment, for frames already in memory (a replica's journal object)."""
     records: list[Record] = []
     offset = 0
-    while offset < len(data):
-        if offset + _HEADER.size > len(data):
-            return records, offset, True
+    for record, raw in iter_frames(data):
+        records.append(record)
+        offset += len(raw)
+    return records, offset, offset < len(data)
+
+
+def iter_frames(data: bytes) -> Iterator[tuple[Record, bytes]]:
+    """Each good record with its raw frame, stopping at the first torn or bad one."""
+    offset = 0
+    view = memoryview(data)
+    while offset + _HEADER.size <= len(data):
         length, crc = _HEADER.unpack_from(data, offset)
         start, end = offset + _HEADER.size, offset + _HEADER.size + length
-        payload = data[start:end]
-        if end > len(data) or zlib.crc32(payload) != crc:
-            return records, offset, True
+        if end > len(data) or zlib.crc32(view[start:end]) != crc:
+            return
         try:
-            seq, kind, time, statements = orjson.loads(payload)
+            seq, kind, time, statements = orjson.loads(view[start:end])
         except (orjson.JSONDecodeError, ValueError):
-            return records, offset, True
-        records.append(Record(seq, kind, time, statements))
+            return
+        yield Record(seq, kind, time, statements), bytes(view[offset:end])
         offset = end
-    return records, offset, False
 
 
 def read_all(directory: Path, epoch: int | None = None, after_seq: int = 0
@@ -155,6 +166,7 @@ class Journal:
         self.torn_tail_bytes = 0
         self._fh = None
         self._size = 0
+        self.last_fsync_seconds = 0.0  # of the latest append, for the metrics
 
     def open(self) -> None:
         """Find the last good record of this epoch and cut any torn tail, so appends continue
@@ -196,7 +208,9 @@ class Journal:
                     self._fh.write(part)
                     written += len(part)
             self._fh.flush()
+            started = time.perf_counter()
             os.fsync(self._fh.fileno())
+            self.last_fsync_seconds = time.perf_counter() - started
         except OSError:
             self._cut_back(start)
             raise

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from meshd.clock import new_id, parse_time
 from meshd.errors import Invalid, NotFound
 from meshd.store.base import Reader, Row, Tx
+from meshd.store.events import Event
 
 MESSAGE_COLUMNS = (
     "id, from_agent, to_agent, content, message_type, read, status, timeout_ms, created_at,"
@@ -143,4 +144,8 @@ def time_out_expired(tx: Tx, now: str) -> list[Row]:
     if rows:
         tx.executemany("UPDATE messages SET status = 'timeout' WHERE id = ?",
                        [(r["id"],) for r in rows])
+    for row in rows:
+        tx.emit(Event("message_timeout", {
+            "messageId": row["id"], "toAgent": row["to_agent"], "fromAgent": row["from_agent"],
+            "createdAt": row["created_at"]}, [row["to_agent"]]))
     return rows

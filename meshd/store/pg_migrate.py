@@ -34,7 +34,8 @@ log = logging.get("meshd.store.pg_migrate")
 CHUNK = 1000
 # Copy order: every parent before its children.
 ORDER = (
-    "meshd_meta", "migration_conflicts", "agents", "agent_groups", "system_updates",
+    "meshd_meta", "migration_conflicts", "agents", "agent_tokens", "agent_groups",
+    "system_updates",
     "messages", "skills", "agent_group_members", "collective_memory", "memory_history",
     "agent_files", "file_contents", "update_acknowledgments", "catastrophe_events",
     "agent_health_status", "protocol_runs", "protocol_steps",
@@ -42,6 +43,7 @@ ORDER = (
 PARENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "agent_group_members": (("group_id", "agent_groups"), ("agent_id", "agents")),
     "collective_memory": (("group_id", "agent_groups"), ("agent_id", "agents")),
+    "agent_tokens": (("agent_id", "agents"),),
     "agent_files": (("agent_id", "agents"),),
     "file_contents": (("file_id", "agent_files"),),
     "update_acknowledgments": (("update_id", "system_updates"), ("agent_id", "agents")),

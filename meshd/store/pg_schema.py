@@ -1,7 +1,8 @@
 """meshd's schema on PostgreSQL, as numbered migrations recorded in `meshd_meta`.
 
-Version 1 is the whole of SQLite schema version 6 (the Node server's tables plus meshd's), so a
-mesh moved from SQLite lands on the same shape. Column types are chosen so the store's portable
+Version 1 is the whole of SQLite schema version 6 (the Node server's tables plus meshd's);
+version 2 is SQLite's 7 and 8 (agent tokens, list indexes). A mesh moved from SQLite lands on
+the same shape. Column types are chosen so the store's portable
 SQL behaves as it does on SQLite:
 
 - times stay TEXT in the DB format (`YYYY-MM-DD HH:MM:SS`): the store compares and orders them
@@ -129,11 +130,43 @@ def _v1_schema(conn: psycopg.Connection) -> None:
                  " ('journal_epoch', '1') ON CONFLICT (key) DO NOTHING")
 
 
-MIGRATIONS: tuple[Callable[[psycopg.Connection], None], ...] = (_v1_schema,)
+# SQLite's v7 (agent tokens) and v8 (an index for the WHERE and ORDER BY of every list query;
+# a partial index of the open catastrophes) in one step.
+V2 = f"""
+CREATE TABLE IF NOT EXISTS agent_tokens (
+  {ROWID}, agent_id {T} PRIMARY KEY REFERENCES agents(id) ON DELETE CASCADE,
+  token_hash {T} NOT NULL UNIQUE, created_at {T} NOT NULL, revoked_at {T});
+CREATE INDEX IF NOT EXISTS idx_agent_files_created_desc ON agent_files(created_at DESC, rowid);
+CREATE INDEX IF NOT EXISTS idx_agent_groups_created_desc
+  ON agent_groups(created_at DESC, rowid);
+DROP INDEX IF EXISTS idx_agent_groups_group;
+CREATE INDEX IF NOT EXISTS idx_agent_group_members_group_joined
+  ON agent_group_members(group_id, joined_at, rowid);
+CREATE INDEX IF NOT EXISTS idx_agent_group_members_agent ON agent_group_members(agent_id);
+CREATE INDEX IF NOT EXISTS idx_collective_memory_updated
+  ON collective_memory(group_id, updated_at DESC);
+CREATE INDEX IF NOT EXISTS idx_skills_created_desc ON skills(created_at DESC, rowid);
+CREATE INDEX IF NOT EXISTS idx_update_acknowledgments_update_time
+  ON update_acknowledgments(update_id, acknowledged_at DESC);
+CREATE INDEX IF NOT EXISTS idx_catastrophe_events_occurred
+  ON catastrophe_events(occurred_at DESC, rowid);
+CREATE INDEX IF NOT EXISTS idx_catastrophe_events_open ON catastrophe_events(occurred_at)
+  WHERE status <> 'resolved'
+"""
+
+
+def _v2_tokens_and_list_indexes(conn: psycopg.Connection) -> None:
+    _run_script(conn, V2)
+
+
+MIGRATIONS: tuple[Callable[[psycopg.Connection], None], ...] = (
+    _v1_schema,
+    _v2_tokens_and_list_indexes,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 # The tables meshd owns, children before parents (the order a restore or a copy deletes in).
 TABLES = (
-    "file_contents", "agent_files", "agent_group_members", "collective_memory",
+    "agent_tokens", "file_contents", "agent_files", "agent_group_members", "collective_memory",
     "memory_history", "update_acknowledgments", "system_updates", "agent_health_status",
     "skills", "messages", "agent_groups", "agents", "catastrophe_events", "protocol_steps",
     "protocol_runs", "migration_conflicts", "meshd_meta",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +35,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from meshd import log as logging
 from meshd.errors import Conflict, Invalid, MeshError, Unavailable
-from meshd.store import dialect, pg_schema
+from meshd.store import dialect, pg_backups, pg_schema
+from meshd.store import events as ev
 from meshd.store.base import Row
+from meshd.store.versions import TableVersions
 
 T = TypeVar("T")
 log = logging.get("meshd.store.postgres")
@@ -45,6 +48,7 @@ MAX_UNIQUE_RETRIES = 3
 CONNECT_TIMEOUT = 5.0
 UNREACHABLE_RETRY_AFTER = 5
 PROBE_INTERVAL = 0.5
+SIZE_TTL = 30.0
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 
@@ -91,14 +95,27 @@ class _Reader:
 
 
 class _Tx(_Reader):
-    __slots__ = ()
+    """Keeps the statements it ran (for the table counters) and the events it emitted, both
+    for this attempt only: a retried attempt starts with a fresh `_Tx`."""
+
+    __slots__ = ("statements", "events")
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        super().__init__(conn)
+        self.statements: list[str] = []
+        self.events: list[ev.Encoded] = []
+
+    def emit(self, event: ev.Event) -> None:
+        self.events.append(ev.encode(event))  # an unencodable event fails this write
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        self.statements.append(sql)
         return self._run(sql, params)[0].rowcount
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         if not rows:
             return 0
+        self.statements.append(sql)
         statement = dialect.translate(sql)
         with self.conn.cursor() as cursor:
             cursor.executemany(statement.sql, [dialect.params(r) for r in rows])
@@ -134,6 +151,9 @@ class PostgresStorage:
         self.replayed = 0
         self.journal_epoch = 0  # no meshd journal: PostgreSQL's WAL is the durability
         self.journal_seq = 0
+        self.journal_dir = None
+        self._db_bytes = 0
+        self._db_bytes_at = 0.0
         self.unreachable: str | None = None
         self._on_unreachable = on_unreachable
         self._size = readers + writers
@@ -141,6 +161,16 @@ class PostgresStorage:
         self._pool: ConnectionPool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: asyncio.Task | None = None
+        self._event_sink: ev.Sink | None = None
+        # COMMIT and the hand-over of its events are one step under this lock, so events
+        # reach the sink in commit order although writes run on several connections.
+        self._commit_lock = threading.Lock()
+        self.versions = TableVersions()
+        # Metrics hook (api/metrics.py): called with (1, COMMIT seconds) after each commit.
+        self.on_batch: Callable[[int, float], None] | None = None
+        # Replicas ship meshd's journal, which PostgreSQL has none of: never set here
+        # (config.validate refuses `replica` with a postgresql:// database).
+        self.replica_sync: Callable[[int, int], bool] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -164,6 +194,7 @@ class PostgresStorage:
                     "connect_timeout": int(CONNECT_TIMEOUT)},
             check=ConnectionPool.check_connection, name="meshd")
         self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        self._measure_size()
         log.info("store.opened", backend="postgresql", database=redact(self.url),
                  schema_version=pg_schema.SCHEMA_VERSION)
 
@@ -205,6 +236,17 @@ class PostgresStorage:
 
     def set_read_only(self, reason: str | None) -> None:
         self.read_only_reason = reason
+
+    def set_event_sink(self, sink: ev.Sink | None) -> None:
+        self._event_sink = sink
+
+    def _deliver(self, events: list[ev.Encoded]) -> None:
+        """On the event loop: the committed write's events to the sink (the WebSocket hub)."""
+        if events and self._event_sink is not None:
+            try:
+                self._event_sink(events)
+            except Exception:  # noqa: BLE001 - a committed write stays committed
+                log.exception("store.event_delivery_failed", events=len(events))
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         if self.read_only_reason:
@@ -255,17 +297,31 @@ class PostgresStorage:
         raise AssertionError("unreachable")
 
     def _attempt(self, fn: Callable[..., T], args: tuple, trial: bool) -> T:
+        """One attempt in a transaction of its own. Its events and statements live in its
+        `_Tx`, so a retried or rolled-back attempt hands nothing on; after COMMIT the table
+        counters move and the events are scheduled on the loop (before the writer's answer,
+        which the executor schedules after this returns)."""
         with self._pool.connection() as conn:
             conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+            tx = _Tx(conn)
             try:
-                result = fn(_Tx(conn), *args)
+                result = fn(tx, *args)
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
             if trial:
                 conn.execute("ROLLBACK")
-            else:
+                return result
+            with self._commit_lock:
+                started = time.monotonic()
                 conn.execute("COMMIT")
+                seconds = time.monotonic() - started
+                if tx.statements:
+                    self.versions.bump(tx.statements)
+                if tx.events and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._deliver, tx.events)
+            if self.on_batch:
+                self.on_batch(1, seconds)
             return result
 
     # -- reachability ------------------------------------------------------------------------
@@ -318,7 +374,27 @@ class PostgresStorage:
                 self._loop.call_soon_threadsafe(self._on_unreachable, None)
 
     def file_size(self) -> int:
-        return 0
+        """`pg_database_size` as last measured: what `meshd_database_bytes` and the console
+        show. Called on the event loop, so a stale figure (older than SIZE_TTL) is refreshed
+        in the background and this answers the last one without waiting."""
+        if time.monotonic() - self._db_bytes_at > SIZE_TTL and self._pool is not None:
+            self._db_bytes_at = time.monotonic()
+            self._exec.submit(self._measure_size)
+        return self._db_bytes
+
+    def _measure_size(self) -> None:
+        try:
+            with self._pool.connection() as conn:
+                row = conn.execute("SELECT pg_database_size(current_database()) AS n").fetchone()
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.debug("store.size_unreadable", detail=str(exc).strip()[:200])
+            return
+        self._db_bytes = int(row["n"])
+        self._db_bytes_at = time.monotonic()
+
+    async def backup(self, backup_dir: Any, note: str) -> pg_backups.DumpManifest:
+        """A verified pg_dump of meshd's tables (`store.pg_backups`), off the event loop."""
+        return await asyncio.to_thread(pg_backups.take_dump, self.url, backup_dir, note)
 
 
 # -- for the supervisor, which reads on connections of its own (the worker may be dead) -------
@@ -326,10 +402,30 @@ class PostgresStorage:
 
 def read_sql(url: str, sql: str, params: Sequence[Any] = ()) -> list[Row]:
     """Read-only portable SQL on a short-lived connection of its own."""
+    return read_with(url, lambda reader: reader.query(sql, params))
+
+
+def read_with(url: str, fn: Callable[..., T], *args: Any) -> T:
+    """A store read function on a short-lived read-only connection of its own."""
     with psycopg.connect(url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT),
                          row_factory=dict_row) as conn:
         conn.execute("SET default_transaction_read_only = on")
-        return _Reader(conn).query(sql, params)
+        return fn(_Reader(conn), *args)
+
+
+class ReadOnlyPostgres:
+    """The supervisor's `ReadStorage` on PostgreSQL (`store.readonly` on SQLite): each read on
+    a fresh read-only connection in a thread, so it works while the worker is down."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.database = url
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.to_thread(read_with, self.url, fn, *args)
+
+    async def check(self, full: bool = False) -> list[str]:
+        return await asyncio.to_thread(connection_check, self.url, full)
 
 
 def connection_check(url: str, full: bool = False) -> list[str]:

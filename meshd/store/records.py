@@ -7,9 +7,11 @@ from typing import Any
 
 import orjson
 
-from meshd.clock import iso_time, new_id, parse_time
+from meshd import incidents
+from meshd.clock import new_id
 from meshd.errors import Invalid
 from meshd.store.base import Reader, Tx
+from meshd.store.events import Event
 
 EVENT_FIELDS = ("id", "event_type", "severity", "title", "occurred_at", "status")
 
@@ -41,20 +43,6 @@ def self_test(tx: Tx, now: str) -> list[str]:
     )
     checks.append("message")
     return checks
-
-
-def alert(row: dict[str, Any]) -> dict[str, Any]:
-    """The WebSocket `catastrophe_alert` of an event row."""
-    occurred = parse_time(row["occurred_at"]) if row.get("occurred_at") else None
-    affected = row.get("affected_agents")
-    return {"type": "catastrophe_alert", "catastrophe": {
-        "id": row["id"], "eventType": row["event_type"], "severity": row["severity"],
-        "title": row["title"], "description": row.get("description"),
-        "recoveryProtocol": row.get("recovery_protocol"),
-        "occurredAt": iso_time(occurred) if occurred else None,
-        "status": row["status"], "resolvedAt": row.get("resolved_at"),
-        "affectedAgents": orjson.loads(affected) if affected else [],
-    }}
 
 
 def open_events(db: Reader) -> list[dict[str, Any]]:
@@ -105,12 +93,14 @@ def upsert_run(tx: Tx, run: dict[str, Any]) -> None:
 
 
 def apply_all(tx: Tx, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Apply every record; the WebSocket alerts to publish for the events among them."""
+    """Apply every record; each event among them emits its `catastrophe_alert`."""
     alerts = []
     for item in items:
         kind = item.get("kind") if isinstance(item, dict) else None
         if kind == "event":
-            alerts.append(alert(upsert_event(tx, item)))
+            alert = incidents.alert(upsert_event(tx, item))
+            tx.emit(Event(alert.pop("type"), alert))
+            alerts.append(alert)
         elif kind == "run":
             upsert_run(tx, item["run"])
         elif kind == "update_complete":

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from meshd import semver
 from meshd.clock import new_id
 from meshd.errors import NotFound
 from meshd.store.base import Reader, Row, Tx
@@ -135,3 +136,25 @@ def adoption(db: Reader, update_id: str, active_since: str) -> Row | None:
         "active": active,
         "adopted": adopted,
     }
+
+
+def enforcement_state(db: Reader, enforce_before: str) -> tuple[dict | None, dict[str, str]]:
+    """The breaking update in force (past its grace, not complete; the highest requirement
+    wins) and every agent's last acknowledged version."""
+    updates = db.query(
+        "SELECT id, required_version, announcement, description FROM system_updates"
+        " WHERE breaking_change = 1 AND required_version IS NOT NULL"
+        " AND completed_at IS NULL AND created_at <= ?", (enforce_before,))
+    best = None
+    for row in updates:
+        if semver.is_valid(row["required_version"]) and (
+                best is None or semver.compare(row["required_version"],
+                                               best["required_version"]) > 0):
+            best = row
+    versions: dict[str, str] = {}
+    if best is not None:
+        for row in db.query(
+                "SELECT agent_id, agent_version FROM update_acknowledgments"
+                " WHERE agent_version IS NOT NULL ORDER BY acknowledged_at, rowid"):
+            versions[row["agent_id"]] = row["agent_version"]
+    return best, versions

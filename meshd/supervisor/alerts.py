@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -16,6 +17,20 @@ from meshd import log as logging
 from meshd.config import Settings
 
 log = logging.get("meshd.alerts")
+
+
+@dataclass(slots=True)
+class HookFailures:
+    """Failed hook calls by hook (command, webhook), for /metrics. One per process: the
+    supervisor is the only sender."""
+
+    by_hook: dict[str, int] = field(default_factory=lambda: {"command": 0, "webhook": 0})
+
+    def add(self, hook: str) -> None:
+        self.by_hook[hook] += 1
+
+
+FAILURES = HookFailures()
 
 
 async def send(settings: Settings, payload: dict[str, Any]) -> None:
@@ -32,6 +47,7 @@ async def _run_command(command: str, data: bytes, timeout: float) -> None:
             command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
     except OSError as exc:
+        FAILURES.add("command")
         log.warning("alert.command_failed", error=str(exc))
         return
     try:
@@ -40,9 +56,11 @@ async def _run_command(command: str, data: bytes, timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+        FAILURES.add("command")
         log.warning("alert.command_timeout", timeout_s=timeout)
         return
     if proc.returncode != 0:
+        FAILURES.add("command")
         log.warning("alert.command_failed", code=proc.returncode,
                     stderr=err.decode(errors="replace")[-500:])
 
@@ -54,6 +72,8 @@ async def _post(url: str, data: bytes, timeout: float) -> None:
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as resp:
             if resp.status >= 300:
+                FAILURES.add("webhook")
                 log.warning("alert.webhook_failed", status=resp.status)
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        FAILURES.add("webhook")
         log.warning("alert.webhook_failed", error=str(exc))

@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -47,6 +48,11 @@ class Maintenance:
         self.sup = sup
         self.scheduler: AsyncIOScheduler | None = None
         self.last_check: dict[str, Any] | None = None
+        # For /metrics: the latest backup attempt, and attempts counted by outcome.
+        self.last_backup_run: dict[str, Any] | None = None
+        self.backup_runs: Counter[str] = Counter()
+        self.check_runs: Counter[tuple[str, bool]] = Counter()
+        self.last_checks: dict[str, dict[str, Any]] = {}  # kind -> its latest result
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meshd-maintenance",
                                             initializer=lower_priority)
 
@@ -75,22 +81,25 @@ class Maintenance:
 
     async def backup_now(self, reason: str) -> dict[str, Any]:
         s = self.sup.settings
+        started = time.monotonic()
         if postgres.is_url(s.database):
-            return await self._pg_backup(reason)
+            return await self._pg_backup(reason, started)
         try:
             manifest = await self._run(backups.take_backup, s.database, s.backup_dir,
                                                reason)
         except backups.BackupError as exc:
+            self._backup_done(False, started)
             log.error("backup.failed", error=str(exc), backup_dir=str(s.backup_dir))
             self.sup.record_event("backup_failed", "major", "Backup failed", str(exc))
             raise
+        self._backup_done(True, started)
         await self._run(backups.prune, s.backup_dir, s.backup_keep,
                                 s.backup_keep_daily, s.backup_keep_weekly)
         await self._run(backups.prune_journal, s.data_dir / "journal", s.backup_dir,
                                 s.backup_keep)
         return asdict(manifest)
 
-    async def _pg_backup(self, reason: str) -> dict[str, Any]:
+    async def _pg_backup(self, reason: str, started: float) -> dict[str, Any]:
         """pg_dump of meshd's tables, verified in a scratch database (store/pg_backups.py);
         the newest `backup_keep` dumps are kept."""
         s = self.sup.settings
@@ -98,11 +107,18 @@ class Maintenance:
             manifest = await self._run(pg_backups.take_dump, str(s.database), s.backup_dir,
                                        reason)
         except pg_backups.BackupError as exc:
+            self._backup_done(False, started)
             log.error("backup.failed", backend="postgresql", error=str(exc))
             self.sup.record_event("backup_failed", "major", "Backup failed", str(exc))
             raise backups.BackupError(str(exc)) from exc
+        self._backup_done(True, started)
         await self._run(pg_backups.prune, s.backup_dir, s.backup_keep)
         return asdict(manifest)
+
+    def _backup_done(self, ok: bool, started: float) -> None:
+        self.backup_runs["success" if ok else "failure"] += 1
+        self.last_backup_run = {"ok": ok, "seconds": round(time.monotonic() - started, 3),
+                                "at": time.time()}
 
     async def scheduled_check(self, full: bool) -> None:
         if self.sup.idle_for_maintenance():
@@ -114,6 +130,8 @@ class Maintenance:
         self.last_check = {"kind": "integrity_check" if full else "quick_check",
                            "at": db_time(), "ok": not problems, "problems": problems[:5],
                            "seconds": round(time.monotonic() - started, 3)}
+        self.check_runs[(self.last_check["kind"], not problems)] += 1
+        self.last_checks[self.last_check["kind"]] = {**self.last_check, "at_epoch": time.time()}
         log.info("check.completed", **self.last_check)
         if postgres.is_url(self.sup.settings.database):
             # Not corruption of a file meshd could restore: the server is down or the schema

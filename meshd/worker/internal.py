@@ -16,6 +16,7 @@ from meshd import log as logging
 from meshd.api.http import json_response, read_body
 from meshd.api.keys import HUB, SETTINGS, STORAGE
 from meshd.clock import db_time
+from meshd.control import server as control_server
 from meshd.errors import Invalid, MeshError
 from meshd.store import records
 
@@ -64,9 +65,7 @@ async def apply_records(request: web.Request) -> web.Response:
     storage = request.app[STORAGE]
     # Records are what the supervisor recorded while it could not write: they must land even
     # when the API refuses writes (read-only after a restore).
-    applied = await storage.write_internal(records.apply_all, items)
-    for event in applied:
-        request.app[HUB].publish(event)
+    await storage.write_internal(records.apply_all, items)
     return json_response({"applied": len(items)})
 
 
@@ -95,20 +94,9 @@ async def publish(request: web.Request) -> web.Response:
 
 
 def make_internal_app(public: web.Application) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    """The private app, served with the control socket's framing and error convention."""
+    app = control_server.make_app(routes)
     for key in (STORAGE, HUB, SETTINGS):
         app[key] = public[key]
     app[STARTED] = time.monotonic()
-    app.router.add_routes(routes)
     return app
-
-
-@web.middleware
-async def _errors(request: web.Request, handler):
-    try:
-        return await handler(request)
-    except MeshError as exc:
-        return json_response({"error": exc.message}, status=exc.status)
-    except Exception as exc:
-        log.exception("internal.error", path=request.path)
-        return json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from meshd import log as logging
-from meshd.api.ws import Hub
 from meshd.clock import db_time, utcnow
 from meshd.config import Settings
 from meshd.store import health as health_store
 from meshd.store import messages as messages_store
+from meshd.store.base import Storage
 from meshd.worker.supervisor_client import SupervisorClient
 
 log = logging.get("meshd.jobs")
@@ -60,17 +60,15 @@ class PartitionDetector:
         return None
 
 
-def start(settings: Settings, storage, hub: Hub,
+def start(settings: Settings, storage: Storage,
           supervisor: SupervisorClient | None = None) -> list[asyncio.Task]:
+    """The worker's periodic jobs; the events their writes cause reach the WebSocket through
+    the storage's event path, like any write's."""
     async def sweep() -> None:
         if storage.read_only_reason:
             return
         timed_out = await storage.write(
             messages_store.time_out_expired, db_time())
-        for row in timed_out:
-            hub.publish({"type": "message_timeout", "messageId": row["id"],
-                         "toAgent": row["to_agent"], "fromAgent": row["from_agent"],
-                         "createdAt": row["created_at"]}, audience=[row["to_agent"]])
         if timed_out:
             log.info("messages.timed_out", count=len(timed_out))
 
@@ -87,9 +85,6 @@ def start(settings: Settings, storage, hub: Hub,
         now = utcnow()
         cutoff = db_time(now - timedelta(seconds=settings.heartbeat_timeout))
         went_offline = await storage.write(health_store.mark_offline, cutoff, db_time(now))
-        for row in went_offline:
-            hub.publish({"type": "agent_health_change", "agentId": row["agent_id"],
-                         "status": health_store.OFFLINE, "metrics": {}})
         if went_offline:
             log.info("agents.offline", count=len(went_offline),
                      agent_ids=[r["agent_id"] for r in went_offline])

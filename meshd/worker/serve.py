@@ -15,45 +15,40 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
-import aiohttp
 from aiohttp import web
 
+from meshd import incidents
 from meshd import log as logging
 from meshd.api.app import make_app
 from meshd.api.ws import Hub
-from meshd.clock import db_time, new_id
 from meshd.config import Settings
+from meshd.control import client as control
+from meshd.http_server import GuardedAppRunner
 from meshd.locks import FileLock
+from meshd.process import EXIT_DB_CORRUPT, bind_socket
 from meshd.store import backups, postgres, records
+from meshd.store.base import Storage
 from meshd.store.sqlite import SqliteStorage, is_corruption
 from meshd.worker import jobs
 from meshd.worker.internal import make_internal_app
+from meshd.worker.replica_sync import ReplicaSync
 from meshd.worker.supervisor_client import SupervisorClient
+
+T = TypeVar("T")
 
 log = logging.get("meshd.worker")
 
-# Reserved exit code: "the database is corrupt", for a supervisor that could not be told.
-EXIT_DB_CORRUPT = 86
 PARENT_POLL = 0.5
 _PR_SET_PDEATHSIG = 1
 _M_MMAP_THRESHOLD = -3
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 def open_storage(settings: Settings, on_corruption: Callable[[str], None] | None = None,
                  on_disk: Callable[[str | None], None] | None = None,
-                 on_unreachable: Callable[[str | None], None] | None = None):
+                 on_unreachable: Callable[[str | None], None] | None = None) -> Storage:
     """The backend the `database` setting names: a postgresql:// URL or a SQLite file."""
     if postgres.is_url(settings.database):
         return postgres.PostgresStorage(str(settings.database), readers=settings.readers,
@@ -91,23 +86,16 @@ async def report_corruption(settings: Settings, detail: str) -> None:
     """Tell the supervisor (it runs the Database Corruption protocol); when it cannot be
     reached, exit with the reserved code so it learns from the exit status instead."""
     try:
-        connector = aiohttp.UnixConnector(path=str(settings.control_socket))
-        async with aiohttp.ClientSession(connector=connector) as session, session.post(
-            "http://meshd/control/corruption", json={"detail": detail},
-            timeout=aiohttp.ClientTimeout(total=2),
-        ) as resp:
-            if resp.status < 300:
-                return
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        await control.request(settings.control_socket, "POST", "/control/corruption",
+                              {"detail": detail}, timeout=2)
+        return
+    except (control.Unreachable, control.ControlError) as exc:
         log.error("worker.corruption_report_failed", error=str(exc))
     log.error("worker.exit_db_corrupt", code=EXIT_DB_CORRUPT)
     os._exit(EXIT_DB_CORRUPT)
 
 
-BASELINE_RETRY = float(os.environ.get("MESHD_BASELINE_RETRY", "10"))
-
-
-async def take_baseline_backup(settings: Settings, storage: SqliteStorage) -> str | None:
+async def take_baseline_backup(settings: Settings, storage: Storage) -> str | None:
     """Before the first write is accepted (and after a migration), make sure a verified
     backup of this journal epoch exists, so the journal always has a base to replay onto.
     The error when none could be written, else None."""
@@ -123,38 +111,36 @@ async def take_baseline_backup(settings: Settings, storage: SqliteStorage) -> st
     if has_base and not migrated:
         return None
     try:
-        await asyncio.to_thread(backups.take_backup, settings.database, settings.backup_dir,
-                                "baseline after migration" if migrated else "baseline")
+        await storage.backup(settings.backup_dir,
+                             "baseline after migration" if migrated else "baseline")
     except backups.BackupError as exc:
         log.error("backup.baseline_failed", error=str(exc))
         return str(exc)
     return None
 
 
-async def refuse_writes_without_baseline(storage: SqliteStorage, problem: str) -> dict:
+async def refuse_writes_without_baseline(storage: Storage, problem: str) -> dict:
     """Without a base the journal alone cannot restore anything, so writes wait: reads are
     served and writes get 503; the event saying why is recorded before serving starts."""
     reason = f"no verified baseline backup could be written ({problem})"
     storage.set_read_only(reason)
-    event = {"kind": "event", "id": new_id(), "event_type": "backup_failed",
-             "severity": "critical", "title": "Baseline backup failed: writes refused",
-             "description": reason, "status": "active", "occurred_at": db_time()}
+    event = incidents.event_record("backup_failed", "critical",
+                                   "Baseline backup failed: writes refused", reason)
     await storage.write_internal(records.upsert_event, event)
     return event
 
 
-async def _retry_baseline(settings: Settings, storage: SqliteStorage, event: dict) -> None:
+async def _retry_baseline(settings: Settings, storage: Storage, event: dict) -> None:
     """Retry until a baseline backup works (space came back, the directory was fixed); then
     writes resume by themselves and the event is resolved."""
     reason = event["description"]
     while await take_baseline_backup(settings, storage) is not None:
-        await asyncio.sleep(BASELINE_RETRY)
+        await asyncio.sleep(settings.baseline_retry)
     if storage.read_only_reason == reason:
         storage.set_read_only(None)
         log.info("backup.baseline_recovered", detail="writes resume")
-    await storage.write_internal(records.upsert_event, {
-        **event, "status": "resolved", "resolved_at": db_time(),
-        "resolution_notes": "baseline backup written; writes resumed"})
+    await storage.write_internal(records.upsert_event, incidents.resolved(
+        event, "baseline backup written; writes resumed"))
 
 
 async def serve(
@@ -169,6 +155,7 @@ async def serve(
 ) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then drain and close the store."""
     stop = stop or asyncio.Event()
+    logging.add_secrets(settings.api_key, settings.admin_key)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -194,6 +181,8 @@ async def serve(
             supervisor_client.report("/control/database-unreachable", {"detail": detail})
 
     storage = open_storage(settings, on_corruption, on_disk, on_unreachable)
+    if supervised and settings.replica_sync:
+        storage.replica_sync = ReplicaSync(settings)
     await storage.start()
     storage.set_read_only(read_only_reason)
     baseline_problem = await take_baseline_backup(settings, storage)
@@ -201,8 +190,8 @@ async def serve(
                       if baseline_problem else None)
     hub = Hub()
     app = make_app(settings, storage, hub, supervisor=supervisor_client)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=settings.drain_timeout)
+    runner = GuardedAppRunner(app, header_timeout=settings.header_timeout, access_log=None,
+                              handle_signals=False, shutdown_timeout=settings.drain_timeout)
     await runner.setup()
     sock = sock or bind_socket(settings.host, settings.port)
     await web.SockSite(runner, sock).start()
@@ -216,7 +205,7 @@ async def serve(
         await web.UnixSite(internal_runner, str(settings.worker_socket)).start()
         os.chmod(settings.worker_socket, 0o600)
     port = sock.getsockname()[1]
-    background = jobs.start(settings, storage, hub, supervisor_client)
+    background = jobs.start(settings, storage, supervisor_client)
     if baseline_event:
         background.append(asyncio.create_task(_retry_baseline(settings, storage, baseline_event)))
     if supervised:
@@ -241,6 +230,17 @@ async def serve(
              journal_seq=storage.journal_seq)
 
 
+def run_loop(settings: Settings) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """The worker's event loop: uvloop (libuv) unless the settings ask for asyncio's own.
+    The profile of every scenario had the asyncio loop itself (callbacks, transports, thread
+    hand-offs) as the largest share of the worker's CPU (docs/performance.md)."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run
+    return asyncio.run
+
+
 def run_supervised() -> int:
     """Entry of `meshd worker`: settings, socket and mode come from the supervisor."""
     from meshd import config
@@ -259,8 +259,8 @@ def run_supervised() -> int:
     sock.setblocking(False)
     reason = os.environ.get("MESHD_READ_ONLY") or None
     try:
-        asyncio.run(serve(settings, sock, supervised=True, read_only_reason=reason,
-                          parent_pid=supervisor_pid))
+        run_loop(settings)(serve(settings, sock, supervised=True, read_only_reason=reason,
+                                 parent_pid=supervisor_pid))
     except Exception as exc:
         log.exception("worker.failed")
         return EXIT_DB_CORRUPT if is_corruption(exc) else 1

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from meshd import config
-from meshd.api.app import make_app
 from meshd.recovery.protocols import PROTOCOLS
-from meshd.worker.serve import open_storage
 from tests.conftest import API_KEY, call
 
 ADMIN = {"X-Admin-Key": "op-secret"}
 
 
 @pytest.fixture
-async def admin_client(aiohttp_client, tmp_path):
-    settings = config.load({"data_dir": str(tmp_path / "data"), "api_key": API_KEY,
-                            "admin_key": "op-secret", "access_log": "false"}, environ={})
-    storage = open_storage(settings)
-    await storage.start()
-    yield await aiohttp_client(make_app(settings, storage))
-    await storage.close()
+async def admin_client(make_client):
+    return await make_client(headers=None, admin_key="op-secret")
 
 
 async def test_admin_routes_are_disabled_without_admin_key(client):

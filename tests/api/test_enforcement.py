@@ -5,31 +5,16 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from meshd import config
-from meshd.api.app import make_app
-from meshd.worker.serve import open_storage
-from tests.conftest import API_KEY, AUTH, call, register
+from tests.conftest import call, register
 
 BREAKING = {"version": "2.0.0", "updateType": "api", "title": "v2", "breakingChange": True,
             "requiredVersion": "2.0.0", "announcement": "pip install -U agent==2.0.0"}
 
 
 @pytest.fixture
-async def strict(aiohttp_client, tmp_path):
+def strict(make_client):
     """An app with no grace period, so enforcement starts with the update."""
-    async def make(**extra):
-        settings = config.load({"data_dir": str(tmp_path / "data"),
-                                "backup_dir": str(tmp_path / "b"), "api_key": API_KEY,
-                                "access_log": "false", "update_grace": "0s", **extra},
-                               environ={})
-        storage = open_storage(settings)
-        await storage.start()
-        made.append(storage)
-        return await aiohttp_client(make_app(settings, storage), headers=AUTH)
-    made = []
-    yield make
-    for storage in made:
-        await storage.close()
+    return lambda **extra: make_client(**{"update_grace": "0s", **extra})
 
 
 async def send(client, sender, headers=None):

@@ -11,11 +11,9 @@ import aiohttp
 import orjson
 import pytest
 
-from meshd import config
 from meshd.api import files as files_api
-from meshd.api.app import make_app
 from meshd.store import files as files_store
-from tests.conftest import AUTH, call, next_event, register, ws_connect
+from tests.conftest import call, next_event, register, ws_connect
 
 JSON = {"Content-Type": "application/json"}
 
@@ -302,10 +300,8 @@ async def test_twenty_mib_round_trip_is_byte_identical(client):
 
 
 @pytest.fixture
-async def small_limit_client(aiohttp_client, tmp_path, storage):
-    settings = config.load({"data_dir": str(tmp_path / "data"), "api_key": AUTH["X-API-Key"],
-                            "access_log": "false", "max_file_size": "1KiB"}, environ={})
-    return await aiohttp_client(make_app(settings, storage), headers=AUTH)
+async def small_limit_client(make_client):
+    return await make_client(max_file_size="1KiB")
 
 
 async def test_size_limit_is_a_json_413(small_limit_client):

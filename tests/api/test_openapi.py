@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from meshd import __version__
+from meshd.api import auth
 from meshd.api.openapi import DOCUMENT
 from tests.conftest import call
 
@@ -59,7 +60,7 @@ async def test_document_is_openapi_3(client):
     assert schemes["bearer"] == {"type": "http", "scheme": "bearer"}
     assert schemes["adminKey"]["name"] == "X-Admin-Key"
     assert {next(iter(s)) for s in doc["security"]} == {"apiKeyHeader", "apiKeyQuery",
-                                                         "bearer"}
+                                                         "bearer", "agentToken"}
     schemas = doc["components"]["schemas"]
     text = str(doc)
     for name in re.findall(r"#/components/schemas/(\w+)", text):
@@ -83,7 +84,8 @@ async def test_document_is_openapi_3(client):
             keys = [(p["name"], p["in"]) for p in params]
             assert len(keys) == len(set(keys)), where
             if "requestBody" in operation:
-                schema = operation["requestBody"]["content"]["application/json"]["schema"]
+                content = operation["requestBody"]["content"]  # JSON, or a login form
+                schema = next(iter(content.values()))["schema"]
                 assert schema["type"] == "object", where
                 assert set(schema.get("required", [])) <= set(schema["properties"]), where
 
@@ -94,14 +96,19 @@ async def test_auth_and_bodies_are_described_per_route(client):
         for method, operation in item.items():
             where = f"{method.upper()} {path}"
             codes = set(operation["responses"])
+            scope = auth.rule_for(method.upper(), path).scope
             if path.startswith("/api/admin/"):
+                assert scope is auth.Scope.ADMIN, where
                 assert operation["security"] == [{"adminKey": []}], where
                 assert "403" in codes, where
+            elif scope is auth.Scope.OWNER:
+                assert operation["security"] == [{"agentToken": []}, {"adminKey": []}], where
+                assert {"401", "403"} <= codes, where
             elif path.startswith("/api/"):
                 assert "security" not in operation, where  # the document's default
                 assert "401" in codes, where
             if method in ("post", "patch") and path.startswith("/api/") and "{id}/read" not in \
-                    path and not path.endswith(("/retry", "/runs")):
+                    path and not path.endswith(("/retry", "/runs", "/token")):
                 assert "requestBody" in operation, where
             if method in ("post", "patch", "delete") and path.startswith("/api/") and \
                     not path.startswith("/api/admin/"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import os
 import signal as signals
 import socket
@@ -18,16 +17,16 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from json import loads as json_loads
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import psutil
 
-T = TypeVar("T")
+from tests.support import async_poll, poll  # noqa: F401 - tests import them from here
 
 API_KEY = "process-test-key"
 # Variables that configure meshd: a test's server sees only the ones the test passes.
@@ -59,18 +58,6 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
            if k not in _MESHD_ENV_NAMES and not k.startswith(_MESHD_ENV_PREFIXES)}
     env.update(extra or {})
     return env
-
-
-def poll(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
-    """The first truthy result of `check()`; AssertionError naming `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
@@ -264,14 +251,22 @@ class MeshdProcess:
         return poll(find, timeout, f"log event {event!r}", interval=0.05)
 
 
+def meshd_cli(where: MeshdProcess | Path, *args: str, timeout: float = 60,
+              env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`meshd <args> --data-dir D` in a subprocess (stdout is a pipe, not a TTY: JSON output),
+    for a process (run in its root) or a data directory."""
+    data_dir = where.data_dir if isinstance(where, MeshdProcess) else where
+    return subprocess.run(
+        [sys.executable, "-m", "meshd", *args, "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=timeout, env=clean_env(env),
+        cwd=where.root if isinstance(where, MeshdProcess) else None,
+        stdin=subprocess.DEVNULL)
+
+
 def meshd_status(data_dir: Path, *, as_json: bool = True, timeout: float = 15
                  ) -> subprocess.CompletedProcess:
-    """`meshd status --data-dir D [--json]` in a subprocess (stdout is a pipe, not a TTY)."""
-    args = [sys.executable, "-m", "meshd", "status", "--data-dir", str(data_dir)]
-    if as_json:
-        args.append("--json")
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                          env=clean_env(), stdin=subprocess.DEVNULL)
+    """`meshd status --data-dir D [--json]` in a subprocess."""
+    return meshd_cli(data_dir, "status", *(["--json"] if as_json else []), timeout=timeout)
 
 
 async def api(session: aiohttp.ClientSession, proc: MeshdProcess, method: str, path: str,
@@ -284,21 +279,6 @@ async def api(session: aiohttp.ClientSession, proc: MeshdProcess, method: str, p
         return resp.status, json_loads(text)
     except ValueError:
         return resp.status, text
-
-
-async def async_poll(check: Callable[[], Any], timeout: float, what: str,
-                     interval: float = 0.05) -> Any:
-    """`poll` inside an event loop: `check` may be a plain function or a coroutine function."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 @dataclass
@@ -331,6 +311,17 @@ class WriteLoad:
                 self.acked.append(name)
             else:
                 self.failures.append((time.monotonic(), name, status))
+
+    @contextlib.asynccontextmanager
+    async def running(self, writers: int = 8) -> AsyncIterator[WriteLoad]:
+        """The writers run for the body of the `async with`, and are stopped and awaited
+        however it ends."""
+        task = asyncio.create_task(self.run(writers))
+        try:
+            yield self
+        finally:
+            self.stop.set()
+            await task
 
     async def run(self, writers: int = 8) -> None:
         """Run `writers` writers until `stop` is set."""

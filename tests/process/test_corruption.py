@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import struct
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,7 +22,14 @@ import aiohttp
 import pytest
 
 from meshd.store.backups import integrity
-from tests.process.harness import MeshdProcess, WriteLoad, api, async_poll, clean_env
+from tests.process.harness import (
+    MeshdProcess,
+    WriteLoad,
+    api,
+    async_poll,
+    clean_env,
+    meshd_cli,
+)
 
 pytestmark = pytest.mark.process
 
@@ -35,15 +41,6 @@ STATES = ["detected", "recorded", "stopped", "restored", "verified", "read_only"
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-def meshd_cli(proc: MeshdProcess, *args: str, timeout: float = 60
-              ) -> subprocess.CompletedProcess:
-    """`meshd <args> --data-dir D` in a subprocess (stdout is a pipe: JSON output)."""
-    return subprocess.run(
-        [sys.executable, "-m", "meshd", *args, "--data-dir", str(proc.data_dir)],
-        capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=proc.root,
-        stdin=subprocess.DEVNULL)
-
 
 def overwrite_middle(path: Path) -> None:
     """Random bytes over the middle half of the file: pages the WAL holds no copy of."""
@@ -469,14 +466,10 @@ async def test_without_auto_read_write_the_restore_waits_for_the_operator(meshd_
     proc = meshd_proc()
     await start(proc, "--auto-read-write", "false")
     load = WriteLoad(proc, prefix="op")
-    writers = asyncio.create_task(load.run(writers=8))
-    try:
+    async with load.running(writers=8):
         await async_poll(lambda: len(load.acked) >= 300, 20, "300 acknowledged writes")
         checkpoint(proc.database)
         await async_poll(lambda: len(load.acked) >= 400, 20, "100 more writes")
-    finally:
-        load.stop.set()
-        await writers
     overwrite_middle(proc.database)
 
     await asyncio.to_thread(proc.wait_log_event, "protocol.waiting_for_operator", 20)

@@ -17,8 +17,6 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -34,8 +32,8 @@ from tests.process.harness import (
     WriteLoad,
     api,
     async_poll,
-    clean_env,
     free_port,
+    meshd_cli,
 )
 
 pytestmark = pytest.mark.process
@@ -49,15 +47,6 @@ def states(protocol: str) -> list[str]:
 
 
 # -- the daemon from outside: CLI, run files, rows -------------------------------------------
-
-def meshd_cli(proc: MeshdProcess, *args: str, timeout: float = 60
-              ) -> subprocess.CompletedProcess:
-    """`meshd <args> --data-dir D` in a subprocess (stdout is a pipe: JSON output)."""
-    return subprocess.run(
-        [sys.executable, "-m", "meshd", *args, "--data-dir", str(proc.data_dir)],
-        capture_output=True, text=True, timeout=timeout, env=clean_env(), cwd=proc.root,
-        stdin=subprocess.DEVNULL)
-
 
 async def cli_json(proc: MeshdProcess, *args: str) -> Any:
     done = await asyncio.to_thread(meshd_cli, proc, *args, "--json")
@@ -373,21 +362,19 @@ async def test_database_corruption_run_by_the_operator_restores_and_loses_nothin
     await asyncio.to_thread(proc.wait_healthy)
     listener = Listener(proc).start()
     load = WriteLoad(proc, prefix=f"dc-{uuid.uuid4().hex[:6]}")
-    writers = asyncio.create_task(load.run(writers=4))
     try:
-        await listener.wait_connected()
-        await async_poll(lambda: len(load.acked) >= 200, 20,
-                         f"200 acknowledged writes (failures: {load.failures[:3]})")
-        started = await cli_json(proc, "protocol", "run", CORRUPTION, "--reason", "drill")
-        assert started["protocol"] == CORRUPTION and started["outcome"] == "running", started
-        run = await wait_run(proc, run_id=started["id"], timeout=30)
-        acked = len(load.acked)
-        await async_poll(lambda: len(load.acked) >= acked + 50, 15,
-                         "writes acknowledged again after the run")
-        got = await listener.wait_state(run["id"], "done")
+        async with load.running(writers=4):
+            await listener.wait_connected()
+            await async_poll(lambda: len(load.acked) >= 200, 20,
+                             f"200 acknowledged writes (failures: {load.failures[:3]})")
+            started = await cli_json(proc, "protocol", "run", CORRUPTION, "--reason", "drill")
+            assert started["protocol"] == CORRUPTION and started["outcome"] == "running", started
+            run = await wait_run(proc, run_id=started["id"], timeout=30)
+            acked = len(load.acked)
+            await async_poll(lambda: len(load.acked) >= acked + 50, 15,
+                             "writes acknowledged again after the run")
+            got = await listener.wait_state(run["id"], "done")
     finally:
-        load.stop.set()
-        await writers
         await listener.close()
 
     missing = set(load.acked) - await agent_names(proc)

@@ -25,16 +25,12 @@ async def stop_under_load(proc: MeshdProcess, sig: int, *, group: bool, writes: 
 
     Returns the load and the moment the signal was sent."""
     load = WriteLoad(proc, prefix=f"load-{uuid.uuid4().hex[:8]}")
-    writers = asyncio.create_task(load.run(writers=8))
-    try:
+    async with load.running(writers=8):
         await async_poll(lambda: len(load.acked) >= writes, 15,
                          f"{writes} acknowledged writes (failures: {load.failures[:3]})")
         signalled = time.monotonic()
         proc.signal(sig, group=group)
         code = await asyncio.to_thread(proc.wait_exit, 15)
-    finally:
-        load.stop.set()
-        await writers
     assert code == 0, f"exit code {code}:\n{proc.log_tail()}"
     return load, signalled
 
@@ -96,10 +92,18 @@ def test_default_key_on_a_non_loopback_address_is_refused(meshd_proc):
 
 def test_allow_default_key_starts_on_a_non_loopback_address(meshd_proc):
     proc = meshd_proc(host="0.0.0.0", port=free_port("0.0.0.0"), key=None)
-    proc.start(("--allow-default-key", *QUIET))
+    proc.start(("--allow-default-key", "--ws-auth", "off", *QUIET))
     proc.wait_healthy()
     proc.signal(signal.SIGTERM)
     assert proc.wait_exit(15) == 0, proc.log_tail()
+
+
+def test_an_unchosen_ws_auth_on_a_non_loopback_address_is_refused(meshd_proc):
+    proc = meshd_proc(host="0.0.0.0", port=free_port("0.0.0.0"))
+    proc.start(QUIET)
+    assert proc.wait_exit(15) == 2
+    assert "ws_auth" in proc.log_text() and "public" in proc.log_text(), proc.log_tail()
+    assert not proc.healthy()
 
 
 def test_database_with_a_newer_schema_version_is_refused(meshd_proc):

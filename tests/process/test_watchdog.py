@@ -135,8 +135,7 @@ async def test_kill_9_of_the_worker_under_write_load_loses_no_acknowledged_write
     proc = meshd_proc().start(QUIET)
     first = await asyncio.to_thread(proc.wait_serving)
     load = WriteLoad(proc, prefix=f"kill-{uuid.uuid4().hex[:8]}")
-    writers = asyncio.create_task(load.run(writers=8))
-    try:
+    async with load.running(writers=8):
         await async_poll(lambda: len(load.acked) >= 200, 15,
                          f"200 acknowledged writes (failures: {load.failures[:3]})")
         killed = kill_worker(first["worker_pid"])
@@ -146,9 +145,6 @@ async def test_kill_9_of_the_worker_under_write_load_loses_no_acknowledged_write
         acked_then = len(load.acked)
         await async_poll(lambda: len(load.acked) >= acked_then + 100, 15,
                          f"100 writes acknowledged by the new worker ({load.failures[-3:]})")
-    finally:
-        load.stop.set()
-        await writers
 
     assert after["restarts"] == 1, after
     assert after["worker_pid"] != first["worker_pid"]
@@ -315,8 +311,7 @@ async def test_sighup_reloads_the_config_with_a_new_worker_and_loses_no_write(me
     assert status == 200, body
 
     load = WriteLoad(proc, prefix=f"hup-{uuid.uuid4().hex[:8]}")
-    writers = asyncio.create_task(load.run(writers=4))
-    try:
+    async with load.running(writers=4):
         await async_poll(lambda: len(load.acked) >= 50, 15,
                          f"50 acknowledged writes (failures: {load.failures[:3]})")
         config.write_text('probe_failures = 5\nmax_body_size = "4KiB"\n')
@@ -326,9 +321,6 @@ async def test_sighup_reloads_the_config_with_a_new_worker_and_loses_no_write(me
         acked_then = len(load.acked)
         await async_poll(lambda: len(load.acked) >= acked_then + 50, 15,
                          f"50 writes acknowledged after the reload ({load.failures[-3:]})")
-    finally:
-        load.stop.set()
-        await writers
 
     assert after["worker_pid"] != first["worker_pid"]
     assert after["restarts"] == 0, "a reload is not a crash"

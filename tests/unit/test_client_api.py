@@ -4,8 +4,6 @@ updates, and an outage of the server (stopped and started again on the same port
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,21 +13,9 @@ from meshd.api.keys import HUB
 from meshd.client import Backoff, MeshClient, Message, Rejected, Via
 from meshd.client.state import StateDB
 from tests.conftest import API_KEY, call
+from tests.support import async_poll
 
 FAST = Backoff(base=0.05, cap=0.3)
-
-
-async def until(check: Callable[[], object], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Inbox:
@@ -88,9 +74,9 @@ async def test_messages_reach_the_handler_once_with_their_client_id(server, clie
     got = Inbox()
     async with make_client(server, tmp_path, "a") as a, \
             make_client(server, tmp_path, "b", on_message=got) as b:
-        await until(lambda: b.events.connected, "b's WebSocket")
+        await async_poll(lambda: b.events.connected, 5, "b's WebSocket", 0.02)
         ids = [await a.send(b.agent_id, f"m{i}") for i in range(5)]
-        await until(lambda: len(got.messages) == 5, "5 messages")
+        await async_poll(lambda: len(got.messages) == 5, 5, "5 messages", 0.02)
         assert got.contents() == [f"m{i}" for i in range(5)]
         assert [m.client_id for m in got.messages] == ids
         assert {m.via for m in got.messages} == {Via.SERVER}
@@ -106,7 +92,7 @@ async def test_messages_sent_before_the_socket_opens_are_caught_up(server, tmp_p
     async with make_client(server, tmp_path, "a") as a:
         await a.send(b_id, "while b was away")
     async with make_client(server, tmp_path, "b", on_message=got):
-        await until(lambda: got.messages, "the caught-up message")
+        await async_poll(lambda: got.messages, 5, "the caught-up message", 0.02)
         await asyncio.sleep(0.2)  # a second delivery would come now
     assert [(m.content, m.via) for m in got.messages] == [("while b was away", Via.CATCHUP)]
 
@@ -115,11 +101,11 @@ async def test_a_restarted_receiver_does_not_get_a_message_twice(server, tmp_pat
     got = Inbox()
     async with make_client(server, tmp_path, "a") as a:
         async with make_client(server, tmp_path, "b", on_message=got) as b:
-            await until(lambda: b.events.connected, "b's WebSocket")
+            await async_poll(lambda: b.events.connected, 5, "b's WebSocket", 0.02)
             await a.send(b.agent_id, "once")
-            await until(lambda: got.messages, "the message")
+            await async_poll(lambda: got.messages, 5, "the message", 0.02)
         async with make_client(server, tmp_path, "b", on_message=got) as b:
-            await until(lambda: b.events.connections, "b's WebSocket")
+            await async_poll(lambda: b.events.connections, 5, "b's WebSocket", 0.02)
             await asyncio.sleep(0.2)
     assert got.contents() == ["once"]
 
@@ -130,7 +116,7 @@ async def test_heartbeats_carry_process_metrics(server, client, tmp_path):
             status, body = await call(client, "GET", f"/api/agents/{a.agent_id}/health")
             return status == 200 and body["uptimeSeconds"] is not None and body
 
-        await until(reported, "a health row with metrics")
+        await async_poll(reported, 5, "a health row with metrics", 0.02)
         body = await reported()
         assert body["status"] == "healthy"
         assert body["memoryUsage"] > 0
@@ -156,7 +142,7 @@ async def test_updates_are_acknowledged_by_the_hook(server, client, tmp_path):
         return "accepted"
 
     async with make_client(server, tmp_path, "a", version="2.1.0", on_update=on_update) as a:
-        await until(lambda: a.events.connected, "the WebSocket")
+        await async_poll(lambda: a.events.connected, 5, "the WebSocket", 0.02)
         status, body = await call(client, "POST", "/api/updates",
                                   {"version": "2.1.0", "updateType": "feature", "title": "t"})
         assert status == 200, body
@@ -166,7 +152,7 @@ async def test_updates_are_acknowledged_by_the_hook(server, client, tmp_path):
             _, rows = await call(client, "GET", f"/api/updates/{update_id}/acknowledgments")
             return rows
 
-        await until(acknowledged, "the acknowledgment")
+        await async_poll(acknowledged, 5, "the acknowledgment", 0.02)
         (row,) = await acknowledged()
         assert (row["agent_id"], row["status"], row["agent_version"]) == (
             a.agent_id, "accepted", "2.1.0")
@@ -178,6 +164,7 @@ async def test_a_refused_message_raises_and_is_not_queued(server, tmp_path):
         with pytest.raises(TypeError):
             await a.send("someone", "")
         a.http.headers["X-API-Key"] = "wrong"
+        a.http.token = None  # its token would still be good
         await a.http.close()  # the session carries the headers it was made with
         with pytest.raises(Rejected) as err:
             await a.send("someone", "hello")
@@ -192,9 +179,9 @@ async def test_an_outage_queues_messages_and_replays_them_once(
     got = Inbox()
     async with make_client(first, tmp_path, "a") as a, \
             make_client(first, tmp_path, "b", on_message=got) as b:
-        await until(lambda: b.events.connected, "b's WebSocket")
+        await async_poll(lambda: b.events.connected, 5, "b's WebSocket", 0.02)
         await a.send(b.agent_id, "before")
-        await until(lambda: len(got.messages) == 1, "the first message")
+        await async_poll(lambda: len(got.messages) == 1, 5, "the first message", 0.02)
         await first.close()
         during = [await a.send(b.agent_id, f"during {i}") for i in range(3)]
         assert not a.online
@@ -202,7 +189,7 @@ async def test_an_outage_queues_messages_and_replays_them_once(
         await aiohttp_server(make_app(settings, storage), port=port)
         await asyncio.wait_for(a.wait_online(), 10)
         assert await a.pending() == 0
-        await until(lambda: len(got.messages) == 4, "the queued messages")
+        await async_poll(lambda: len(got.messages) == 4, 5, "the queued messages", 0.02)
         await asyncio.sleep(0.2)
         assert got.contents() == ["before", "during 0", "during 1", "during 2"]
         assert [m.client_id for m in got.messages[1:]] == during
@@ -216,7 +203,7 @@ async def drop_websocket(app, agent_id: str) -> None:
     for ws_client in list(hub.clients):
         if ws_client.agent_id == agent_id:
             await ws_client.ws.close()
-    await until(lambda: all(c.agent_id != agent_id for c in hub.clients), "the socket gone")
+    await async_poll(lambda: all(c.agent_id != agent_id for c in hub.clients), 5, "the socket gone", 0.02)
 
 
 @pytest.mark.parametrize("respool_window", [5.0, 0.0])
@@ -235,23 +222,55 @@ async def test_order_holds_when_the_spool_overtakes_a_lost_event(
                            respool_window=respool_window) as a, \
             make_client(server, tmp_path, "b", spool_dir=spool, on_message=got,
                         backoff=Backoff(base=60, cap=60)) as b:
-        await until(lambda: b.events.connected, "b's WebSocket")
+        await async_poll(lambda: b.events.connected, 5, "b's WebSocket", 0.02)
         await drop_websocket(app, b.agent_id)
         await a.send(b.agent_id, "m1")  # stored; b's event for it is lost
         await server.close()
         await a.send(b.agent_id, "m2")  # offline: queued and spooled
         if respool_window:
-            await until(lambda: len(got.messages) == 2, "both messages through the spool")
+            await async_poll(lambda: len(got.messages) == 2, 5, "both messages through the spool", 0.02)
             assert [(m.content, m.via) for m in got.messages] == [
                 ("m1", Via.SPOOL), ("m2", Via.SPOOL)]
             return
-        await until(lambda: b.held == 1, "m2 held")
+        await async_poll(lambda: b.held == 1, 5, "m2 held", 0.02)
         assert got.messages == []
         await aiohttp_server(make_app(settings, storage), port=port)
         b.events.wake()
-        await until(lambda: len(got.messages) == 2, "both messages")
+        await async_poll(lambda: len(got.messages) == 2, 5, "both messages", 0.02)
         assert [(m.content, m.via) for m in got.messages] == [
             ("m1", Via.CATCHUP), ("m2", Via.SPOOL)]
         await asyncio.wait_for(a.wait_online(), 10)
         await asyncio.sleep(0.2)  # the replayed m2 would come now
         assert len(got.messages) == 2
+
+
+async def test_the_agent_token_is_kept_with_the_state_and_sent(server, client, tmp_path):
+    async with make_client(server, tmp_path, "alpha") as first:
+        token = first.agent_token
+        assert token and token.startswith("mat_")
+        agent_id = first.agent_id
+        beta = (await call(client, "POST", "/api/agents/register", {"name": "beta"}))[1]
+        # Every request acts as alpha now: another agent's inbox is refused.
+        with pytest.raises(Rejected) as err:
+            await first.http.request("GET", f"/api/messages/{beta['agentId']}")
+        assert err.value.status == 403
+    db = await StateDB.open(tmp_path / "alpha")
+    try:
+        assert await db.get("agent_token") == token
+    finally:
+        await db.close()
+    async with make_client(server, tmp_path, "alpha") as again:
+        # The restart proves itself with the stored token; no new one is handed out.
+        assert again.agent_id == agent_id and again.agent_token == token
+        await async_poll(lambda: again.events.connected, 5, "the token's WebSocket", 0.02)
+
+
+async def test_a_revoked_token_falls_back_to_the_shared_key(server, client, tmp_path):
+    async with make_client(server, tmp_path, "alpha") as first:
+        token = first.agent_token
+        await first.http.request("DELETE", f"/api/agents/{first.agent_id}/token")
+    async with make_client(server, tmp_path, "alpha") as again:
+        assert again.agent_token is None  # revoked: only the admin key gives a new one
+        status, _ = await call(client, "GET", "/api/agents",
+                               headers={"Authorization": f"Bearer {token}"})
+        assert status == 401

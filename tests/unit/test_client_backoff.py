@@ -5,15 +5,7 @@ from __future__ import annotations
 import random
 
 from meshd.client.backoff import Backoff
-
-
-class Extreme(random.Random):
-    def __init__(self, high: bool) -> None:
-        super().__init__(0)
-        self.high = high
-
-    def uniform(self, a: float, b: float) -> float:
-        return b if self.high else a
+from tests.support import Extreme
 
 
 def test_delays_grow_exponentially_up_to_the_cap():

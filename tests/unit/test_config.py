@@ -15,6 +15,7 @@ from meshd.config import (
     parse_bool,
     parse_duration,
     parse_size,
+    parse_ws_auth,
     refuse_unsafe,
 )
 
@@ -197,9 +198,102 @@ def test_settings_travel_to_the_worker_as_json(tmp_path):
     ("0.0.0.0", "a-real-key", None, False),
 ])
 def test_the_default_key_is_refused_beyond_loopback(host, key, allow, refused):
-    s = load({"host": host, "api_key": key, "allow_default_key": allow}, environ={})
+    s = load({"host": host, "api_key": key, "allow_default_key": allow, "ws_auth": "off"},
+             environ={})
     reason = refuse_unsafe(s)
     if refused:
         assert reason and "--allow-default-key" in reason and host in reason
     else:
         assert reason is None
+
+
+@pytest.mark.parametrize(("value", "mode"), [
+    ("off", "off"), ("public", "public"), ("required", "required"), ("REQUIRED", "required"),
+    ("true", "required"), ("1", "required"), ("yes", "required"), (True, "required"),
+    ("false", "off"), ("0", "off"), (False, "off"),
+])
+def test_ws_auth_modes_and_the_old_booleans(value, mode):
+    assert parse_ws_auth(value) == mode
+
+
+def test_bad_auth_settings_name_the_choices():
+    with pytest.raises(ConfigError, match="ws_auth.*off, public, required"):
+        load({"ws_auth": "maybe"}, environ={})
+    with pytest.raises(ConfigError, match="agent_auth.*off, optional, required"):
+        load({"agent_auth": "sometimes"}, environ={})
+    with pytest.raises(ConfigError, match="cors_origins.*not an origin: ftp://x"):
+        load({"cors_origins": "https://ok.example,ftp://x"}, environ={})
+
+
+def test_auth_defaults_keep_node_clients_working():
+    s = load({}, environ={})
+    assert (s.ws_auth, s.agent_auth, s.cors_origins) == ("off", "optional", "*")
+    assert load({"cors_origins": " https://a.example/ , http://b:8080"}, environ={}
+                ).cors_origins == "https://a.example,http://b:8080"
+
+
+@pytest.mark.parametrize(("host", "ws_auth", "where", "refused"), [
+    ("0.0.0.0", None, None, True),
+    ("192.168.1.5", None, None, True),
+    ("0.0.0.0", "off", "flag", False),
+    ("0.0.0.0", "public", "env", False),
+    ("0.0.0.0", "required", "toml", False),
+    ("127.0.0.1", None, None, False),
+])
+def test_ws_auth_must_be_chosen_beyond_loopback(tmp_path, host, ws_auth, where, refused):
+    flags = {"host": host, "api_key": "a-real-key"}
+    environ = {}
+    if where == "flag":
+        flags["ws_auth"] = ws_auth
+    elif where == "env":
+        environ["MESHD_WS_AUTH"] = ws_auth
+    elif where == "toml":
+        path = tmp_path / "meshd.toml"
+        path.write_text(f'ws_auth = "{ws_auth}"\n')
+        flags["config"] = str(path)
+    reason = refuse_unsafe(load(flags, environ=environ))
+    if refused:
+        assert reason and host in reason
+        assert all(mode in reason for mode in ("off", "public", "required")), reason
+    else:
+        assert reason is None
+def test_settings_are_the_option_table():
+    """One declaration: every option is a Settings field with the table's default."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(config.Settings)}
+    assert list(fields) == [opt.name for opt in config.OPTIONS] + ["sources"]
+    for opt in config.OPTIONS:
+        if opt.name not in ("data_dir", "database"):  # decided by other settings
+            assert fields[opt.name].default == opt.default, opt.name
+    built = config.Settings(data_dir=Path("/srv/x"))
+    assert built.database == Path("/srv/x/mesh.db") and built.port == 4000
+
+
+def test_meshd_data_dir_wins_over_state_directory():
+    env = {"STATE_DIRECTORY": "/var/lib/meshd", "MESHD_DATA_DIR": "/srv/mesh"}
+    s = load({}, environ=env)
+    assert s.data_dir == Path("/srv/mesh") and s.sources["data_dir"] == "env MESHD_DATA_DIR"
+    s = load({}, environ={"STATE_DIRECTORY": "/var/lib/meshd"})
+    assert s.sources["data_dir"] == "env STATE_DIRECTORY"
+
+
+def test_the_baseline_retry_is_a_setting_read_when_loading():
+    assert load({}, environ={}).baseline_retry == 10.0
+    s = load({}, environ={"MESHD_BASELINE_RETRY": "200ms"})
+    assert s.baseline_retry == 0.2 and s.sources["baseline_retry"] == "env MESHD_BASELINE_RETRY"
+
+
+def test_describe_says_where_each_setting_came_from_and_hides_keys(tmp_path):
+    toml = write_toml(tmp_path, 'admin_key = "op-secret"\nprobe_failures = 6\n')
+    s = load({"config": toml, "port": "4100"},
+             environ={"AGENT_MESH_API_KEY": "agent-secret"})
+    rows = {r["setting"]: r for r in config.describe(s)}
+    assert list(rows) == [opt.name for opt in config.OPTIONS]
+    assert rows["port"] == {"setting": "port", "value": 4100, "source": "flag --port"}
+    assert rows["probe_failures"]["source"] == "config file"
+    assert rows["api_key"] == {"setting": "api_key", "value": "(set)",
+                               "source": "env AGENT_MESH_API_KEY"}
+    assert rows["admin_key"]["value"] == "(set)"
+    assert "secret" not in repr(rows)
+    assert rows["data_dir"]["value"] == "data"

@@ -7,17 +7,7 @@ import random
 import pytest
 
 from meshd.supervisor.restart import Policy, RestartState, backoff_delay
-
-
-class Extreme(random.Random):
-    """An rng whose `uniform` always picks the low (or high) end: the jitter's bounds."""
-
-    def __init__(self, high: bool) -> None:
-        super().__init__(0)
-        self.high = high
-
-    def uniform(self, a: float, b: float) -> float:
-        return b if self.high else a
+from tests.support import Extreme
 
 
 def crash_streak(state: RestartState, times: list[float], rng=None) -> list[float | None]:

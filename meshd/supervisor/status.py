@@ -1,0 +1,58 @@
+"""What `meshd status` and systemd's STATUS= line say about a supervisor: its own state, its
+worker's last reported figures, the outbox, protocol runs and the last backup and check."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from meshd.store import postgres
+from meshd.supervisor.maintenance import last_backup
+
+if TYPE_CHECKING:
+    from meshd.supervisor.loop import Supervisor
+
+
+def line(sup: Supervisor) -> str:
+    if sup.state != "serving":
+        return f"{sup.state}: {sup.reason or ''}".strip()
+    ws = sup.worker_status
+    text = f"serving {ws.get('mode', 'read-write')}, {ws.get('agents', '?')} agents"
+    last = last_backup(sup.settings.backup_dir)
+    if last:
+        text += f", last backup {last['age_s'] // 60:.0f} min ago"
+    return text
+
+
+def snapshot(sup: Supervisor) -> dict[str, Any]:
+    worker = sup.worker
+    now = time.monotonic()
+    ws = sup.worker_status if worker and worker.healthy_at else {}
+    open_events = ws.get("open_events")
+    pending_open = sup.outbox.open_events()
+    settings = sup.settings
+    return {
+        "supervisor_pid": os.getpid(),
+        "worker_pid": worker.pid if worker else None,
+        "uptime_s": round(now - sup.started_at, 3),
+        "worker_uptime_s": round(now - worker.started_at, 3) if worker else None,
+        "restarts": sup.restarts.restarts,
+        "state": str(sup.state),
+        "reason": sup.reason,
+        "mode": ws.get("mode") or ("unavailable" if sup.state != "serving"
+                                   else "read-write"),
+        "last_backup": last_backup(settings.backup_dir),
+        "last_check": sup.maintenance.last_check,
+        "replicas": sup.replication.status(),
+        "protocol_runs": [r.public() | {"steps": len(r.steps)} for r in
+                          sup.engine.runs.values() if r.outcome == "running"],
+        "open_events": (open_events or 0) + pending_open if open_events is not None
+        else pending_open,
+        "pending_records": len(sup.outbox),
+        "agents": ws.get("agents"),
+        "listen": f"{settings.host}:{sup.port}",
+        "data_dir": str(settings.data_dir.resolve()),
+        "database": (postgres.redact(settings.database) if postgres.is_url(settings.database)
+                     else str(settings.database.resolve())),
+    }
