@@ -308,3 +308,13 @@ def test_replicas_are_refused_on_postgresql_with_the_reason(tmp_path):
                     environ={})
     on_sqlite = config.load({"data_dir": str(tmp_path), "replica": "file:///x"}, environ={})
     assert on_sqlite.replica == ("file:///x",)
+
+
+def test_restore_from_a_replica_refuses_a_postgresql_database(tmp_path, capsys):
+    from meshd import cli
+
+    code = cli.main(["restore", "--from", "file:///x", "--data-dir", str(tmp_path),
+                     "--database", "postgresql://meshd@db.internal/mesh"])
+    assert code == 2
+    assert "PostgreSQL" in capsys.readouterr().err
+    assert not (tmp_path / "writer.lock").exists()  # refused before touching anything
