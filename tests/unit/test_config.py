@@ -311,10 +311,13 @@ def test_replicas_are_refused_on_postgresql_with_the_reason(tmp_path):
 
 
 def test_restore_from_a_replica_refuses_a_postgresql_database(tmp_path, capsys):
-    from meshd import cli
+    from meshd import cli, cli_replica
 
-    code = cli.main(["restore", "--from", "file:///x", "--data-dir", str(tmp_path),
-                     "--database", "postgresql://meshd@db.internal/mesh"])
+    # The command's function, not cli.main, which would point the logs at capsys's stream.
+    args = cli.build_parser().parse_args([
+        "restore", "--from", "file:///x", "--data-dir", str(tmp_path),
+        "--database", "postgresql://meshd@db.internal/mesh"])
+    code = cli_replica.restore_from_replica(args)
     assert code == 2
     assert "PostgreSQL" in capsys.readouterr().err
     assert not (tmp_path / "writer.lock").exists()  # refused before touching anything
