@@ -29,15 +29,16 @@ run: $(STAMP)
 	$(BIN)/meshd run --host 127.0.0.1 --port $${PORT:-4000} --data-dir ./data --backup-dir ./backups
 
 # Commands the process tests call (the unit file check, the seed's curl and jq examples, node for
-# the JavaScript outbox, the console's browser test, promtool for /metrics and the alert rules),
-# installed from Debian's packages when missing. The browser is Debian's chromium: never
-# `playwright install`.
+# the JavaScript outbox, the console's browser test, promtool for /metrics and the alert rules,
+# the PostgreSQL server for the second backend's throwaway cluster), installed from Debian's
+# packages when missing. The browser is Debian's chromium: never `playwright install`.
 test-tools:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	command -v jq >/dev/null || missing="$$missing jq"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	if [ -n "$$missing" ]; then \

@@ -2,6 +2,9 @@
 (GET /api/agents/:id, GET /api/messages/:agentId) from concurrent keep-alive clients.
 
 Run: .venv/bin/python bench/throughput.py [--seconds 10] [--clients 32]
+                                         [--backend sqlite|postgresql|both]
+On PostgreSQL meshd runs on a throwaway local cluster (tests/pgcluster.py: initdb, loopback,
+default settings, fsync on), so the figures compare the two backends on one machine.
 The load generator is Python too and shares the 2 cores with meshd, so these figures are a
 floor, not meshd's ceiling.
 """
@@ -38,6 +41,20 @@ async def run_phase(url: str, name: str, make_request, seconds: float, clients: 
 
 
 async def main(args: argparse.Namespace) -> None:
+    backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
+    for backend in backends:
+        if backend == "postgresql":
+            sys.path.insert(0, str(ROOT))
+            from tests import pgcluster
+
+            with pgcluster.throwaway_cluster() as cluster:
+                url = cluster.create_database("bench")
+                await bench_one(args, "PostgreSQL (local cluster)", ["--database", url])
+        else:
+            await bench_one(args, "SQLite (journal fsync'd)", [])
+
+
+async def bench_one(args: argparse.Namespace, label: str, extra: list[str]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mbench"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -45,7 +62,7 @@ async def main(args: argparse.Namespace) -> None:
     proc = subprocess.Popen(
         [str(ROOT / ".venv/bin/meshd"), "run", "--port", str(port), "--data-dir",
          str(tmp / "data"), "--backup-dir", str(tmp / "backups"), "--api-key", KEY,
-         "--log-format", "json", "--access-log", "false"],
+         "--log-format", "json", "--access-log", "false", *extra],
         stdout=log, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         await wait_healthy(url)
@@ -67,11 +84,11 @@ async def main(args: argparse.Namespace) -> None:
             return "GET", f"/api/messages/{ids[(n + i) % 20]}?limit=20", None
 
         results = []
-        for name, fn in (("write POST /api/messages (fsync'd)", write),
+        for name, fn in (("write POST /api/messages (durable)", write),
                          ("read GET /api/agents/:id", read_agent),
                          ("read GET /api/messages/:agentId?limit=20", read_inbox)):
             results.append(await run_phase(url, name, fn, args.seconds, args.clients))
-        print(f"meshd on 127.0.0.1, {args.clients} concurrent keep-alive clients, "
+        print(f"[{label}] meshd on 127.0.0.1, {args.clients} concurrent keep-alive clients, "
               f"{args.seconds:g} s per phase, {os.cpu_count()} cores shared with the client")
         print(f"{'phase':<44}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}")
         for r in results:
@@ -88,5 +105,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     _daemon_arguments(restore)
     restore.add_argument("backup", nargs="?", help="backup file name (default: newest verified)")
     restore.add_argument("--to-time", help="point in time (ISO-8601, UTC if no zone)")
+    migrate = sub.add_parser("migrate", help="copy a stopped SQLite mesh into PostgreSQL, "
+                             "verified by row counts and checksums (resumable)")
+    _daemon_arguments(migrate)
+    migrate.add_argument("--to", required=True, help="postgresql:// URL of the target database")
     cli_replica.add_arguments(sub, restore, _daemon_arguments)
     mode = sub.add_parser("mode", help="switch the running daemon read-only or read-write")
     _daemon_arguments(mode)
@@ -194,14 +198,97 @@ def cmd_backup(args: argparse.Namespace) -> int:
         data = _call(settings, "POST", "/control/backup", {}, timeout=600)
     else:
         paths = settings
+        if _is_postgres(paths.database):
+            return _pg_backup(args, str(paths.database), paths.backup_dir)
         try:
             data = _asdict(backups.take_backup(paths.database, paths.backup_dir, "operator"))
         except backups.BackupError as exc:
             sys.stderr.write(f"meshd: {exc}\n")
             return 1
     _print(args, data, f"backup {data['file']}: {data['size']} bytes, journal seq "
-                       f"{data['journal_seq']}, integrity {data['integrity']}")
+                       f"{data['journal_seq']}, integrity {data['integrity']}"
+           if "journal_seq" in data else  # a PostgreSQL dump's manifest
+           f"backup {data['file']}: {data['size']} bytes, verified {data['verified']}")
     return 0
+
+
+def _is_postgres(database) -> bool:
+    return isinstance(database, str)  # config.parse_database keeps only URLs as text
+
+
+def _pg_backup(args: argparse.Namespace, url: str, backup_dir) -> int:
+    from meshd.store import pg_backups
+
+    try:
+        manifest = pg_backups.take_dump(url, backup_dir, "operator")
+    except pg_backups.BackupError as exc:
+        sys.stderr.write(f"meshd: {exc}\n")
+        return 1
+    _print(args, _asdict(manifest), f"backup {manifest.file}: {manifest.size} bytes, "
+                                    f"{sum(manifest.row_counts.values())} rows, verified by a "
+                                    "restore into a scratch database")
+    return 0
+
+
+def _pg_restore(args: argparse.Namespace, url: str, backup_dir) -> int:
+    """Restore a pg_dump backup (named, or the newest) in place of meshd's tables."""
+    from meshd.store import pg_backups
+
+    dumps = sorted(backup_dir.glob(f"*{pg_backups.SUFFIX}"))
+    dump = backup_dir / args.backup if args.backup else (dumps[-1] if dumps else None)
+    if dump is None or not dump.exists():
+        sys.stderr.write(f"meshd: no PostgreSQL backup {args.backup or ''} in {backup_dir}\n")
+        return 1
+    if args.to_time:
+        sys.stderr.write("meshd: --to-time on PostgreSQL is point-in-time recovery: use "
+                         "pgBackRest or WAL-G (docs/postgresql.md)\n")
+        return 1
+    try:
+        counts = pg_backups.restore(url, dump)
+    except pg_backups.BackupError as exc:
+        sys.stderr.write(f"meshd: {exc}\n")
+        return 1
+    _print(args, {"backup": dump.name, "row_counts": counts},
+           f"restored {dump.name}: {sum(counts.values())} rows")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """SQLite -> PostgreSQL, with meshd stopped: the writer lock keeps it from starting."""
+    from meshd.locks import FileLock, LockBusy
+    from meshd.store import pg_migrate
+
+    paths = load_settings(args)
+    if not str(args.to).startswith(("postgresql://", "postgres://")):
+        sys.stderr.write("meshd: --to takes a postgresql:// URL\n")
+        return 2
+    if _is_postgres(paths.database):
+        sys.stderr.write("meshd: --database names the SQLite file to copy from\n")
+        return 2
+    lock = FileLock(paths.data_dir / "writer.lock")
+    try:
+        paths.data_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=5)
+    except LockBusy:
+        sys.stderr.write("meshd: meshd is running on this data directory; stop it first\n")
+        return 1
+    try:
+        report = pg_migrate.migrate(paths.database, args.to)
+    except (pg_migrate.MigrateError, OSError) as exc:
+        sys.stderr.write(f"meshd: {exc}\n")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - psycopg's errors, shown without a traceback
+        sys.stderr.write(f"meshd: migration stopped ({type(exc).__name__}: {exc}); "
+                         "run the same command again to resume\n")
+        return 1
+    finally:
+        lock.release()
+    data = {"verified": report.verified, "resumed": report.resumed,
+            "tables": {t: _asdict(r) for t, r in report.tables.items()}}
+    text = "\n".join(f"{t:<24} {r.target_rows:>9} rows  {r.moved:>5} moved  "
+                     f"{'ok' if r.verified else 'MISMATCH'}" for t, r in report.tables.items())
+    _print(args, data, text)
+    return 0 if report.verified else 1
 
 
 def _asdict(obj) -> dict:
@@ -219,7 +306,8 @@ def cmd_backups(args: argparse.Namespace) -> int:
     else:
         rows = backup_listing(settings.backup_dir)
     text = "\n".join(
-        f"{r['file']}  {r['age_s'] // 60:>6.0f} min  {r['size']:>12} B  seq {r['journal_seq']:>8}"
+        f"{r['file']}  {r['age_s'] // 60:>6.0f} min  {r['size']:>12} B  "
+        f"seq {'-' if r['journal_seq'] is None else r['journal_seq']:>8}"
         f"  {'verified' if r['verified'] else 'NOT VERIFIED'}" for r in rows) or "no backups"
     _print(args, rows, text)
     return 0
@@ -233,7 +321,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         data = _call(settings, "POST", "/control/check", {"full": args.full}, timeout=3600)
     else:
         database = settings.database
-        if not database.exists():
+        if not _is_postgres(database) and not database.exists():
             sys.stderr.write(f"meshd: no database at {database}\n")
             return 1
         problems = backups.integrity(database, full=args.full)
@@ -253,6 +341,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
         data = _call(paths, "POST", "/control/restore", body, timeout=3600)
         _print(args, data, f"restore run {data['id']}: {data['outcome']} ({data['state']})")
         return 0 if data["outcome"] == "completed" else 1
+    if _is_postgres(paths.database):
+        return _pg_restore(args, str(paths.database), paths.backup_dir)
     from meshd.locks import FileLock, LockBusy
 
     lock = FileLock(paths.data_dir / "writer.lock")
@@ -303,7 +393,7 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
 
     if args.action == "list":
-        data = catalog()
+        data = catalog(tuple(PROTOCOLS))
         _print(args, data, "\n".join(f"{name}: {' -> '.join(p['states'])}"
                                       for name, p in data.items()))
         return 0
@@ -355,7 +445,8 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "mcp": cmd_mcp,
             "config": cmd_config, "status": cmd_status, "backup": cmd_backup,
             "backups": cmd_backups, "check": cmd_check, "restore": cmd_restore,
-            "mode": cmd_mode, "replicas": lambda args: cli_replica.cmd_replicas(args)}
+            "mode": cmd_mode, "migrate": cmd_migrate,
+            "replicas": lambda args: cli_replica.cmd_replicas(args)}
 
 
 def main(argv: list[str] | None = None) -> int:

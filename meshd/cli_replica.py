@@ -71,8 +71,13 @@ def restore_from_replica(args: argparse.Namespace) -> int:
                          "(or the newest before --to-time); it names no backup\n")
         return 2
     to_time = _parse_when(args.to_time)
-    target = _target(args.from_url, args.credentials, args.key_file)
     paths = load_settings(args)
+    if isinstance(paths.database, str):  # config.parse_database keeps only URLs as text
+        sys.stderr.write("meshd: replicas hold SQLite backups and journal; a PostgreSQL "
+                         "database is restored with `meshd restore [FILE] --database "
+                         "postgresql://...` or PostgreSQL's own tools (docs/postgresql.md)\n")
+        return 2
+    target = _target(args.from_url, args.credentials, args.key_file)
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(paths.data_dir / "writer.lock")
     try:

@@ -53,6 +53,12 @@ def parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
 
 
+def parse_database(value: Any) -> Path | str:
+    """A SQLite file path, or a `postgresql://` URL kept as text (a Path would fold `//`)."""
+    text = str(value)
+    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+
+
 def parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -141,8 +147,9 @@ OPTIONS: tuple[Option, ...] = (
            "allow the default API key on a non-loopback address"),
     Option("data_dir", Path, None,
            "data directory (default: $STATE_DIRECTORY under systemd, else ./data)"),
-    Option("database", Path, None,
-           "database file (default <data_dir>/mesh.db; may name a Node agent-mesh.db)"),
+    Option("database", parse_database, None,
+           "database file (default <data_dir>/mesh.db; may name a Node agent-mesh.db), or a"
+           " postgresql:// URL for the PostgreSQL backend"),
     Option("backup_dir", Path, Path("backups"), "backup directory"),
     Option("log_format", _choice("auto", "json", "console"), "auto",
            "log format: json, console, or auto (console on a TTY)"),
@@ -306,6 +313,8 @@ def from_json(text: str) -> Settings:
     for name in PATH_OPTIONS:
         if data.get(name) is not None:
             data[name] = Path(data[name])
+    if data.get("database") is not None:
+        data["database"] = parse_database(data["database"])
     return Settings(**data)
 
 
@@ -389,6 +398,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError("replica_interval, replica_sync_timeout, drill_interval: more than 0")
     if settings.replica_sync and not settings.replica:
         raise ConfigError("replica_sync: needs at least one replica")
+    if isinstance(settings.database, str) and (settings.replica or settings.replica_sync):
+        # Replicas ship meshd's SQLite backups and journal; PostgreSQL has neither.
+        raise ConfigError("replica, replica_sync: SQLite only; on PostgreSQL use its own "
+                          "streaming replication or WAL archiving (docs/postgresql.md)")
     if settings.replica_credentials is not None:
         from meshd.store.replica.targets import read_credentials
 

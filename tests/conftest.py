@@ -1,8 +1,15 @@
-"""Shared fixtures: a real SQLite file in a temp dir, the real app on a loopback test server."""
+"""Shared fixtures: a real database (a SQLite file in a temp dir, or a fresh database on a
+throwaway PostgreSQL cluster), the real app on a loopback test server.
+
+Tests under tests/api run once per backend (`[sqlite]`, `[postgresql]`) unless marked
+`sqlite_only`; elsewhere `backend` is SQLite. One cluster serves the whole session; each test
+gets its own database, copied from a migrated template (CREATE DATABASE ... TEMPLATE).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from pathlib import Path
 
@@ -11,32 +18,88 @@ import pytest
 from meshd import config
 from meshd.api.app import make_app
 from meshd.worker.serve import open_storage
+from tests import pgcluster
 
 API_KEY = "test-key"
 AUTH = {"X-API-Key": API_KEY}
 
 
+BACKENDS = ("sqlite", "postgresql")
+BOTH_BACKENDS_UNDER = Path(__file__).parent / "api"
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: the test is about SQLite itself")
+
+
+def pytest_generate_tests(metafunc) -> None:
+    if ("backend" in metafunc.fixturenames
+            and Path(metafunc.definition.path).is_relative_to(BOTH_BACKENDS_UNDER)
+            and metafunc.definition.get_closest_marker("sqlite_only") is None):
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One throwaway PostgreSQL cluster for the session, with a migrated template database."""
+    if pgcluster.pg_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not installed (make test installs them)")
+    with pgcluster.throwaway_cluster() as cluster:
+        cluster.create_database(pgcluster.TEMPLATE)
+        pgcluster.migrate(cluster.url(pgcluster.TEMPLATE))
+        yield cluster
+
+
+_database_names = itertools.count(1)
+
+
+@pytest.fixture
+def pg_database(request, backend):
+    """A fresh migrated database for one test (None on SQLite)."""
+    if backend != "postgresql":
+        yield None
+        return
+    cluster = request.getfixturevalue("pg_cluster")
+    name = f"t{next(_database_names)}"
+    url = cluster.clone_template(name)
+    yield url
+    cluster.drop_database(name)
+
+
 def make_settings(tmp_path: Path, data: str = "data", **overrides: str) -> config.Settings:
     """Test settings through the real loader (as flags, never the environment), in files
-    under `tmp_path`; `overrides` are settings by name, as a flag would give them."""
+    under `tmp_path`; `overrides` are settings by name, as a flag would give them (a
+    `database` override of a postgresql:// URL selects that backend)."""
     flags = {"data_dir": str(tmp_path / data), "backup_dir": str(tmp_path / "backups"),
              "api_key": API_KEY, "access_log": "false", "log_format": "json", **overrides}
     return config.load(flags, environ={})
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> config.Settings:
-    return make_settings(tmp_path)
+def settings(tmp_path: Path, pg_database) -> config.Settings:
+    return make_settings(tmp_path, **({"database": pg_database} if pg_database else {}))
 
 
 @pytest.fixture
-async def make_client(aiohttp_client, tmp_path: Path):
-    """A factory of test clients, each on the real app with its own settings and database:
-    `await make_client(update_grace="0s")`. Sends the API key unless `headers` says
-    otherwise; every store it opened is closed at teardown."""
+async def make_client(aiohttp_client, tmp_path: Path, request, backend):
+    """A factory of test clients, each on the real app with its own settings and database
+    (on PostgreSQL, a fresh database of its own): `await make_client(update_grace="0s")`.
+    Sends the API key unless `headers` says otherwise; every store it opened is closed (and
+    every PostgreSQL database dropped) at teardown."""
     opened = []
+    databases = []
+    cluster = request.getfixturevalue("pg_cluster") if backend == "postgresql" else None
 
     async def make(*, headers: dict[str, str] | None = AUTH, **overrides: str):
+        if cluster is not None and "database" not in overrides:
+            name = f"t{next(_database_names)}"
+            overrides["database"] = cluster.clone_template(name)
+            databases.append(name)
         settings = make_settings(tmp_path, f"data-{len(opened) + 1}" if opened else "data",
                                  **overrides)
         store = open_storage(settings)
@@ -47,6 +110,8 @@ async def make_client(aiohttp_client, tmp_path: Path):
     yield make
     for store in opened:
         await store.close()
+    for name in databases:
+        cluster.drop_database(name)
 
 
 @pytest.fixture

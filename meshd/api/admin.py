@@ -46,7 +46,7 @@ async def _ask(request: web.Request, method: str, path: str, body=None) -> web.R
 @routes.get("/api/admin/protocols")
 async def list_protocols(request: web.Request) -> web.Response:
     _require_admin(request)
-    return json_response({"protocols": catalog()})
+    return json_response({"protocols": catalog(tuple(PROTOCOLS))})
 
 
 @routes.post("/api/admin/protocols/{name}/run")

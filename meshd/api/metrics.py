@@ -111,6 +111,10 @@ class _ScrapeCollector:
 
 
 def journal_bytes(directory) -> int:
+    """Size of the journal's segments; 0 for a backend without a meshd journal (PostgreSQL:
+    `journal_dir` is None)."""
+    if directory is None:
+        return 0
     total = 0
     for segment in jr.list_segments(directory):
         try:

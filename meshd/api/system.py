@@ -25,7 +25,13 @@ async def health(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    reason = storage(request).read_only_reason
+    store = storage(request)
+    unreachable = getattr(store, "unreachable", None)  # the PostgreSQL backend's state
+    if unreachable:
+        return json_response({"ready": False, "mode": "unavailable",
+                              "reason": f"the database is unreachable: {unreachable}"},
+                             status=503, headers={"Retry-After": "5"})
+    reason = store.read_only_reason
     if reason:
         return json_response({"ready": False, "mode": "read-only", "reason": reason},
                              status=503, headers={"Retry-After": "5"})

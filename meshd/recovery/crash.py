@@ -51,6 +51,11 @@ async def check_database(host, run: Run) -> str:
     problems = await host.quick_check()
     if not problems:
         return "quick_check ok"
+    if host.on_postgresql:
+        handover = host.start_unreachable_protocol(
+            f"connection check failed after a crash: {'; '.join(problems[:3])}")
+        run.context["handed_over_to"] = handover.id
+        return f"connection check failed; handed over to database_unreachable run {handover.id}"
     handover = host.start_corruption_protocol(
         f"quick_check failed after a crash: {'; '.join(problems[:3])}")
     run.context["handed_over_to"] = handover.id

@@ -6,19 +6,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from meshd.recovery import breaking, corruption, crash, partition
+from meshd.recovery import breaking, corruption, crash, partition, unreachable
 from meshd.recovery.engine import ProtocolSpec
 
 PROTOCOLS: dict[str, ProtocolSpec] = {
-    spec.name: spec for spec in (crash.SPEC, corruption.SPEC, partition.SPEC, breaking.SPEC)
+    spec.name: spec for spec in (crash.SPEC, corruption.SPEC, partition.SPEC, breaking.SPEC,
+                                 unreachable.SPEC)
 }
+# What `GET /api/catastrophe/protocols` lists: the Node server's four (the wire contract).
+# Database Unreachable runs on PostgreSQL only and is listed by `meshd protocol list`.
+CATALOG = ("server_crash_recovery", "database_corruption", "network_partition",
+           "breaking_api_update")
 RUNBOOK_DIR = Path(__file__).resolve().parents[2] / "protocols"
 
 
-def catalog() -> dict[str, Any]:
+def catalog(names: tuple[str, ...] = CATALOG) -> dict[str, Any]:
     """Key order is the order clients see; `steps` keep the numbered form old clients read."""
     result = {}
-    for name, spec in PROTOCOLS.items():
+    for name in names:
+        spec = PROTOCOLS[name]
         result[name] = {
             "trigger": spec.trigger,
             "steps": [f"{n}. {spec.summaries[s]}" for n, s in enumerate(spec.states, start=1)],

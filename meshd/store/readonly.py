@@ -15,10 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from meshd.store import backups
+from meshd.store import backups, postgres
 from meshd.store.sqlite import _dict_row, _Reader
 
 T = TypeVar("T")
+
+
+def open_readonly(database: Path | str) -> ReadOnlyStorage | postgres.ReadOnlyPostgres:
+    """The supervisor's read-only view of whichever backend `database` names."""
+    if postgres.is_url(database):
+        return postgres.ReadOnlyPostgres(str(database))
+    return ReadOnlyStorage(database)
 
 
 class ReadOnlyStorage:

@@ -20,8 +20,9 @@ from meshd.config import Settings
 from meshd.locks import FileLock
 from meshd.recovery import corruption
 from meshd.recovery.engine import Run
+from meshd.store import postgres
 from meshd.store import restore as restore_mod
-from meshd.store.readonly import ReadOnlyStorage
+from meshd.store.readonly import open_readonly
 from meshd.supervisor.child import probe_host
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ STARTUP_GRACE = 60.0
 class ProtocolActions:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
-        self.storage = ReadOnlyStorage(sup.settings.database)
+        self.storage = open_readonly(sup.settings.database)
         self._operator_read_write = asyncio.Event()
 
     @property
@@ -66,6 +67,13 @@ class ProtocolActions:
 
     def start_corruption_protocol(self, reason: str, **context: Any) -> Run:
         return self.sup.start_corruption_protocol(reason, **context)
+
+    @property
+    def on_postgresql(self) -> bool:
+        return postgres.is_url(self.settings.database)
+
+    def start_unreachable_protocol(self, reason: str) -> Run:
+        return self.sup.start_unreachable_protocol(reason)
 
     async def complete_update(self, update_id: str) -> None:
         self.queue_record({"kind": "update_complete", "id": f"update-complete-{update_id}",
@@ -146,6 +154,11 @@ class ProtocolActions:
 
     async def quick_check(self) -> list[str]:
         return await self.storage.check(full=False)
+
+    async def database_check(self, full: bool) -> list[str]:
+        """quick_check or integrity_check on SQLite; a connection and schema check on
+        PostgreSQL (Database Unreachable polls this)."""
+        return await self.storage.check(full=full)
 
     async def restore_database(self, run: Run) -> Any:
         """Restore in a process of its own: replaying the journal is Python work, and here it

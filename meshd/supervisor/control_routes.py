@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 log = logging.get("meshd.control")
 DRILLS = ("server_crash_recovery", "network_partition")
 
+# Database Corruption restores meshd's SQLite file; a PostgreSQL mesh is restored offline.
+ON_POSTGRESQL = ("meshd runs on PostgreSQL: there is no file to restore. Stop meshd and run "
+                 "`meshd restore --database postgresql://...` (docs/postgresql.md)")
+
 
 def make_control_app(sup: Supervisor) -> web.Application:
     routes = web.RouteTableDef()
@@ -46,6 +50,12 @@ def make_control_app(sup: Supervisor) -> web.Application:
             return reply({"accepted": False, "reason": "from a worker no longer serving"})
         log.error("supervisor.corruption_reported", detail=detail)
         run = sup.start_corruption_protocol(f"the worker met corruption: {detail}")
+        return reply({"accepted": True, "run_id": run.id})
+
+    @routes.post("/control/database-unreachable")
+    async def database_unreachable(request: web.Request) -> web.Response:
+        detail = (await read_json(request)).get("detail", "")
+        run = sup.start_unreachable_protocol(f"the worker cannot reach the database: {detail}")
         return reply({"accepted": True, "run_id": run.id})
 
     @routes.post("/control/storage")
@@ -89,6 +99,8 @@ def make_control_app(sup: Supervisor) -> web.Application:
     @routes.post("/control/restore")
     async def restore(request: web.Request) -> web.Response:
         body = await read_json(request)
+        if sup.on_postgresql:
+            raise Conflict(ON_POSTGRESQL)
         if sup.engine.active(corruption.SPEC.name):
             raise Conflict("a restore is already under way")
         try:
@@ -115,7 +127,7 @@ def make_control_app(sup: Supervisor) -> web.Application:
 
     @routes.get("/control/protocols")
     async def protocols(request: web.Request) -> web.Response:
-        return reply({"protocols": catalog()})
+        return reply({"protocols": catalog(tuple(PROTOCOLS))})
 
     @routes.post("/control/protocols/{name}/run")
     async def protocol_run(request: web.Request) -> web.Response:
@@ -135,6 +147,8 @@ def make_control_app(sup: Supervisor) -> web.Application:
                 name != "server_crash_recovery"
                 or not semver.is_valid(str(context["rollback_to"]))):
             raise BadRequest("rollback_to is a semantic version, for server_crash_recovery")
+        if name == corruption.SPEC.name and sup.on_postgresql:
+            raise Conflict(ON_POSTGRESQL)
         if name == corruption.SPEC.name:
             run = sup.start_corruption_protocol(reason, **context)
         else:

@@ -28,9 +28,10 @@ from meshd.control import client as control
 from meshd.control.server import serve_unix
 from meshd.locks import FileLock, LockBusy
 from meshd.process import EXIT_DB_CORRUPT, bind_socket
-from meshd.recovery import corruption, crash
+from meshd.recovery import corruption, crash, unreachable
 from meshd.recovery.engine import Engine, Run
 from meshd.recovery.protocols import PROTOCOLS
+from meshd.store import postgres
 from meshd.supervisor import alerts, status
 from meshd.supervisor import metrics as supervisor_metrics
 from meshd.supervisor.actions import STARTUP_GRACE, ProtocolActions
@@ -509,15 +510,15 @@ class Supervisor:
         return int(text) if text.isdigit() else 0
 
     async def _check_after_unclean_stop(self, old_pid: int) -> None:
-        problems = (await self.actions.quick_check() if self.settings.database.exists()
-                    else [])
+        problems = (await self.actions.quick_check()
+                    if self.on_postgresql or self.settings.database.exists() else [])
         log.warning("supervisor.unclean_stop_detected", previous_pid=old_pid,
                     quick_check="ok" if not problems else problems[:5])
         event = self.record_event(
             "server_down", "major", "Unclean shutdown detected",
             f"the previous meshd (pid {old_pid}) stopped without a clean shutdown; "
             f"quick_check: {'ok' if not problems else '; '.join(problems[:5])}")
-        if problems:
+        if problems and not self.on_postgresql:
             self.start_corruption_protocol(
                 f"quick_check failed at start after an unclean stop: {'; '.join(problems[:3])}")
         else:
@@ -537,7 +538,8 @@ class Supervisor:
         """Backups and checks run while a worker serves and no restore owns it."""
         return (self.state == State.SERVING and self.held_by is None
                 and self.engine.active(corruption.SPEC.name) is None
-                and self.settings.database.exists())
+                and (postgres.is_url(self.settings.database)
+                     or self.settings.database.exists()))
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -594,6 +596,16 @@ class Supervisor:
     def start_corruption_protocol(self, reason: str, **context: Any) -> Run:
         run = self.engine.start(corruption.SPEC.name, reason, context,
                                 title=context.pop("title", None) if context else None)
+        self._wake.set()
+        return run
+
+    @property
+    def on_postgresql(self) -> bool:
+        return postgres.is_url(self.settings.database)
+
+    def start_unreachable_protocol(self, reason: str) -> Run:
+        """PostgreSQL could not be reached (joins the run under way, if any)."""
+        run = self.engine.start(unreachable.SPEC.name, reason)
         self._wake.set()
         return run
 

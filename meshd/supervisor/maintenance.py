@@ -25,7 +25,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from meshd import log as logging
 from meshd.clock import db_time
 from meshd.recovery import corruption
-from meshd.store import backups
+from meshd.store import backups, pg_backups, postgres
 
 if TYPE_CHECKING:
     from meshd.supervisor.loop import Supervisor
@@ -82,6 +82,8 @@ class Maintenance:
     async def backup_now(self, reason: str) -> dict[str, Any]:
         s = self.sup.settings
         started = time.monotonic()
+        if postgres.is_url(s.database):
+            return await self._pg_backup(reason, started)
         try:
             manifest = await self._run(backups.take_backup, s.database, s.backup_dir,
                                                reason)
@@ -95,6 +97,22 @@ class Maintenance:
                                 s.backup_keep_daily, s.backup_keep_weekly)
         await self._run(backups.prune_journal, s.data_dir / "journal", s.backup_dir,
                                 s.backup_keep)
+        return asdict(manifest)
+
+    async def _pg_backup(self, reason: str, started: float) -> dict[str, Any]:
+        """pg_dump of meshd's tables, verified in a scratch database (store/pg_backups.py);
+        the newest `backup_keep` dumps are kept."""
+        s = self.sup.settings
+        try:
+            manifest = await self._run(pg_backups.take_dump, str(s.database), s.backup_dir,
+                                       reason)
+        except pg_backups.BackupError as exc:
+            self._backup_done(False, started)
+            log.error("backup.failed", backend="postgresql", error=str(exc))
+            self.sup.record_event("backup_failed", "major", "Backup failed", str(exc))
+            raise backups.BackupError(str(exc)) from exc
+        self._backup_done(True, started)
+        await self._run(pg_backups.prune, s.backup_dir, s.backup_keep)
         return asdict(manifest)
 
     def _backup_done(self, ok: bool, started: float) -> None:
@@ -115,7 +133,13 @@ class Maintenance:
         self.check_runs[(self.last_check["kind"], not problems)] += 1
         self.last_checks[self.last_check["kind"]] = {**self.last_check, "at_epoch": time.time()}
         log.info("check.completed", **self.last_check)
-        if problems and self.sup.engine.active(corruption.SPEC.name) is None:
+        if postgres.is_url(self.sup.settings.database):
+            # Not corruption of a file meshd could restore: the server is down or the schema
+            # is wrong, and meshd waits for it (a run under way is joined).
+            if problems:
+                self.sup.start_unreachable_protocol(
+                    f"{self.last_check['kind']} failed: {'; '.join(problems[:3])}")
+        elif problems and self.sup.engine.active(corruption.SPEC.name) is None:
             self.sup.start_corruption_protocol(
                 f"{self.last_check['kind']} failed: {'; '.join(problems[:3])}")
         return problems
@@ -129,7 +153,9 @@ class Maintenance:
 def last_backup(backup_dir: Path) -> dict[str, Any] | None:
     manifests = backups.list_backups(backup_dir)
     if not manifests:
-        return None
+        dumps = backup_listing(backup_dir)  # a PostgreSQL mesh's pg_dump backups
+        return {k: dumps[0][k] for k in ("file", "created_at", "age_s", "size",
+                                         "journal_seq", "verified")} if dumps else None
     m = manifests[0]
     age = (datetime.now(UTC) - m.created).total_seconds()
     return {"file": m.file, "created_at": m.created_at, "age_s": round(age),
@@ -138,7 +164,12 @@ def last_backup(backup_dir: Path) -> dict[str, Any] | None:
 
 def backup_listing(backup_dir: Path) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
-    return [{"file": m.file, "created_at": m.created_at,
+    dumps = [{"file": d.file, "created_at": d.created_at,
+              "age_s": round((now - datetime.fromisoformat(d.created_at)).total_seconds()),
+              "size": d.size, "journal_seq": None, "journal_epoch": None,
+              "verified": d.verified, "reason": d.reason}
+             for d in pg_backups.list_dumps(backup_dir)]
+    return dumps + [{"file": m.file, "created_at": m.created_at,
              "age_s": round((now - m.created).total_seconds()), "size": m.size,
              "journal_seq": m.journal_seq, "journal_epoch": m.journal_epoch,
              "verified": m.verified, "reason": m.reason}

@@ -7,6 +7,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from meshd.store import postgres
 from meshd.supervisor.maintenance import last_backup
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
         "agents": ws.get("agents"),
         "listen": f"{settings.host}:{sup.port}",
         "data_dir": str(settings.data_dir.resolve()),
-        "database": str(settings.database.resolve()),
+        "database": (postgres.redact(settings.database) if postgres.is_url(settings.database)
+                     else str(settings.database.resolve())),
     }
 
 

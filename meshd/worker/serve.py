@@ -29,7 +29,7 @@ from meshd.control import client as control
 from meshd.http_server import GuardedAppRunner
 from meshd.locks import FileLock
 from meshd.process import EXIT_DB_CORRUPT, bind_socket
-from meshd.store import backups, records
+from meshd.store import backups, postgres, records
 from meshd.store.base import Storage
 from meshd.store.sqlite import SqliteStorage, is_corruption
 from meshd.worker import jobs, standby
@@ -47,7 +47,12 @@ _M_MMAP_THRESHOLD = -3
 
 
 def open_storage(settings: Settings, on_corruption: Callable[[str], None] | None = None,
-                 on_disk: Callable[[str | None], None] | None = None) -> Storage:
+                 on_disk: Callable[[str | None], None] | None = None,
+                 on_unreachable: Callable[[str | None], None] | None = None) -> Storage:
+    """The backend the `database` setting names: a postgresql:// URL or a SQLite file."""
+    if postgres.is_url(settings.database):
+        return postgres.PostgresStorage(str(settings.database), readers=settings.readers,
+                                        writers=settings.readers, on_unreachable=on_unreachable)
     return SqliteStorage(settings.database, settings.data_dir / "journal",
                          readers=settings.readers, on_corruption=on_corruption,
                          on_disk=on_disk)
@@ -94,6 +99,8 @@ async def take_baseline_backup(settings: Settings, storage: Storage) -> str | No
     """Before the first write is accepted (and after a migration), make sure a verified
     backup of this journal epoch exists, so the journal always has a base to replay onto.
     The error when none could be written, else None."""
+    if postgres.is_url(settings.database):
+        return None  # no meshd journal to replay onto a base: PostgreSQL's WAL is the durability
     epoch = storage.journal_epoch
     try:
         has_base = any(m.verified and m.journal_epoch == epoch
@@ -169,7 +176,12 @@ async def serve(
         supervisor_client.report("/control/storage",
                                  {"state": "full" if detail else "ok", "detail": detail})
 
-    storage = open_storage(settings, on_corruption, on_disk)
+    def on_unreachable(detail: str | None) -> None:
+        # PostgreSQL: the supervisor runs Database Unreachable (it joins a run under way).
+        if detail:
+            supervisor_client.report("/control/database-unreachable", {"detail": detail})
+
+    storage = open_storage(settings, on_corruption, on_disk, on_unreachable)
     if journal_scan is not None and isinstance(storage, SqliteStorage):
         storage.journal_scan = journal_scan  # a promoted standby's read-ahead
     if supervised and settings.replica_sync:

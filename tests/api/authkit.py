@@ -9,12 +9,26 @@ import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from meshd import config
 from meshd.api.app import make_app
 from meshd.worker.serve import open_storage
 from tests.conftest import API_KEY, call
 
 ADMIN_KEY = "op-secret"
+# The database `open_mesh` uses when no override names one: set per test by `each_backend`.
+_backend_database: str | None = None
+
+
+@pytest.fixture(autouse=True)
+def each_backend(pg_database):
+    """Imported into a test module, runs its tests on both backends: `open_mesh` then opens
+    the test's fresh PostgreSQL database on the `[postgresql]` run."""
+    global _backend_database
+    _backend_database = pg_database
+    yield
+    _backend_database = None
 SHARED = {"X-API-Key": API_KEY}
 ADMIN = {"X-Admin-Key": ADMIN_KEY}
 
@@ -50,7 +64,10 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def open_mesh(aiohttp_client, tmp_path: Path, **overrides):
-    """The app on a real SQLite file with `overrides` applied to the settings."""
+    """The app on a real database (a SQLite file, or the test's PostgreSQL database under
+    `each_backend`) with `overrides` applied to the settings."""
+    if _backend_database and "database" not in overrides:
+        overrides["database"] = _backend_database
     flags = {"data_dir": str(tmp_path / "data"), "backup_dir": str(tmp_path / "backups"),
              "api_key": API_KEY, "admin_key": ADMIN_KEY, "access_log": "false",
              **{k: str(v) for k, v in overrides.items()}}

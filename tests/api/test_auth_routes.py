@@ -14,7 +14,14 @@ from meshd import config
 from meshd.api import auth
 from meshd.api.app import make_app
 from meshd.api.openapi import DOCUMENT
-from tests.api.authkit import ADMIN, SHARED, Mesh, open_mesh, populate
+from tests.api.authkit import (
+    ADMIN,
+    SHARED,
+    Mesh,
+    each_backend,  # noqa: F401 - runs this module on both backends
+    open_mesh,
+    populate,
+)
 
 # Every (method, path) of the router, from the router itself.
 ROUTES = sorted({(r.method, r.resource.canonical)

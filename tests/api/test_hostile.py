@@ -32,6 +32,7 @@ from meshd.api import http as api_http
 from meshd.api.app import make_app
 from meshd.api.keys import HUB
 from meshd.http_server import GuardedAppRunner
+from meshd.store import pg_schema, postgres
 
 API_KEY = "hostile-api-key-0c1d9e"
 ADMIN_KEY = "hostile-admin-key-77b2f4"
@@ -61,6 +62,9 @@ class Live:
 
     def rows(self) -> dict[str, int]:
         """Row count of every table: `nothing written` is this unchanged."""
+        if postgres.is_url(self.database):
+            return {t: postgres.read_sql(str(self.database), f"SELECT COUNT(*) AS n FROM {t}")[0]
+                    ["n"] for t in pg_schema.TABLES}
         db = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
         try:
             tables = [r[0] for r in db.execute(

@@ -6,8 +6,15 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
-from meshd.store import tokens
-from tests.api.authkit import ADMIN, SHARED, bearer, open_mesh
+from meshd.store import postgres, tokens
+from tests.api import authkit
+from tests.api.authkit import (
+    ADMIN,
+    SHARED,
+    bearer,
+    each_backend,  # noqa: F401 - runs this module on both backends
+    open_mesh,
+)
 from tests.conftest import API_KEY
 
 
@@ -22,9 +29,13 @@ async def test_new_agent_gets_a_token_once_and_only_its_hash_is_stored(aiohttp_c
         assert "agentToken" not in again  # the shared key is no proof
         with_token = await mesh.register("alpha", bearer(token))
         assert "agentToken" not in with_token and with_token["agentId"] == first["agentId"]
-    db = sqlite3.connect(tmp_path / "data" / "mesh.db")
-    rows = db.execute("SELECT agent_id, token_hash FROM agent_tokens").fetchall()
-    db.close()
+    if authkit._backend_database:
+        rows = [(r["agent_id"], r["token_hash"]) for r in postgres.read_sql(
+            authkit._backend_database, "SELECT agent_id, token_hash FROM agent_tokens")]
+    else:
+        db = sqlite3.connect(tmp_path / "data" / "mesh.db")
+        rows = db.execute("SELECT agent_id, token_hash FROM agent_tokens").fetchall()
+        db.close()
     assert rows == [(first["agentId"], tokens.digest(token))]
     assert token not in str(rows)
 

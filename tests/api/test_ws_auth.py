@@ -9,7 +9,13 @@ import uuid
 import pytest
 from aiohttp import WSServerHandshakeError
 
-from tests.api.authkit import SHARED, Mesh, bearer, open_mesh
+from tests.api.authkit import (
+    SHARED,
+    Mesh,
+    bearer,
+    each_backend,  # noqa: F401 - runs this module on both backends
+    open_mesh,
+)
 from tests.conftest import next_event, no_event
 
 PRIVATE = ("new_message", "group_created", "file_available")

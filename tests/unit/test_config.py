@@ -297,3 +297,27 @@ def test_describe_says_where_each_setting_came_from_and_hides_keys(tmp_path):
     assert rows["admin_key"]["value"] == "(set)"
     assert "secret" not in repr(rows)
     assert rows["data_dir"]["value"] == "data"
+
+
+def test_replicas_are_refused_on_postgresql_with_the_reason(tmp_path):
+    url = "postgresql://meshd@db.internal/mesh"
+    settings = config.load({"database": url, "data_dir": str(tmp_path)}, environ={})
+    assert settings.database == url  # a URL stays text, not a folded Path
+    with pytest.raises(config.ConfigError, match="SQLite only.*PostgreSQL"):
+        config.load({"database": url, "data_dir": str(tmp_path), "replica": "file:///x"},
+                    environ={})
+    on_sqlite = config.load({"data_dir": str(tmp_path), "replica": "file:///x"}, environ={})
+    assert on_sqlite.replica == ("file:///x",)
+
+
+def test_restore_from_a_replica_refuses_a_postgresql_database(tmp_path, capsys):
+    from meshd import cli, cli_replica
+
+    # The command's function, not cli.main, which would point the logs at capsys's stream.
+    args = cli.build_parser().parse_args([
+        "restore", "--from", "file:///x", "--data-dir", str(tmp_path),
+        "--database", "postgresql://meshd@db.internal/mesh"])
+    code = cli_replica.restore_from_replica(args)
+    assert code == 2
+    assert "PostgreSQL" in capsys.readouterr().err
+    assert not (tmp_path / "writer.lock").exists()  # refused before touching anything

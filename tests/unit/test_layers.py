@@ -86,3 +86,14 @@ def test_only_the_store_and_the_sdk_queue_touch_sqlite(module):
     if in_package(module, "meshd.store") or in_package(module, "meshd.client"):
         return
     assert "sqlite3" not in direct_imports(module), f"{module} imports sqlite3"
+
+
+PG_DRIVERS = ("psycopg", "psycopg_pool")
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_only_the_store_talks_to_postgresql(module):
+    if in_package(module, "meshd.store"):
+        return
+    bad = sorted(m for m in direct_imports(module) if m.split(".")[0] in PG_DRIVERS)
+    assert not bad, f"{module} imports {bad}"
