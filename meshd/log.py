@@ -10,6 +10,8 @@ import sys
 
 import structlog
 
+from meshd import logroute
+
 
 def configure(fmt: str = "auto", level: str = "info", process: str = "meshd") -> None:
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
@@ -28,20 +30,24 @@ def configure(fmt: str = "auto", level: str = "info", process: str = "meshd") ->
         structlog.processors.format_exc_info,
     ]
     if use_console:
-        processors.append(structlog.dev.ConsoleRenderer())
+        renderer = structlog.dev.ConsoleRenderer()
+        shared = list(processors)
     else:
-        processors += [
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(serializer=_orjson_dumps),
-        ]
+        processors.append(structlog.processors.dict_tracebacks)
+        shared = list(processors)
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    if logroute.under_journald():
+        renderer = logroute.journald_renderer(renderer)
+    processors.append(renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    # Libraries that use stdlib logging (aiohttp, apscheduler) go to the same stream.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    # Libraries that use stdlib logging (aiohttp, apscheduler) go to the same stream, rendered
+    # by the same processors: one line each, exceptions as a field.
+    logroute.route_stdlib(shared, renderer)
 
 
 def _orjson_dumps(obj, **_kw) -> str:

@@ -1,0 +1,54 @@
+"""Where log lines go besides structlog's own: stdlib loggers (aiohttp, asyncio, apscheduler)
+rendered by the same processors, so each of their records is one JSON line with the exception
+as a field; and journald's priority prefix (`<3>`) when stderr is the journal, so
+`journalctl -p err` filters meshd's lines by level.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+# syslog priorities (sd-daemon(3)): journald reads "<N>" at the start of a line as the level.
+PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "warn": 4, "error": 3, "critical": 2,
+              "exception": 3}
+
+
+def under_journald() -> bool:
+    """systemd sets JOURNAL_STREAM to stderr's device:inode when stderr is the journal."""
+    stream = os.environ.get("JOURNAL_STREAM")
+    if not stream:
+        return False
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
+
+
+def journald_renderer(render):
+    """Wrap the final renderer: the line gets its level's `<N>` prefix."""
+
+    def prefixed(logger, name: str, event: dict) -> str:
+        level = str(event.get("level") or name)
+        return f"<{PRIORITIES.get(level, 6)}>{render(logger, name, event)}"
+
+    return prefixed
+
+
+def route_stdlib(shared: list, renderer, level: int = logging.WARNING) -> None:
+    """Replace stdlib's root handlers with one that renders through `shared` + `renderer`."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
