@@ -192,8 +192,8 @@ def _call(settings: config.Settings, method: str, path: str, body=None,
             sys.stderr.write(f"meshd: no running daemon: {socket_path} does not exist "
                              "(start it with `meshd run`, or pass --data-dir/--config)\n")
         else:
-            sys.stderr.write(f"meshd: no running daemon: nothing answers on {socket_path} "
-                             f"(a stale socket left by a stopped daemon?): {exc}\n")
+            sys.stderr.write(f"meshd: no running daemon: the daemon at {socket_path} did not "
+                             f"answer (a socket left by a stopped daemon?): {exc}\n")
         raise SystemExit(3) from None
     except control.ControlError as exc:
         sys.stderr.write(f"meshd: {exc.message}\n")

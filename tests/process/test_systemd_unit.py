@@ -69,3 +69,16 @@ def test_the_unit_declares_the_supervision_and_sandboxing_settings():
     assert value("PrivateTmp") == "yes"
     assert "meshd run" in value("ExecStart")
     assert unit_settings(UNIT)["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_the_unit_passes_the_system_config_file_which_loads():
+    """The unit and the operator commands read the same file; the shipped one is valid."""
+    from meshd import config
+
+    start = unit_settings(UNIT)["Service"]["ExecStart"][-1]
+    assert "--config /etc/meshd/meshd.toml" in start, start
+    shipped = UNIT.parent / "meshd.toml"
+    settings = config.load({"config": str(shipped)}, environ={})
+    assert str(settings.data_dir) == "/var/lib/meshd"
+    assert str(settings.backup_dir) == "/var/lib/meshd/backups"
+    assert config.SYSTEM_CONFIG == config.system_config({})
