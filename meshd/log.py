@@ -47,7 +47,7 @@ def configure(fmt: str = "auto", level: str = "info", process: str = "meshd") ->
     )
     # Libraries that use stdlib logging (aiohttp, apscheduler) go to the same stream, rendered
     # by the same processors: one line each, exceptions as a field.
-    logroute.route_stdlib(shared, renderer)
+    logroute.route_stdlib(shared, renderer, logroute.stdlib_level(level))
 
 
 def _orjson_dumps(obj, **_kw) -> str:

@@ -39,6 +39,12 @@ def journald_renderer(render):
     return prefixed
 
 
+def stdlib_level(level: str) -> int:
+    """Libraries speak from warning up, unless meshd itself logs at debug (then aiohttp's
+    debug lines, such as a client's malformed request, come through too)."""
+    return logging.DEBUG if level == "debug" else logging.WARNING
+
+
 def route_stdlib(shared: list, renderer, level: int = logging.WARNING) -> None:
     """Replace stdlib's root handlers with one that renders through `shared` + `renderer`."""
     formatter = structlog.stdlib.ProcessorFormatter(

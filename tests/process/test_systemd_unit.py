@@ -81,4 +81,4 @@ def test_the_unit_passes_the_system_config_file_which_loads():
     settings = config.load({"config": str(shipped)}, environ={})
     assert str(settings.data_dir) == "/var/lib/meshd"
     assert str(settings.backup_dir) == "/var/lib/meshd/backups"
-    assert config.SYSTEM_CONFIG == config.system_config({})
+    assert config.system_config({}) == config.SYSTEM_CONFIG
