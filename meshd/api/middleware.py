@@ -7,7 +7,6 @@ Every error leaves as `{"error": ...}` JSON with a 4xx/5xx status, framework err
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 import uuid
 
@@ -16,6 +15,7 @@ from aiohttp import web
 from meshd import log as logging
 from meshd.api.http import dumps, json_response
 from meshd.api.keys import AGENT_ID, CREDENTIAL, INFLIGHT, SETTINGS, STORAGE
+from meshd.credentials import key_matches, presented_key  # noqa: F401 - re-exported
 from meshd.errors import MeshError, Unavailable
 
 log = logging.get("meshd.http")
@@ -28,25 +28,6 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUTH_FAILED = "Invalid or missing API key"
 # Connections that stay open for a session: shutdown does not wait for them to finish.
 LONG_LIVED = frozenset({"/ws", "/mcp"})
-
-
-def presented_key(request: web.Request) -> str | None:
-    """The key as the Node server finds it: X-API-Key, else `?apiKey=`, and a `Bearer `
-    Authorization header replaces either."""
-    candidate = request.headers.get("X-API-Key")
-    if candidate is None:
-        candidate = request.query.get("apiKey")
-    auth = request.headers.get("Authorization", "")
-    if auth.startswith("Bearer "):
-        candidate = auth[7:]
-    return candidate
-
-
-def key_matches(candidate: str | None, expected: str) -> bool:
-    """Constant-time comparison of the trimmed candidate (the Node server trims too)."""
-    if not candidate:
-        return False
-    return hmac.compare_digest(candidate.strip().encode(), expected.encode())
 
 
 def _agent_id(request: web.Request) -> str | None:

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from meshd.api.middleware import key_matches, presented_key
+from meshd.credentials import key_matches, presented_key
 from meshd.recovery.protocols import PROTOCOLS
 from meshd.supervisor import alerts
 from meshd.supervisor.maintenance import last_backup
@@ -66,7 +66,7 @@ class SupervisorCollector:
                                 value=1 if worker and worker.healthy_at else 0)
         yield GaugeMetricFamily("meshd_supervisor_pending_records",
                                 "Events and run records waiting for a worker to store them",
-                                value=len(sup.pending))
+                                value=len(sup.outbox))
 
     def _backups(self):
         """Every family is declared even before the first backup (no sample then), so
