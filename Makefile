@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test test-tools bench lint clean
+.PHONY: run test test-tools bench lint clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,3 +52,8 @@ lint: $(TEST_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The systemd service: user, /var/lib/meshd, a venv in /opt/meshd, /etc/meshd/meshd.toml, the
+# unit. `make install DRY_RUN=1` prints the commands instead (docs/operations.md).
+install:
+	DRY_RUN=$(DRY_RUN) sh systemd/install.sh
