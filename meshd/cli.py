@@ -166,8 +166,11 @@ def _show(value) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from meshd import progress
     from meshd.worker.serve import run_supervised
 
+    # Migration (and start-up replay) of a daemon run in the foreground show on its terminal.
+    progress.enable()
     return run_supervised()
 
 
@@ -481,8 +484,12 @@ COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "mcp
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command not in ("run", "worker", "mcp", "completion"):
-        # Operator commands print results on stdout; their log lines go to stderr.
+        # Operator commands print results on stdout; their log lines go to stderr, and so do
+        # progress bars of a long backup, restore or replay when stderr is a terminal.
         logging.configure("auto", "warning", process="cli")
+        from meshd import progress
+
+        progress.enable()
     return COMMANDS[args.command](args)
 
 

@@ -17,11 +17,14 @@ from tests.process.harness import clean_env
 pytestmark = pytest.mark.process
 
 
-def on_tty(args: list[str], answer: bytes = b"") -> tuple[int, str, str]:
-    """`meshd ARGS` with stdin and stdout on a pseudo-terminal: (exit code, stdout, stderr)."""
+def on_tty(args: list[str], answer: bytes = b"", stderr_too: bool = False
+           ) -> tuple[int, str, str]:
+    """`meshd ARGS` with stdin and stdout (and with `stderr_too` stderr) on a pseudo-terminal:
+    (exit code, terminal output, stderr)."""
     master, slave = os.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "meshd", *args], stdin=slave, stdout=slave,
-                            stderr=subprocess.PIPE, env=clean_env({"COLUMNS": "200"}))
+                            stderr=slave if stderr_too else subprocess.PIPE,
+                            env=clean_env({"COLUMNS": "200"}))
     os.close(slave)
     if answer:
         os.write(master, answer)
@@ -35,7 +38,7 @@ def on_tty(args: list[str], answer: bytes = b"") -> tuple[int, str, str]:
             break
         chunks.append(chunk)
     os.close(master)
-    err = proc.stderr.read().decode()
+    err = proc.stderr.read().decode() if proc.stderr else ""
     return proc.wait(60), b"".join(chunks).decode().replace("\r\n", "\n"), err
 
 
@@ -74,10 +77,26 @@ def test_each_subcommand_prints_a_table_on_a_terminal_and_json_with_json(meshd_p
     status = on_tty(["status", *where])[1]
     assert " ago, " in status and "KiB" in status  # ages and sizes for people
 
+    # A long restore shows its progress on a terminal: the journal replay's bar.
+    register_one(proc)
+    code, out, _err = on_tty(["restore", "--output", str(proc.root / "progress.db"), *where],
+                             stderr_too=True)
+    assert code == 0 and "replaying journal [" in out and "100%" in out, out
+
     # On a terminal, restore asks; "n" cancels (exit 2) and nothing moved.
     code, _out, err = on_tty(["restore", *where], answer=b"n\n")
     assert code == 2 and "Proceed?" in err and "cancelled" in err, err
     assert not (proc.data_dir / "quarantine").exists()
+
+
+def register_one(proc) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(proc.url + "/api/agents/register", data=b'{"name": "bar"}',
+                                 headers={"Content-Type": "application/json",
+                                          "X-API-Key": proc.key})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
 
 
 def test_help_lists_examples_defaults_environment_and_exit_codes():
