@@ -24,7 +24,8 @@ run: $(STAMP)
 	$(BIN)/meshd run --host 127.0.0.1 --port $${PORT:-4000} --data-dir ./data --backup-dir ./backups
 
 # Commands the process tests call (the unit file check, the seed's curl and jq examples, node for
-# the JavaScript outbox, the console's browser test, promtool for /metrics and the alert rules),
+# the JavaScript outbox, the console's browser test, promtool for /metrics and the alert rules,
+# zsh for the completion script),
 # installed from Debian's packages when missing. The browser is Debian's chromium: never
 # `playwright install`.
 test-tools:
@@ -35,6 +36,7 @@ test-tools:
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v zsh >/dev/null || missing="$$missing zsh"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -290,6 +290,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
             sys.stderr.write("meshd: --output and --from do not combine\n")
             return 2
         settings = load_settings(args)
+        daemon = cli_offline.find(settings)
+        if daemon.alive:
+            sys.stderr.write(f"meshd: cannot restore --from a replica beside the daemon "
+                             f"answering on {settings.control_socket}: it rebuilds the data "
+                             "directory as on a new machine; stop meshd first\n")
+            return 1
+        cli_offline.refuse_if_hung(daemon, settings, "restore --from a replica")
         plan = (f"This restores from replica {args.from_url} into {settings.database.resolve()}"
                 " (a database there moves to the quarantine directory).")
         if not confirm(args, plan):

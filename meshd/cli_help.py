@@ -51,9 +51,11 @@ def epilog(command: str | None) -> str:
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The listed subcommands (those with a help line: not the internal `worker`)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
+            listed = {a.dest for a in action._choices_actions}
+            return {name: sub for name, sub in action.choices.items() if name in listed}
     return {}
 
 

@@ -141,3 +141,11 @@ def test_completion_scripts_are_valid_and_name_the_subcommands(shell, tmp_path):
         words = subprocess.run([binary, "-c", probe], capture_output=True, text=True,
                                timeout=30).stdout.split()
         assert words == ["run"], words
+    else:
+        # compadd outside the completion system: print what would be offered.
+        probe = ("compadd() { print -l -- ${(P)2}; }; words=(meshd protocol r); CURRENT=3; "
+                 f"source {path}")
+        words = subprocess.run([binary, "-c", probe], capture_output=True, text=True,
+                               timeout=30).stdout.split()
+        assert "run" in words and "abort" in words and "backups" not in words, words
+    assert "worker" not in script  # the internal subcommand is not offered

@@ -260,3 +260,7 @@ def test_status_shows_a_mode_change_and_the_end_of_a_restore_at_once(meshd_proc)
     status = proc.status()
     assert (status["state"], status["mode"]) == ("serving", "read-write"), status
     assert status["last_check"]["ok"] and status["last_check"]["kind"] == "quick_check"
+    # A replica restore rebuilds the data directory: refused beside a live daemon, by reason.
+    refused = meshd_cli(proc, "restore", "--yes", "--from", f"file://{proc.root}/replica")
+    assert refused.returncode == 1 and "stop meshd first" in refused.stderr, refused.stderr
+    assert proc.healthy()
