@@ -26,6 +26,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "throughput": ([], ["--seconds", "3"]),
     "mcp_memory": ([], ["--sessions", "5"]),
     "replica": ([], ["--writes", "100", "--load-seconds", "2"]),
+    "hostile": ([], ["--uploads", "5", "--slowloris", "20", "--websockets", "5"]),
 }
 ORDER = list(ARGS)
 

@@ -222,6 +222,12 @@ OPTIONS: tuple[Option, ...] = (
            "how long shutdown waits for in-flight requests"),
     Option("mcp", parse_bool, False,
            "serve the MCP server (streamable HTTP) at /mcp on the API port"),
+    Option("header_timeout", parse_duration, 20.0,
+           "a connection that has not sent a whole request head within this is closed"),
+    Option("body_timeout", parse_duration, 30.0,
+           "a request body that stops arriving for this long is refused (408)"),
+    Option("ws_max_per_address", int, 0,
+           "most WebSocket connections from one remote address (0: no cap; never loopback)"),
 )
 _BY_NAME = {opt.name: opt for opt in OPTIONS}
 

@@ -45,16 +45,22 @@ def stdlib_level(level: str) -> int:
     return logging.DEBUG if level == "debug" else logging.WARNING
 
 
-def route_stdlib(shared: list, renderer, level: int = logging.WARNING) -> None:
-    """Replace stdlib's root handlers with one that renders through `shared` + `renderer`."""
-    formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-    )
-    handler = logging.StreamHandler(sys.stderr)
+def formatter_options(shared: list, renderer) -> dict:
+    """Arguments of a structlog ProcessorFormatter that renders stdlib records through
+    `shared` + `renderer`, as meshd's own lines are."""
+    return {"foreign_pre_chain": [*shared, structlog.stdlib.add_logger_name],
+            "processors": [structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                           renderer]}
+
+
+def route_stdlib(formatter: logging.Formatter, level: int = logging.WARNING,
+                 stream=None) -> None:
+    """stdlib's root logger writes through `formatter` to `stream`; a handler an earlier
+    configure installed (same formatter class) is replaced, other handlers stay."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if isinstance(h.formatter, type(formatter))]:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)

@@ -7,6 +7,9 @@ it over the control socket.
 
 from __future__ import annotations
 
+import re
+from urllib.parse import quote
+
 from aiohttp import web
 
 from meshd.api import auth
@@ -16,6 +19,15 @@ from meshd.errors import Invalid, MeshError, NotFound
 from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
 
 routes = web.RouteTableDef()
+# Run ids are UUIDs; anything else (`..%2F..%2Fstatus`, `?`) never reaches the control socket.
+RUN_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
+def _run_id(request: web.Request) -> str:
+    run_id = request.match_info["runId"]
+    if not RUN_ID.fullmatch(run_id):
+        raise Invalid("runId must be a run id (letters, digits and dashes)")
+    return quote(run_id, safe="")
 
 
 def _require_admin(request: web.Request) -> None:
@@ -63,12 +75,13 @@ async def list_runs(request: web.Request) -> web.Response:
 @routes.get("/api/admin/protocols/runs/{runId}")
 async def get_run(request: web.Request) -> web.Response:
     _require_admin(request)
-    return await _ask(request, "GET", f"/control/runs/{request.match_info['runId']}")
+    return await _ask(request, "GET", f"/control/runs/{_run_id(request)}")
 
 
 @routes.post("/api/admin/protocols/runs/{runId}/abort")
 async def abort_run(request: web.Request) -> web.Response:
     _require_admin(request)
+    run_id = _run_id(request)
     body = await read_body(request)
-    return await _ask(request, "POST", f"/control/runs/{request.match_info['runId']}/abort",
+    return await _ask(request, "POST", f"/control/runs/{run_id}/abort",
                       {"reason": str(body.get("reason") or "aborted through the admin API")})

@@ -25,6 +25,7 @@ from meshd.api import auth
 from meshd.api.enforcement import require_current
 from meshd.api.http import (
     JSON_TYPE,
+    body_chunks,
     body_not_json,
     body_object,
     dumps,
@@ -84,26 +85,18 @@ async def off_loop(size: int, fn: Callable[..., T], *args: Any) -> T:
 async def read_upload(request: web.Request, file_limit: int) -> dict[str, Any]:
     """The upload's JSON body, read with `read_body`'s rules but keeping no copy of the raw
     bytes: `request.read()` caches them for the whole request, which would hold one more copy
-    of the file while the write is stored and journaled."""
+    of the file while the write is stored and journaled.
+
+    Memory follows what arrived, never what Content-Length announced (a client can declare
+    30 MB and send 6 bytes), and a body that stops arriving times out (408)."""
     limit = file_limit * 4 // 3 + UPLOAD_SLACK
     if request.content_length is not None and request.content_length > limit:
         raise too_large(file_limit)
-    raw = bytearray(request.content_length or 0)  # filled in place: no second copy
-    view, total = memoryview(raw), 0
-    async for chunk in request.content.iter_any():
-        end = total + len(chunk)
-        if end > limit:
+    raw = bytearray()
+    async for chunk in body_chunks(request, settings(request).body_timeout):
+        if len(raw) + len(chunk) > limit:
             raise too_large(file_limit)
-        if end > len(raw):  # chunked transfer: no length was announced
-            view.release()
-            del raw[total:]
-            raw += chunk
-            view = memoryview(raw)
-        else:
-            view[total:end] = chunk
-        total = end
-    view.release()
-    del raw[total:]
+        raw += chunk
     if not raw or raw.isspace():
         return {}
     try:
@@ -178,6 +171,9 @@ def download_headers(row: dict, size: int, etag: str) -> dict[str, str]:
         hdrs.CONTENT_LENGTH: str(size),
         hdrs.ETAG: etag,
         "X-Content-Type-Options": "nosniff",
+        # An uploaded HTML, SVG, XML or JavaScript file opened in a browser (despite
+        # `attachment`) runs in a sandbox: no scripts, no same-origin access to the API.
+        "Content-Security-Policy": "sandbox",
     }
 
 

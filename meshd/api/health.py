@@ -16,7 +16,6 @@ from meshd.store.events import emitting
 routes = web.RouteTableDef()
 
 NUMERIC_METRICS = ("uptimeSeconds", "cpuUsage", "memoryUsage")
-_INT64 = 1 << 63
 
 
 def health_fields(body: dict) -> dict[str, Any]:
@@ -32,10 +31,8 @@ def health_fields(body: dict) -> dict[str, Any]:
         if key not in body:
             continue
         value = body[key]
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float)
-            or (isinstance(value, int) and not -_INT64 <= value < _INT64)
-        ):
+        # Integers beyond 64 bits arrive as floats already (read_body), as Node reads them.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise Invalid(f"{key} must be a number or null")
         fields[store.METRIC_COLUMNS[key]] = value
     if "customMetrics" in body:
@@ -54,8 +51,10 @@ def _metrics(body: dict) -> dict:
 
 
 def _number(value: Any) -> Any:
-    """REAL columns give 45.0 where the Node server printed 45."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
+    """REAL columns give 45.0 where the Node server printed 45; a whole float beyond 64-bit
+    integers stays a float (1e+20), which orjson can write."""
+    whole = isinstance(value, float) and value.is_integer() and abs(value) < 2**63
+    return int(value) if whole else value
 
 
 @routes.post("/api/agents/{id}/heartbeat")

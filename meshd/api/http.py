@@ -6,14 +6,24 @@ here so that handlers read like the contract's route descriptions.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from meshd.api.keys import SETTINGS
 from meshd.errors import Invalid, TooLarge
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# orjson writes at most 254 nested containers; the envelopes meshd wraps free-form values in
+# (response objects, lists of rows, WebSocket events) take a few of them.
+ENCODER_DEPTH = 254
+ENVELOPE_DEPTH = 8
+MAX_BODY_DEPTH = ENCODER_DEPTH - ENVELOPE_DEPTH
+RAW_BODY: web.RequestKey[bytes] = web.RequestKey("raw_body", bytes)  # the body once read
 
 
 class _Missing:
@@ -33,7 +43,63 @@ JSON_TYPE = "application/json"
 
 
 def dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+    """orjson, with a second chance for what it refuses but JSON can say: integers beyond
+    64 bits go out as floats (as the Node server would print them) and text holding
+    undecodable bytes goes out with U+FFFD in their place."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(servable(obj))
+
+
+def servable(value: Any) -> Any:
+    """A copy of `value` that orjson can write: big integers as floats, bad text repaired."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return value if INT64_MIN <= value <= 2**64 - 1 else float(value)
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {safe_text(str(k)): servable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [servable(v) for v in value]
+    return value
+
+
+def safe_text(value: str) -> str:
+    """Text with lone surrogates (undecodable bytes kept by `surrogateescape`) replaced."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def checked_json(data: Any) -> Any:
+    """A parsed body as meshd can store and serve it back, or a 400: deeper than the encoder
+    can write inside a response is refused at the door (before any write), and integers
+    outside 64 bits become floats, as JavaScript's JSON.parse reads them. Iterative, so a
+    deep body cannot exhaust the stack."""
+    if isinstance(data, int) and not isinstance(data, bool):
+        return _int64_or_float(data)
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_BODY_DEPTH:
+            raise Invalid(f"JSON body is nested deeper than {MAX_BODY_DEPTH} levels")
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            if isinstance(value, dict | list):
+                stack.append((value, depth + 1))
+            elif isinstance(value, int) and not isinstance(value, bool) and not (
+                    INT64_MIN <= value <= INT64_MAX):
+                node[key] = float(value)
+    return data
+
+
+def _int64_or_float(value: int) -> int | float:
+    return value if INT64_MIN <= value <= INT64_MAX else float(value)
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None):
@@ -102,10 +168,18 @@ def present(body: dict, *keys: str) -> dict[str, Any]:
 async def read_body(request: web.Request, limit: int | None = None) -> dict[str, Any]:
     """The request body as a dict. An empty body, a top-level array (as body-parser gives) or
     a non-JSON body sent with a non-JSON type read as `{}`, so the route's own 400 answers."""
-    limit = limit or request.app[SETTINGS].max_body_size
+    settings = request.app[SETTINGS]
+    limit = limit or settings.max_body_size
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"request body is larger than {limit} bytes")
-    raw = await request.read()
+    raw = request.get(RAW_BODY)
+    if raw is None:  # read once: enforcement reads the body before the handler does
+        raw = bytearray()
+        async for chunk in body_chunks(request, settings.body_timeout):
+            raw += chunk
+            if len(raw) > limit:
+                raise TooLarge(f"request body is larger than {limit} bytes")
+        request[RAW_BODY] = raw = bytes(raw)
     if len(raw) > limit:
         raise TooLarge(f"request body is larger than {limit} bytes")
     if not raw.strip():
@@ -115,6 +189,27 @@ async def read_body(request: web.Request, limit: int | None = None) -> dict[str,
     except orjson.JSONDecodeError as exc:
         return body_not_json(request, exc, raw)
     return body_object(data)
+
+
+async def body_chunks(request: web.Request, idle_timeout: float):
+    """The body as it arrives. A client silent for `idle_timeout` seconds mid-body gets a
+    408, and a body its Content-Encoding does not decode a 400: neither is a server error."""
+    content = request.content
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout):
+                chunk = await content.readany()
+        except TimeoutError:
+            raise RequestTimeout("the request body stopped arriving") from None
+        except (web.RequestPayloadError, HttpProcessingError):  # bad gzip, bad chunking
+            raise Invalid("the request body could not be decoded") from None
+        if not chunk:
+            return
+        yield chunk
+
+
+class RequestTimeout(Invalid):
+    status = 408
 
 
 def body_not_json(request: web.Request, exc: Exception, raw: bytes = b"") -> dict[str, Any]:
@@ -134,7 +229,7 @@ def looks_like_json(raw: bytes) -> bool:
 def body_object(data: Any) -> dict[str, Any]:
     """A top-level object is the body; an array reads as `{}` (as body-parser gives)."""
     if isinstance(data, dict):
-        return data
+        return checked_json(data)
     if isinstance(data, list):
         return {}
     raise Invalid("JSON body must be an object")
@@ -165,8 +260,8 @@ def _non_negative_int(request: web.Request, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise Invalid(f"{name} must be a non-negative integer") from None
-    if value < 0:
-        raise Invalid(f"{name} must be a non-negative integer")
+    if not 0 <= value <= INT64_MAX:
+        raise Invalid(f"{name} must be an integer from 0 to {INT64_MAX}")
     return value
 
 

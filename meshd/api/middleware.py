@@ -13,10 +13,10 @@ import uuid
 from aiohttp import web
 
 from meshd import log as logging
-from meshd.api.http import dumps, json_response
+from meshd.api.http import RequestTimeout, dumps, json_response, safe_text
 from meshd.api.keys import AGENT_ID, CREDENTIAL, INFLIGHT, SETTINGS, STORAGE
 from meshd.credentials import key_matches, presented_key  # noqa: F401 - re-exported
-from meshd.errors import MeshError, Unavailable
+from meshd.errors import Invalid, MeshError, Unavailable
 
 log = logging.get("meshd.http")
 
@@ -28,6 +28,11 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUTH_FAILED = "Invalid or missing API key"
 # Connections that stay open for a session: shutdown does not wait for them to finish.
 LONG_LIVED = frozenset({"/ws", "/mcp"})
+
+# Headers meshd reads: one carrying bytes that are not UTF-8 is refused before any handler
+# sees it (aiohttp keeps such bytes as lone surrogates, which no encoder accepts).
+READ_HEADERS = ("X-API-Key", "Authorization", "X-Admin-Key", "Idempotency-Key", "X-Agent-Id",
+                "X-Agent-Version", "If-None-Match", "Origin")
 
 
 def _agent_id(request: web.Request) -> str | None:
@@ -62,11 +67,23 @@ class InFlight:
             return False
 
 
+def undecodable_header(request: web.Request) -> str | None:
+    """The name of the first header meshd reads whose value is not valid UTF-8."""
+    for name in READ_HEADERS:
+        for value in request.headers.getall(name, ()):
+            if safe_text(value) is not value:
+                return name
+    return None
+
+
 @web.middleware
 async def pipeline(request: web.Request, handler):
     """CORS on every response, preflight answered without auth, errors as JSON, one log line."""
     started = time.perf_counter()
-    if request.method == "OPTIONS":
+    bad_header = undecodable_header(request)
+    if bad_header:
+        response = error_response(Invalid(f"the {bad_header} header is not valid UTF-8"))
+    elif request.method == "OPTIONS":
         response = web.Response(status=204, headers={
             "Access-Control-Allow-Methods": ALLOWED_METHODS,
             "Access-Control-Allow-Headers": API_HEADERS,
@@ -79,10 +96,22 @@ async def pipeline(request: web.Request, handler):
             inflight.enter()
         try:
             response = await handler(request)
+        except RequestTimeout as exc:
+            response = error_response(exc)
+            response.force_close()  # what is left of the body will not be read
         except MeshError as exc:
             response = error_response(exc)
         except web.HTTPException as exc:
             response = _framework_error(request, exc)
+        except ConnectionError as exc:
+            # The client went away mid-request: this one line (in place of the access line),
+            # no traceback; nobody reads the answer.
+            log.info("http.client_disconnected", method=request.method,
+                     path=safe_text(request.path), error=type(exc).__name__,
+                     duration_ms=round((time.perf_counter() - started) * 1000, 2))
+            response = json_response({"error": "client disconnected"}, status=400)
+            response.force_close()
+            return response
         except Exception:
             request_id = str(uuid.uuid4())
             log.exception("http.unhandled_error", request_id=request_id,
@@ -94,11 +123,22 @@ async def pipeline(request: web.Request, handler):
                 inflight.leave()
     allow_cors(request, response)
     if request.app[SETTINGS].access_log and not quiet_probe(request, response.status):
-        log.info("http.request", method=request.method, path=request.path,
-                 status=response.status, agent_id=_agent_id(request),
+        access_log(request, response, started)
+    return response
+
+
+def access_log(request: web.Request, response: web.StreamResponse, started: float) -> None:
+    """One line per request. It runs after the write committed, so it must not fail: every
+    client-supplied text is repaired first, and a failure is logged instead of raised."""
+    try:
+        agent_id = _agent_id(request)
+        log.info("http.request", method=safe_text(request.method),
+                 path=safe_text(request.path), status=response.status,
+                 agent_id=safe_text(agent_id) if isinstance(agent_id, str) else None,
                  credential=request.get(CREDENTIAL),
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
-    return response
+    except Exception as exc:  # noqa: BLE001 - the response is already decided
+        log.warning("http.access_log_failed", error=type(exc).__name__)
 
 
 PROBE_PATHS = frozenset({"/health", "/readyz"})

@@ -56,6 +56,14 @@ def obj(*required: str, **properties: Schema) -> Schema:
     return schema
 
 
+def fields(*required: str, **properties: Schema) -> Schema:
+    """A request body: a required text field must be non-empty (the routes check that each
+    is present and truthy, so `""` is a 400)."""
+    non_empty = {k: ({**v, "minLength": 1} if k in required and v == STR else v)
+                 for k, v in properties.items()}
+    return obj(*required, **non_empty)
+
+
 def success(**properties: Schema) -> Schema:
     return obj("success", success=BOOL, **properties)
 
@@ -63,9 +71,9 @@ def success(**properties: Schema) -> Schema:
 # -- parameters ----------------------------------------------------------------------------
 
 
-def path(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": STR,
-            "description": description}
+def path(name: str, description: str, schema: Schema | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True,
+            "schema": schema or {"type": "string", "minLength": 1}, "description": description}
 
 
 def query(name: str, description: str, schema: Schema = STR) -> dict[str, Any]:
@@ -78,9 +86,11 @@ def header(name: str, description: str) -> dict[str, Any]:
             "description": description}
 
 
+# SQLite takes 64-bit integers; a larger limit or offset is a 400, never a 500.
+ROW_COUNT: Schema = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 PAGING = (
-    query("limit", "at most this many rows (default: all)", {"type": "integer", "minimum": 0}),
-    query("offset", "rows to skip (default 0)", {"type": "integer", "minimum": 0}),
+    query("limit", "at most this many rows (default: all)", ROW_COUNT),
+    query("offset", "rows to skip (default 0)", ROW_COUNT),
 )
 AGENT_VERSION = header("X-Agent-Version", "the sending agent's version, checked against a "
                        "breaking update's required version")
@@ -89,10 +99,12 @@ X_AGENT_ID = header("X-Agent-Id", "the agent the request acts for")
 # -- responses -----------------------------------------------------------------------------
 
 ERRORS = {
-    "400": "Bad request: a missing or mistyped field, malformed JSON",
+    "400": "Bad request: a missing or mistyped field, malformed or too deeply nested JSON, "
+           "a header that is not UTF-8",
     "401": "Invalid or missing API key",
     "403": "Forbidden",
     "404": "Not found",
+    "408": "The request body stopped arriving (body_timeout)",
     "409": "Conflict with the stored state",
     "413": "Body or file larger than the configured limit",
     "503": "Read-only mode or the store is unavailable (Retry-After)",
@@ -149,7 +161,10 @@ def op(
     the store's 503/507, `sends` the breaking-update 426, `auth` the security scheme."""
     responses: dict[str, Any] = {
         "200": response if "description" in response else ok(response)}
-    codes = set(errors)
+    # Any request can carry a header that is not UTF-8; any body can stall or be too large.
+    codes = set(errors) | {"400"}
+    if body is not None:
+        codes.update(("408", "413"))
     if auth in ("api", "owner"):
         codes.add("401")
     if auth in ("owner", "admin"):
@@ -203,6 +218,8 @@ MEMORY_KEY = path("key", "memory key (a `/` inside it is sent as `%2F`)")
 FILE_ID = path("id", "file id")
 UPDATE_ID = path("id", "system update id")
 EVENT_ID = path("id", "catastrophe event id")
+RUN_ID = path("runId", "run id (a UUID; anything else is a 400)",
+              {"type": "string", "pattern": "^[A-Za-z0-9-]{1,64}$"})
 
 HEALTH_BODY = obj(
     status=enum("healthy", "degraded", "unhealthy", "offline"),
@@ -215,7 +232,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/agents/register": {"post": op(
         "agents", "Register an agent (the same name keeps its id)",
         success(agentId=STR, message=STR, existed=BOOL, agentToken=STR), "400", "403",
-        writes=True, body=obj("name", name=STR, endpoint=STR, capabilities=array(ANY)),
+        writes=True, body=fields("name", name=STR, endpoint=STR, capabilities=array(ANY)),
         description="A name already registered gets its existing id back (`existed: true`); "
                     "absent capabilities keep the stored ones. WebSocket: `agent_joined`. "
                     "`agentToken` (prefix `mat_`) is shown once: to a new agent, to an agent "
@@ -258,7 +275,7 @@ PATHS: dict[str, dict[str, Any]] = {
         success(messageId=STR, message=ref("MessageEcho")), "400", "409", writes=True,
         sends=True, params=(header("Idempotency-Key", "the sender's idempotency key, when "
                                    "the body has no clientId"), AGENT_VERSION),
-        body=obj("from", "to", "content", **{
+        body=fields("from", "to", "content", **{
             "from": STR, "to": STR, "content": ANY, "messageType": STR,
             "timeoutMs": {"type": "integer", "minimum": 1},
             "clientId": {"type": "string", "minLength": 1, "maxLength": 200}}),
@@ -273,15 +290,15 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/messages/{agentId}/failed": {"get": op(
         "messages", "An agent's failed and timed-out messages", array(ref("Message")), "400",
         params=(path("agentId", "recipient agent id"),
-                query("limit", "at most this many rows (default 50)",
-                      {"type": "integer", "minimum": 0}), PAGING[1]))},
+                query("limit", "at most this many rows (default 50)", ROW_COUNT),
+                PAGING[1]))},
     "/api/messages/{id}/read": {"post": op(
         "messages", "Mark a message read", success(), "404", params=(MESSAGE_ID,),
         writes=True)},
     "/api/messages/{id}/status": {"patch": op(
         "messages", "Set a message's delivery status", success(status=STR), "400", "404",
         params=(MESSAGE_ID,), writes=True,
-        body=obj("status", status=enum("pending", "delivered", "processing", "completed",
+        body=fields("status", status=enum("pending", "delivered", "processing", "completed",
                                        "failed", "timeout"), error=STR),
         description="WebSocket: `message_failed` for failed and timeout.")},
     "/api/messages/{id}/retry": {"post": op(
@@ -291,13 +308,13 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/broadcast": {"post": op(
         "messages", "Send a message to every other agent",
         success(recipientCount=INT, messageIds=STR_LIST), "400", writes=True, sends=True,
-        params=(AGENT_VERSION,), body=obj("from", "content", **{"from": STR, "content": ANY}),
+        params=(AGENT_VERSION,), body=fields("from", "content", **{"from": STR, "content": ANY}),
         description="WebSocket: `broadcast`.")},
     # -- skills ----------------------------------------------------------------------------
     "/api/skills": {
         "post": op("skills", "Register a skill of an agent", success(skillId=STR),
                    "400", "404", writes=True,
-                   body=obj("agentId", "name", agentId=STR, name=STR, description=STR,
+                   body=fields("agentId", "name", agentId=STR, name=STR, description=STR,
                             endpoint=STR)),
         "get": op("skills", "Discover skills", array(ref("Skill")), "400", params=PAGING),
     },
@@ -305,13 +322,13 @@ PATHS: dict[str, dict[str, Any]] = {
         "skills", "Invoke a skill (a `skill_invocation` message to its owner)",
         success(invocationId=STR), "400", "404", writes=True, sends=True,
         params=(path("id", "skill id"), AGENT_VERSION),
-        body=obj("from", **{"from": STR, "payload": ANY}),
+        body=fields("from", **{"from": STR, "payload": ANY}),
         description="WebSocket: `skill_invoked`.")},
     # -- groups ----------------------------------------------------------------------------
     "/api/groups": {
         "post": op("groups", "Create a group", success(groupId=STR, message=STR), "400",
                    writes=True,
-                   body=obj("name", "createdBy", name=STR, createdBy=STR, description=STR,
+                   body=fields("name", "createdBy", name=STR, createdBy=STR, description=STR,
                             metadata={"type": "object"}),
                    description="WebSocket: `group_created`."),
         "get": op("groups", "List groups, newest first",
@@ -324,7 +341,7 @@ PATHS: dict[str, dict[str, Any]] = {
         params=(GROUP_ID,))},
     "/api/groups/{groupId}/members": {"post": op(
         "groups", "Add an agent to a group", success(message=STR), "400", "404", "409",
-        params=(GROUP_ID,), writes=True, body=obj("agentId", agentId=STR, role=STR),
+        params=(GROUP_ID,), writes=True, body=fields("agentId", agentId=STR, role=STR),
         description="WebSocket: `group_member_added`.")},
     "/api/groups/{groupId}/members/{agentId}": {"delete": op(
         "groups", "Remove an agent from a group", success(message=STR), "404",
@@ -337,14 +354,14 @@ PATHS: dict[str, dict[str, Any]] = {
         "groups", "Send a message to every member of a group",
         success(recipientCount=INT, messageIds=STR_LIST), "400", "404", writes=True,
         sends=True, params=(GROUP_ID, AGENT_VERSION),
-        body=obj("from", "content", **{"from": STR, "content": ANY, "messageType": STR}),
+        body=fields("from", "content", **{"from": STR, "content": ANY, "messageType": STR}),
         description="WebSocket: `group_broadcast`.")},
     # -- collective memory -----------------------------------------------------------------
     "/api/groups/{groupId}/memory": {
         "post": op("memory", "Create or update a memory key (its version goes up)",
                    success(memoryId=STR, version=INT), "400", "403", "404",
                    params=(GROUP_ID,), writes=True,
-                   body=obj("agentId", "key", "value", agentId=STR, key=STR, value=ANY,
+                   body=fields("agentId", "key", "value", agentId=STR, key=STR, value=ANY,
                             memoryType=STR),
                    description="Only members write; a `readonly` key only by its writer. "
                                "WebSocket: `memory_updated`."),
@@ -357,7 +374,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "get": op("memory", "Get a memory key", ref("Memory"), "404",
                   params=(GROUP_ID, MEMORY_KEY)),
         "delete": op("memory", "Delete a memory key", success(message=STR), "400", "403",
-                     "404", writes=True, body=obj(agentId=STR), body_required=False,
+                     "404", writes=True, body=fields(agentId=STR), body_required=False,
                      params=(GROUP_ID, MEMORY_KEY,
                              query("agentId", "the deleting agent, when the body has none"),
                              X_AGENT_ID),
@@ -372,7 +389,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "files", "Upload a file as base64",
         success(fileId=STR, url=STR, filename=STR, fileSize=INT, sha256=STR, message=STR),
         "400", "404", "413", writes=True, sends=True, params=(AGENT_VERSION, X_AGENT_ID),
-        body=obj("agentId", "filename", "fileData", agentId=STR, filename=STR,
+        body=fields("agentId", "filename", "fileData", agentId=STR, filename=STR,
                  fileData={"type": "string", "contentEncoding": "base64"}, fileType=STR,
                  description=STR),
         description="The size limit applies to the decoded bytes. WebSocket: "
@@ -392,7 +409,7 @@ PATHS: dict[str, dict[str, Any]] = {
                                  header("If-None-Match", "the ETag (SHA-256) of a raw copy")),
                   extra={"304": {"description": "Not modified (raw download)"}}),
         "delete": op("files", "Delete a file (its uploader only)", success(message=STR),
-                     "400", "403", "404", writes=True, body=obj(agentId=STR),
+                     "400", "403", "404", writes=True, body=fields(agentId=STR),
                      body_required=False,
                      params=(FILE_ID, query("agentId", "the deleting agent, when the body "
                                                        "has none"), X_AGENT_ID)),
@@ -408,7 +425,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/updates": {
         "post": op("updates", "Announce a system update",
                    success(updateId=STR, broadcast=BOOL, message=STR), "400", writes=True,
-                   body=obj("version", "updateType", "title", version=STR, updateType=STR,
+                   body=fields("version", "updateType", "title", version=STR, updateType=STR,
                             title=STR, description=STR, requiredVersion=STR,
                             breakingChange=BOOL, announcement=STR, createdBy=STR,
                             expiresAt={"type": ["string", "null"]}),
@@ -426,7 +443,7 @@ PATHS: dict[str, dict[str, Any]] = {
         "updates", "Acknowledge an update (one row per agent; again updates it)",
         success(message=STR, acknowledgmentId=STR), "400", "404", params=(UPDATE_ID,),
         writes=True,
-        body=obj("agentId", "status", agentId=STR,
+        body=fields("agentId", "status", agentId=STR,
                  status=enum("pending", "accepted", "rejected", "completed"),
                  agentVersion=STR, notes=STR))},
     "/api/updates/{id}/acknowledgments": {"get": op(
@@ -439,7 +456,7 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/catastrophe": {
         "post": op("catastrophe", "Report a catastrophe event",
                    success(eventId=STR, broadcast=BOOL, message=STR), "400", writes=True,
-                   body=obj("eventType", "severity", "title",
+                   body=fields("eventType", "severity", "title",
                             eventType=enum("server_down", "db_corruption",
                                            "network_partition", "api_crash",
                                            "breaking_update"),
@@ -463,7 +480,7 @@ PATHS: dict[str, dict[str, Any]] = {
         array(ref("ProtocolRun")), "404", params=(EVENT_ID,))},
     "/api/catastrophe/{id}/resolve": {"post": op(
         "catastrophe", "Resolve a catastrophe event", success(message=STR), "404", "409",
-        params=(EVENT_ID,), writes=True, body=obj(resolutionNotes=STR), body_required=False)},
+        params=(EVENT_ID,), writes=True, body=fields(resolutionNotes=STR), body_required=False)},
     # -- health ----------------------------------------------------------------------------
     "/api/health/dashboard": {"get": op(
         "health", "Health of every agent, counts by status, open catastrophes",
@@ -484,15 +501,15 @@ PATHS: dict[str, dict[str, Any]] = {
     "/api/admin/protocols/{name}/run": {"post": op(
         "admin", "Run (or dry-run) a recovery protocol", {"type": "object"},
         "400", "404", "409", "503", auth="admin", params=(path("name", "protocol name"),),
-        body=obj(dryRun=BOOL, reason=STR, context={"type": "object"}), body_required=False)},
+        body=fields(dryRun=BOOL, reason=STR, context={"type": "object"}), body_required=False)},
     "/api/admin/protocols/runs": {"get": op(
         "admin", "List protocol runs", {"type": "object"}, "503", auth="admin")},
     "/api/admin/protocols/runs/{runId}": {"get": op(
         "admin", "Get a protocol run with its steps", {"type": "object"}, "404", "503",
-        auth="admin", params=(path("runId", "run id"),))},
+        auth="admin", params=(RUN_ID,))},
     "/api/admin/protocols/runs/{runId}/abort": {"post": op(
         "admin", "Abort a protocol run", {"type": "object"}, "404", "409", "503",
-        auth="admin", params=(path("runId", "run id"),), body=obj(reason=STR),
+        auth="admin", params=(RUN_ID,), body=fields(reason=STR),
         body_required=False)},
     # -- WebSocket and this document -------------------------------------------------------
     "/ws": {"get": op(
@@ -506,7 +523,9 @@ PATHS: dict[str, dict[str, Any]] = {
                                       "(`connected` first)"},
                "401": error("401", "Invalid or missing API key (ws_auth required), or an "
                                    "unknown or revoked agent token"),
-               "403": error("403", "agentId names another agent than the token's")},
+               "403": error("403", "agentId names another agent than the token's"),
+               "429": error("429", "Too many WebSocket connections from this address "
+                                   "(ws_max_per_address)")},
         description="Client frames: `register_agent` {agentId, onlyMine, version} and "
                     "`heartbeat`. A socket opened with an agent token is bound to that agent "
                     "and receives its own events plus the mesh-wide ones; frames it may not "
@@ -576,15 +595,20 @@ def _forbidden_for_agents(paths: dict[str, dict[str, Any]]) -> None:
 
 _forbidden_for_agents(PATHS)
 
+
+# An array by convention, but any JSON value registered is kept and served back, as the Node
+# server kept it (null when never registered).
+CAPABILITIES: Schema = {"description": "as registered: an array by convention, any JSON value "
+                                       "is kept"}
+
 SCHEMAS: dict[str, Schema] = {
-    "Error": obj("error", error=STR),
+    "Error": obj("error", error={"type": "string", "minLength": 1}),
     "UpgradeProblem": obj("type", "title", "status", "error", type=STR, title=STR,
                           status=INT, detail=STR, instance=STR, error=STR, updateId=STR,
                           requiredVersion=STR, agentVersion=NULL_STR,
                           upgradeInstructions=NULL_STR),
     "Agent": obj("id", "name", id=STR, name=STR, endpoint=NULL_STR,
-                 capabilities={"type": ["array", "null"]}, last_seen=DB_TIME,
-                 created_at=DB_TIME),
+                 capabilities=CAPABILITIES, last_seen=DB_TIME, created_at=DB_TIME),
     "Message": obj("id", "from_agent", "to_agent", "content", id=STR, from_agent=STR,
                    to_agent=STR, content=STR, message_type=STR, read=INT, status=STR,
                    timeout_ms=NULL_INT, created_at=DB_TIME, client_id=NULL_STR),
@@ -597,7 +621,7 @@ SCHEMAS: dict[str, Schema] = {
                  metadata=ANY, created_by=STR, created_at=DB_TIME),
     "Member": obj("group_id", "agent_id", group_id=STR, agent_id=STR, role=STR,
                   joined_at=DB_TIME, name=STR, endpoint=NULL_STR,
-                  capabilities={"type": ["array", "null"]}, last_seen=DB_TIME),
+                  capabilities=CAPABILITIES, last_seen=DB_TIME),
     "Memory": obj("id", "group_id", "key", "value", "version", id=STR, group_id=STR,
                   agent_id=STR, key=STR, value=ANY, memory_type=STR, version=INT,
                   created_at=DB_TIME, updated_at=DB_TIME),

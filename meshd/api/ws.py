@@ -23,6 +23,7 @@ from meshd.api.console import sessions as console_sessions
 from meshd.api.keys import HUB, SETTINGS, STORAGE
 from meshd.api.middleware import AUTH_FAILED
 from meshd.clock import db_time, new_id
+from meshd.config import is_loopback
 from meshd.errors import MeshError, NotFound
 from meshd.store import health as health_store
 from meshd.store import records
@@ -32,6 +33,7 @@ log = logging.get("meshd.ws")
 
 SEND_BUFFER = 256
 PING_INTERVAL = 20.0
+CLOSE_BOUND = 5.0  # a dropped client's close handshake gets this long, then the TCP is cut
 
 
 # What a socket without a key may see when ws_auth is public, and what an agent's socket sees
@@ -54,6 +56,9 @@ class Client:
     only_mine: bool = False
     view: View = View.FULL
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SEND_BUFFER))
+    remote: str | None = None
+    transport: asyncio.BaseTransport | None = None
+    sender: asyncio.Task | None = None
 
     def wants(self, event_type: str | None, audience: frozenset[str] | None) -> bool:
         if self.view is View.MESH:
@@ -79,7 +84,12 @@ class Hub:
         """An event no write caused (a protocol transition the supervisor announces, a
         WebSocket heartbeat's health change): through the same path as a write's events."""
         payload = {k: v for k, v in event.items() if k != "type"}
-        self.deliver([encode(Event(event["type"], payload, audience))])
+        try:
+            encoded = encode(Event(event["type"], payload, audience))
+        except MeshError as exc:  # nothing to undo here, and nothing to tell a client
+            log.warning("ws.event_not_encodable", event_type=event["type"], error=exc.message)
+            return
+        self.deliver([encoded])
 
     def deliver(self, events: list[Encoded]) -> None:
         """Queue encoded events for every interested client, in order; never awaited. The
@@ -102,8 +112,12 @@ class Hub:
         self.dropped += 1
         log.warning("ws.client_dropped", client_id=client.client_id, agent_id=client.agent_id,
                     reason=reason)
-        asyncio.get_running_loop().create_task(
-            client.ws.close(code=1013, message=reason.encode()))
+        if client.sender:
+            client.sender.cancel()  # it may be stuck writing to a peer that does not read
+        asyncio.get_running_loop().create_task(close_within(client, 1013, reason))
+
+    def count_from(self, remote: str | None) -> int:
+        return sum(1 for c in self.clients if c.remote == remote)
 
     async def close_all(self, flush_timeout: float = 2.0) -> None:
         """Shutdown: give every client's queue a bounded time to empty (the events of writes
@@ -118,10 +132,28 @@ class Hub:
         self.clients.clear()
 
 
+async def close_within(client: Client, code: int, reason: str,
+                       bound: float = CLOSE_BOUND) -> None:
+    """Close with a WebSocket close frame; a peer that does not take it (its receive window
+    full, it never answers) has its TCP connection aborted after `bound` seconds, so its
+    kernel buffers and our send buffer are released."""
+    try:
+        async with asyncio.timeout(bound):
+            await client.ws.close(code=code, message=reason.encode()[:120])
+    except (TimeoutError, ConnectionError, RuntimeError):
+        pass
+    finally:
+        if client.transport is not None:
+            client.transport.abort()  # close() would wait for the buffer to drain
+
+
 async def _sender(client: Client) -> None:
-    while True:
-        data = await client.queue.get()
-        await client.ws.send_str(data)
+    try:
+        while True:
+            data = await client.queue.get()
+            await client.ws.send_str(data)
+    except (ConnectionError, RuntimeError):  # peer gone; the handler logs the disconnect
+        return
 
 
 def _view(identity: Identity, ws_auth: str, agent_auth: str) -> View:
@@ -157,9 +189,16 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(heartbeat=PING_INTERVAL, max_msg_size=1 << 20)
     if not ws.can_prepare(request).ok:
         return web.json_response({"error": "WebSocket upgrade required"}, status=400)
-    await ws.prepare(request)
     hub: Hub = request.app[HUB]
-    client = Client(ws, new_id(), view=view)
+    remote = request.remote
+    cap = settings.ws_max_per_address
+    if cap > 0 and not is_loopback(remote or "") and hub.count_from(remote) >= cap:
+        log.warning("ws.address_cap", remote=remote, cap=cap)
+        return web.json_response(
+            {"error": f"too many WebSocket connections from this address (limit {cap})"},
+            status=429)
+    await ws.prepare(request)
+    client = Client(ws, new_id(), view=view, remote=remote, transport=request.transport)
     if view is View.AGENT:
         client.agent_id = identity.agent_id  # bound by its token, onlyMine enforced
     elif query_agent and view is View.FULL:
@@ -180,12 +219,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             log.warning("ws.open_events_failed", error=exc.message)
         if await _refused(request, client):
             return ws
-        sender = asyncio.create_task(_sender(client))
+        sender = client.sender = asyncio.create_task(_sender(client))
         log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id,
                  view=client.view, credential=identity.kind)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
                 await _on_client_message(request, client, msg.data)
+    except (ConnectionError, RuntimeError) as exc:
+        # The peer went away while we wrote to it: the disconnect line below says it all.
+        log.debug("ws.send_failed", client_id=client.client_id, error=type(exc).__name__)
     finally:
         if sender:
             sender.cancel()

@@ -11,17 +11,19 @@ from typing import Any
 from aiohttp import web
 
 from meshd import log as logging
+from meshd.http_server import GuardedAppRunner
 
 log = logging.get("meshd.supervisor")
 
 
 class Fallback:
     def __init__(self, sock: socket.socket, describe: Callable[[], dict[str, Any]],
-                 metrics: Callable[[web.Request], Awaitable[web.Response]] | None = None
-                 ) -> None:
+                 metrics: Callable[[web.Request], Awaitable[web.Response]] | None = None,
+                 header_timeout: float = 20.0) -> None:
         self._sock = sock
         self._describe = describe  # the body of each 503: why meshd is unavailable
         self._metrics = metrics  # /metrics keeps answering (the supervisor's own figures)
+        self._header_timeout = header_timeout
         self._runner: web.AppRunner | None = None
 
     @property
@@ -35,7 +37,9 @@ class Fallback:
         if self._metrics is not None:
             app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", self._answer)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # Hostile requests get the worker's treatment here too: JSON errors, a head deadline.
+        runner = GuardedAppRunner(app, header_timeout=self._header_timeout, access_log=None,
+                                  handle_signals=False)
         await runner.setup()
         # A duplicate of the socket: stopping the site closes the duplicate, not ours.
         await web.SockSite(runner, self._sock.dup()).start()

@@ -80,6 +80,7 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._stopping = False
         self._reload = False
+        logging.add_secrets(self.settings.api_key, self.settings.admin_key)
         self._lock = FileLock(data_dir / "meshd.lock")
         self._pid_file = data_dir / "meshd.pid"
         self._sock = None
@@ -115,7 +116,8 @@ class Supervisor:
         self._sock = bind_socket(settings.host, settings.port)
         self._sock.set_inheritable(True)
         self._fallback = Fallback(self._sock, self._unavailable_body,
-                                  supervisor_metrics.fallback_handler(self))
+                                  supervisor_metrics.fallback_handler(self),
+                                  self.settings.header_timeout)
         self._control = await serve_unix(make_control_app(self), settings.control_socket)
         self._install_signals()
         log.info("supervisor.started", pid=os.getpid(), host=settings.host, port=self.port,

@@ -25,6 +25,7 @@ from meshd.api.app import make_app
 from meshd.api.ws import Hub
 from meshd.config import Settings
 from meshd.control import client as control
+from meshd.http_server import GuardedAppRunner
 from meshd.locks import FileLock
 from meshd.process import EXIT_DB_CORRUPT, bind_socket
 from meshd.store import backups, records
@@ -144,6 +145,7 @@ async def serve(
 ) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then drain and close the store."""
     stop = stop or asyncio.Event()
+    logging.add_secrets(settings.api_key, settings.admin_key)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -173,8 +175,8 @@ async def serve(
                       if baseline_problem else None)
     hub = Hub()
     app = make_app(settings, storage, hub, supervisor=supervisor_client)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=settings.drain_timeout)
+    runner = GuardedAppRunner(app, header_timeout=settings.header_timeout, access_log=None,
+                              handle_signals=False, shutdown_timeout=settings.drain_timeout)
     await runner.setup()
     sock = sock or bind_socket(settings.host, settings.port)
     await web.SockSite(runner, sock).start()

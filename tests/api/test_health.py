@@ -93,7 +93,6 @@ async def test_health_bad_inputs(client):
                             ({"cpuUsage": "abc"}, "cpuUsage"), ({"uptimeSeconds": True},
                                                                 "uptimeSeconds"),
                             ({"memoryUsage": [1]}, "memoryUsage"),
-                            ({"cpuUsage": 2**63}, "cpuUsage"),
                             ({"customMetrics": [1]}, "customMetrics"),
                             ({"customMetrics": "x"}, "customMetrics")):
             status, resp = await call(client, "POST", path, body)

@@ -1,7 +1,8 @@
-"""Logs for an incident: a corruption is found by the filter docs/operations.md documents, a
-client's malformed HTTP (aiohttp's own parser error) stays one JSON object per line with the
-exception as a field, successful health probes stay out of the access log, and journald
-priority prefixes appear when stderr is the journal."""
+"""Logs for an incident: a corruption is found by the filter docs/operations.md documents, the
+log stays one JSON object per line through a client's malformed HTTP (aiohttp's parser
+error), stdlib lines (aiohttp's tracebacks) are JSON with the exception as a field,
+successful health probes stay out of the access log, and journald priority prefixes appear
+when stderr is the journal."""
 
 from __future__ import annotations
 
@@ -40,14 +41,12 @@ def test_the_documented_error_filter_finds_a_corruption_and_logs_stay_json(meshd
     proc.wait_healthy(20)
     proc.wait_serving()
 
-    # A client speaking broken HTTP: aiohttp's parser error, logged by aiohttp itself.
+    # A client speaking broken HTTP: aiohttp's parser error, answered and logged as one line.
     with socket.create_connection(("127.0.0.1", proc.port), timeout=5) as raw:
         raw.sendall(b"NOT HTTP AT ALL\x00\x01\r\n\r\n")
         raw.recv(1024)
-    parser_error = poll(lambda: next((e for e in proc.log_events()
-                                      if e.get("logger") == "aiohttp.server"), None),
-                        10, "aiohttp's line about the bad request")
-    assert parser_error.get("exception"), parser_error
+    poll(lambda: next((e for e in proc.log_events() if e["event"] == "http.bad_request"), None),
+         10, "the line about the bad request")
 
     # Damage every page after the first, in the database and in its WAL (which holds newer
     # copies of pages); the operator's check finds it.
@@ -96,12 +95,17 @@ def test_journald_prefixes_follow_the_level(tmp_path):
         "log.get('t').error('x.failed')\n"
         "log.get('t').critical('x.catastrophe')\n"
         "log.get('t').info('x.ok')\n"
-        "logging.getLogger('aiohttp.server').warning('lib %s', 'line')\n")
+        "logging.getLogger('aiohttp.server').warning('lib %s', 'line')\n"
+        "try:\n    1 / 0\nexcept ZeroDivisionError:\n"
+        "    logging.getLogger('aiohttp.web').exception('Error handling request')\n")
     with out.open("w") as err:
         subprocess.run([sys.executable, "-c", script], stderr=err, check=True, timeout=30,
                        env=clean_env())
     lines = out.read_text().splitlines()
     prefixes = [line[:3] for line in lines]
-    assert prefixes == ["<3>", "<2>", "<6>", "<4>"], lines
+    assert prefixes == ["<3>", "<2>", "<6>", "<4>", "<3>"], lines
     assert json.loads(lines[3][3:])["event"] == "lib line"
+    # A stdlib traceback is one JSON line with the exception as a field.
+    failed = json.loads(lines[4][3:])
+    assert failed["logger"] == "aiohttp.web" and "ZeroDivisionError" in failed["exception"]
     assert logroute.PRIORITIES["error"] == 3
