@@ -2,8 +2,8 @@
 streamed; exit non-zero when one fails.
 
 Run: .venv/bin/python -m bench [--quick] [--only NAME ...]
---quick passes small sizes to each bench for a fast smoke run (about 1 minute); without it
-the benches run at the sizes the README's results were measured at (about 3 to 4 minutes).
+--quick passes small sizes to each bench for a fast smoke run (about 3 minutes); without it
+the benches run at the sizes the README's results were measured at (about 15 minutes).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "mcp_memory": ([], ["--sessions", "5"]),
     "replica": ([], ["--writes", "100", "--load-seconds", "2"]),
     "hostile": ([], ["--uploads", "5", "--slowloris", "20", "--websockets", "5"]),
+    "scenarios": ([], ["--seconds", "1", "--warmup", "0.5", "--scale-agents", "2000",
+                       "--scale-messages", "50000", "--ws-clients", "200", "--ws-events", "20"]),
 }
 ORDER = list(ARGS)
 

@@ -12,65 +12,29 @@ import argparse
 import asyncio
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import aiohttp
-from _common import free_port
+import orjson
+from _common import closed_loop, free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "bench-key"
 
 
-async def wait_healthy(url: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url + "/health") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise SystemExit("meshd did not become healthy")
-
-
 async def run_phase(url: str, name: str, make_request, seconds: float, clients: int) -> dict:
-    latencies: list[float] = []
-    errors = 0
-    stop = time.monotonic() + seconds
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(connector=connector,
-                                     headers={"X-API-Key": KEY}) as session:
-        async def client(n: int) -> None:
-            nonlocal errors
-            i = 0
-            while time.monotonic() < stop:
-                i += 1
-                method, path, body = make_request(n, i)
-                started = time.perf_counter()
-                async with session.request(method, url + path, json=body) as resp:
-                    await resp.read()
-                    if resp.status != 200:
-                        errors += 1
-                latencies.append(time.perf_counter() - started)
+    def encoded(n: int, i: int):
+        method, path, body = make_request(n, i)
+        if body is None:
+            return method, path, None, None
+        return method, path, orjson.dumps(body), {"Content-Type": "application/json"}
 
-        started = time.monotonic()
-        await asyncio.gather(*(client(n) for n in range(clients)))
-        elapsed = time.monotonic() - started
-    latencies.sort()
-    return {
-        "phase": name, "requests": len(latencies), "errors": errors,
-        "rps": len(latencies) / elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-        "max_ms": latencies[-1] * 1000,
-    }
+    result = await closed_loop(url, encoded, seconds=seconds, clients=clients,
+                               headers={"X-API-Key": KEY})
+    return {"phase": name, **result}
 
 
 async def main(args: argparse.Namespace) -> None:

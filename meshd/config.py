@@ -218,6 +218,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("readers", int, 4, "reader connections (threads)"),
     Option("baseline_retry", parse_duration, 10.0,
            "after a restore, how long the worker waits between attempts at its baseline backup"),
+    Option("event_loop", _choice("uvloop", "asyncio"), "asyncio",
+           "the worker's event loop: uvloop (libuv) or asyncio's own"),
     Option("drain_timeout", parse_duration, 10.0,
            "how long shutdown waits for in-flight requests"),
     Option("mcp", parse_bool, False,

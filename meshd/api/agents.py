@@ -18,6 +18,7 @@ from meshd.api.http import (
     truthy,
 )
 from meshd.api.keys import AGENT_ID, settings, storage
+from meshd.api.snapshots import SNAPSHOTS, encoded_response
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound
 from meshd.store import agents as store
@@ -80,9 +81,16 @@ async def register(request: web.Request) -> web.Response:
 
 @routes.get("/api/agents")
 async def list_agents(request: web.Request) -> web.Response:
+    """Encoded once per change of the agents table, not per request."""
     limit, offset = paging(request)
-    rows = await storage(request).read(store.list_all, limit, offset)
-    return json_response([public_agent(r) for r in rows])
+    db = storage(request)
+
+    async def build() -> tuple[bytes, None]:
+        rows = await db.read(store.list_all, limit, offset)
+        return dumps([public_agent(r) for r in rows]), None
+
+    body = await request.app[SNAPSHOTS].agents.body(db.versions, (limit, offset), build)
+    return encoded_response(body)
 
 
 @routes.get("/api/agents/{id}")

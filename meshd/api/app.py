@@ -28,6 +28,7 @@ from meshd.api.enforcement import Enforcement, enforce
 from meshd.api.keys import ENFORCEMENT, HUB, INFLIGHT, SETTINGS, STORAGE, SUPERVISOR
 from meshd.api.middleware import InFlight, guard, pipeline
 from meshd.api.routing import TolerantRouter
+from meshd.api.snapshots import SNAPSHOTS, make_snapshots
 from meshd.api.supervision import SupervisorLink, Unsupervised
 from meshd.api.ws import Hub, websocket_handler
 from meshd.config import Settings
@@ -58,6 +59,7 @@ def make_app(settings: Settings, storage: Storage, hub: Hub | None = None,
     app[SUPERVISOR] = supervisor or Unsupervised()
     app[ENFORCEMENT] = Enforcement()
     app[INFLIGHT] = InFlight()
+    app[SNAPSHOTS] = make_snapshots()
     for module in RESOURCES:
         app.router.add_routes(module.routes)
     app.router.add_get("/ws", websocket_handler)

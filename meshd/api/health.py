@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from meshd.api.http import dumps, json_response, paging, parse_json_column, read_body
 from meshd.api.keys import SETTINGS, storage
+from meshd.api.snapshots import SNAPSHOTS, encoded_response
 from meshd.clock import db_time, db_time_ago
 from meshd.errors import Invalid, NotFound
 from meshd.store import health as store
@@ -100,12 +102,28 @@ async def get_health(request: web.Request) -> web.Response:
 
 @routes.get("/api/health/dashboard")
 async def dashboard(request: web.Request) -> web.Response:
+    """Served from a snapshot encoded once per change: a write to the tables it reads, or an
+    agent crossing the heartbeat timeout (the one change the clock makes)."""
     limit, offset = paging(request)
-    cutoff = db_time_ago(request.app[SETTINGS].heartbeat_timeout)
-    data = await storage(request).read(store.dashboard, cutoff, limit, offset)
+    timeout = request.app[SETTINGS].heartbeat_timeout
+    db = storage(request)
+
+    async def build() -> tuple[bytes, Callable[[], bool] | None]:
+        data = await db.read(store.dashboard, db_time_ago(timeout), limit, offset)
+        next_offline = data["next_offline"]
+        still_valid = None if next_offline is None else (
+            lambda: db_time_ago(timeout) <= next_offline)
+        return dumps(dashboard_body(data)), still_valid
+
+    body = await request.app[SNAPSHOTS].dashboard.body(db.versions, (limit, offset), build)
+    return encoded_response(body)
+
+
+def dashboard_body(data: dict[str, Any]) -> dict[str, Any]:
     counts = data["counts"]
     last = data["last_catastrophe"]
-    return json_response({
+    number = _number
+    return {
         "totalAgents": sum(counts.values()),
         **{status: counts.get(status, 0) for status in store.STATUSES},
         "unknown": counts.get("unknown", 0),
@@ -119,10 +137,10 @@ async def dashboard(request: web.Request) -> web.Response:
             "name": r["name"],
             "endpoint": r["endpoint"],
             "status": r["status"],
-            "uptimeSeconds": _number(r["uptime_seconds"]),
-            "cpuUsage": _number(r["cpu_usage"]),
-            "memoryUsage": _number(r["memory_usage"]),
+            "uptimeSeconds": number(r["uptime_seconds"]),
+            "cpuUsage": number(r["cpu_usage"]),
+            "memoryUsage": number(r["memory_usage"]),
             "lastSeen": r["last_seen"],
             "lastUpdated": r["last_updated"],
         } for r in data["agents"]],
-    })
+    }

@@ -50,6 +50,9 @@ class ReadStorage(Protocol):
 class Storage(ReadStorage, Protocol):
     read_only_reason: str | None
     migration: Any  # what opening the database migrated (a Node database, an old schema)
+    # Write counters by table (meshd.store.versions.TableVersions): a backend whose writes
+    # all pass through this process bumps them after each commit; caches of reads check them.
+    versions: Any
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...

@@ -19,6 +19,7 @@ EVENT_TYPES = ("server_down", "db_corruption", "network_partition", "api_crash",
 SEVERITIES = ("critical", "major", "minor")
 ACTIVE, RECOVERING, RESOLVED = "active", "recovering", "resolved"
 STATUSES = (ACTIVE, RECOVERING, RESOLVED)
+OPEN = f"status <> '{RESOLVED}'"
 
 EVENT_COLUMNS = (
     "id, event_type, severity, title, description, affected_agents, recovery_protocol,"
@@ -112,13 +113,11 @@ def set_status(
 
 def open_summary(db: Reader) -> tuple[int, Row | None]:
     """(unresolved critical events, the newest unresolved event or None) for the dashboard."""
+    # `status <> 'resolved'` as a literal: only then can SQLite use the partial index of
+    # open events (idx_catastrophe_events_open), whose WHERE clause says exactly that.
     critical = db.scalar(
-        "SELECT COUNT(*) FROM catastrophe_events WHERE status <> ? AND severity = 'critical'",
-        (RESOLVED,),
-    )
+        f"SELECT COUNT(*) FROM catastrophe_events WHERE {OPEN} AND severity = 'critical'")
     newest = db.one(
-        f"SELECT {EVENT_COLUMNS} FROM catastrophe_events WHERE status <> ?"
-        " ORDER BY occurred_at DESC, rowid DESC LIMIT 1",
-        (RESOLVED,),
-    )
+        f"SELECT {EVENT_COLUMNS} FROM catastrophe_events WHERE {OPEN}"
+        " ORDER BY occurred_at DESC, rowid DESC LIMIT 1")
     return critical, newest

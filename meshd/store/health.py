@@ -6,6 +6,7 @@ timeout, else its health row's status, else `unknown` (it never reported any).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from meshd.errors import NotFound
@@ -125,13 +126,11 @@ _EFFECTIVE_STATUS = (
 
 def dashboard(db: Reader, cutoff: str, limit: int = -1, offset: int = 0) -> dict[str, Any]:
     """Counts by effective status over every agent, one page of agents (newest last_seen
-    first) with their health, and the open catastrophes: four queries whatever the number of
-    agents, in one read so the numbers agree."""
-    counts = {r["status"]: r["n"] for r in db.query(
-        f"SELECT {_EFFECTIVE_STATUS} AS status, COUNT(*) AS n FROM agents a"
-        " LEFT JOIN agent_health_status h ON h.agent_id = a.id GROUP BY 1",
-        (cutoff,),
-    )}
+    first) with their health, the open catastrophes, and `next_offline`: the oldest last_seen
+    still within the timeout (None when no agent is online), from which the caller knows
+    when the clock alone will change the answer. At most five queries whatever the number of
+    agents, in one read so the numbers agree; the whole list (no paging) is counted from its
+    own rows instead of a second pass over the agents."""
     agent_list = db.query(
         f"SELECT a.id AS agent_id, a.name, a.endpoint, {_EFFECTIVE_STATUS} AS status,"
         " h.uptime_seconds, h.cpu_usage, h.memory_usage, a.last_seen, h.last_updated"
@@ -139,6 +138,16 @@ def dashboard(db: Reader, cutoff: str, limit: int = -1, offset: int = 0) -> dict
         " ORDER BY a.last_seen DESC, a.rowid LIMIT ? OFFSET ?",
         (cutoff, limit, offset),
     )
+    if limit < 0 and offset == 0:
+        counts = dict(Counter(r["status"] for r in agent_list))
+    else:
+        counts = {r["status"]: r["n"] for r in db.query(
+            f"SELECT {_EFFECTIVE_STATUS} AS status, COUNT(*) AS n FROM agents a"
+            " LEFT JOIN agent_health_status h ON h.agent_id = a.id GROUP BY 1",
+            (cutoff,),
+        )}
+    next_offline = db.scalar("SELECT MIN(last_seen) FROM agents WHERE last_seen >= ?",
+                             (cutoff,))
     critical, newest = catastrophe_store.open_summary(db)
     return {"counts": counts, "agents": agent_list, "critical_events": critical,
-            "last_catastrophe": newest}
+            "last_catastrophe": newest, "next_offline": next_offline}

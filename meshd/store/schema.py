@@ -278,6 +278,29 @@ CREATE TABLE IF NOT EXISTS agent_tokens (
 """)
 
 
+def _v8_list_indexes(conn: sqlite3.Connection, report: MigrationReport) -> None:
+    # An index for the WHERE and the ORDER BY of every list query, so a page costs the rows
+    # it returns, not the size of the table (tests/unit/test_query_plans.py checks the plans).
+    # Open catastrophes are few among all events ever recorded: a partial index holds only
+    # those, for the dashboard, open_summary and the open events replayed to new clients.
+    _run_script(conn, """
+CREATE INDEX IF NOT EXISTS idx_agent_files_created_desc ON agent_files(created_at DESC);
+CREATE INDEX IF NOT EXISTS idx_agent_groups_created_desc ON agent_groups(created_at DESC);
+DROP INDEX IF EXISTS idx_agent_groups_group;
+CREATE INDEX IF NOT EXISTS idx_agent_group_members_group_joined
+  ON agent_group_members(group_id, joined_at);
+CREATE INDEX IF NOT EXISTS idx_agent_group_members_agent ON agent_group_members(agent_id);
+CREATE INDEX IF NOT EXISTS idx_collective_memory_updated
+  ON collective_memory(group_id, updated_at DESC);
+CREATE INDEX IF NOT EXISTS idx_skills_created_desc ON skills(created_at DESC);
+CREATE INDEX IF NOT EXISTS idx_update_acknowledgments_update_time
+  ON update_acknowledgments(update_id, acknowledged_at DESC);
+CREATE INDEX IF NOT EXISTS idx_catastrophe_events_occurred ON catastrophe_events(occurred_at DESC);
+CREATE INDEX IF NOT EXISTS idx_catastrophe_events_open ON catastrophe_events(occurred_at)
+  WHERE status <> 'resolved'
+""")
+
+
 MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = (
     _v1_node_schema,
     _v2_meshd_additions,
@@ -286,6 +309,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection, MigrationReport], None], ...] = 
     _v5_descending_indexes,
     _v6_file_contents,
     _v7_agent_tokens,
+    _v8_list_indexes,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -15,7 +15,8 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -35,6 +36,8 @@ from meshd.worker import jobs
 from meshd.worker.internal import make_internal_app
 from meshd.worker.replica_sync import ReplicaSync
 from meshd.worker.supervisor_client import SupervisorClient
+
+T = TypeVar("T")
 
 log = logging.get("meshd.worker")
 
@@ -215,6 +218,17 @@ async def serve(
              journal_seq=storage.journal_seq)
 
 
+def run_loop(settings: Settings) -> Callable[[Coroutine[Any, Any, T]], T]:
+    """The worker's event loop: uvloop (libuv) unless the settings ask for asyncio's own.
+    The profile of every scenario had the asyncio loop itself (callbacks, transports, thread
+    hand-offs) as the largest share of the worker's CPU (docs/performance.md)."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run
+    return asyncio.run
+
+
 def run_supervised() -> int:
     """Entry of `meshd worker`: settings, socket and mode come from the supervisor."""
     from meshd import config
@@ -233,8 +247,8 @@ def run_supervised() -> int:
     sock.setblocking(False)
     reason = os.environ.get("MESHD_READ_ONLY") or None
     try:
-        asyncio.run(serve(settings, sock, supervised=True, read_only_reason=reason,
-                          parent_pid=supervisor_pid))
+        run_loop(settings)(serve(settings, sock, supervised=True, read_only_reason=reason,
+                                 parent_pid=supervisor_pid))
     except Exception as exc:
         log.exception("worker.failed")
         return EXIT_DB_CORRUPT if is_corruption(exc) else 1
