@@ -29,6 +29,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "hostile": ([], ["--uploads", "5", "--slowloris", "20", "--websockets", "5"]),
     "scenarios": ([], ["--seconds", "1", "--warmup", "0.5", "--scale-agents", "2000",
                        "--scale-messages", "50000", "--ws-clients", "200", "--ws-events", "20"]),
+    "failover": (["--kills", "5"], ["--kills", "2", "--mode", "standby"]),
 }
 ORDER = list(ARGS)
 

@@ -71,6 +71,12 @@ def status(data: dict[str, Any]) -> str:
         ("data dir", data.get("data_dir")),
         ("database", data.get("database")),
     ]
+    standby = data.get("standby")
+    if standby:
+        rows.append(("standby", f"pid {standby['pid']}, "
+                                f"{'ready' if standby['ready'] else 'starting'}, "
+                                f"{standby['rss_mb']} MB; {data.get('promotions', 0)} "
+                                "promotion(s)"))
     text = head + "\n\n" + pairs(rows)
     runs = data.get("protocol_runs") or []
     if runs:

@@ -168,6 +168,8 @@ OPTIONS: tuple[Option, ...] = (
            "how often agents past heartbeat_timeout are marked offline"),
     Option("probe_interval", parse_duration, 1.0, "how often the supervisor probes the worker"),
     Option("probe_timeout", parse_duration, 2.0, "a probe unanswered this long has failed"),
+    Option("standby", parse_bool, True,
+           "keep a warm standby worker, promoted at once when the worker crashes"),
     Option("probe_failures", int, 3, "consecutive failed probes that count as a crash"),
     Option("restart_backoff_max", parse_duration, 30.0, "longest delay between restarts"),
     Option("crash_loop_limit", int, 5, "more crashes than this within crash_loop_window stop "

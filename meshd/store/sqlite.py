@@ -65,11 +65,11 @@ def connect(path: Path, *, query_only: bool = False) -> sqlite3.Connection:
 
 def replay_journal(
     conn: sqlite3.Connection, journal_dir: Path, epoch: int, after_seq: int,
-    until: str | None = None,
+    until: str | None = None, since: jr.Scan | None = None,
 ) -> tuple[int, int]:
     """Apply the epoch's journal records past `after_seq` (and, for a point-in-time restore,
     not later than `until`, a DB-format time) in order; (records applied, last seq)."""
-    pending = [r for r in jr.read_all(journal_dir, epoch, after_seq)
+    pending = [r for r in jr.read_all(journal_dir, epoch, after_seq, since)
                if until is None or r.time <= until]
     pending.sort(key=lambda r: r.seq)
     with progress.Bar("replaying journal") as bar:
@@ -181,6 +181,8 @@ class SqliteStorage:
         self.journal_dir = Path(journal_dir)
         self.read_only_reason: str | None = None
         self.migration: schema.MigrationReport | None = None
+        # A journal scan made ahead of opening (a warm standby's): opening resumes after it.
+        self.journal_scan: jr.Scan | None = None
         self.replayed = 0
         self._readers = readers
         self._on_corruption = on_corruption
@@ -258,7 +260,7 @@ class SqliteStorage:
         epoch = int(self._meta("journal_epoch") or 1)
         db_seq = int(self._meta("journal_seq") or 0)
         self._journal = jr.Journal(self.journal_dir, epoch)
-        self._journal.open()
+        self._journal.open(self.journal_scan)
         if self._journal.torn_tail_bytes:
             log.warning("journal.torn_tail_cut", bytes=self._journal.torn_tail_bytes)
         # Nothing past the database's own sequence (the usual case, a restore included): no
@@ -287,7 +289,8 @@ class SqliteStorage:
     def _replay(self, after_seq: int, epoch: int) -> int:
         """Apply journal records the database does not have yet (a crash between journal
         fsync and COMMIT, or a restore onto an older backup)."""
-        count, _last = replay_journal(self._conn, self.journal_dir, epoch, after_seq)
+        count, _last = replay_journal(self._conn, self.journal_dir, epoch, after_seq,
+                                      since=self._journal.resumed_from)
         return count
 
     async def close(self) -> None:

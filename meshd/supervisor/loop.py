@@ -2,10 +2,11 @@
 restarts it, and speaks to systemd. It does no API work and writes no SQL while a worker runs.
 
 Its main loop reads top to bottom: reap an exited worker, probe a live one, apply a reload,
-start one when due, flush queued records, report to systemd; then sleep until the next tick or
-an event. The parts live beside it: `child` (one worker process), `outbox` (records for the
-worker to write), `fallback` (the 503 while no worker serves), `restart` (backoff and crash
-loops), `actions` (what protocol steps may do), `status`, `maintenance`, `sdnotify`, `alerts`.
+start one when due (promoting the warm standby when there is one it may use), flush queued
+records, keep a standby, report to systemd; then sleep until the next tick or an event. The parts
+live beside it: `child` (one worker process), `outbox` (records for the worker to write),
+`fallback` (the 503 while no worker serves), `restart` (backoff and crash loops), `actions`
+(what protocol steps may do), `status`, `maintenance`, `sdnotify`, `alerts`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ log = logging.get("meshd.supervisor")
 STATUS_REFRESH = 5.0
 FRESH_STATUS_TIMEOUT = 0.5
 FALLBACK_AFTER = 1.0  # restarts further away than this serve 503 meanwhile, not a silent backlog
+STANDBY_RETRY = 10.0  # a standby that died on its own is replaced no sooner than this
 
 
 class State(StrEnum):
@@ -69,6 +71,9 @@ class Supervisor:
         self.state = State.STARTING
         self.reason: str | None = None
         self.worker: WorkerHandle | None = None
+        self.standby: WorkerHandle | None = None  # warm, imported, waiting to be promoted
+        self.promotions = 0
+        self._standby_after = 0.0
         self.restarts = RestartState(self._policy())
         self.started_at = time.monotonic()
         self.next_start: float = 0.0
@@ -134,6 +139,7 @@ class Supervisor:
             await self._apply_reload()
             await self._spawn_if_due()
             await self._flush_records()
+            await self._keep_standby()
             await self._report_status()
             await self._sleep_until_next_tick()
         await self._shutdown()
@@ -152,6 +158,7 @@ class Supervisor:
     # -- reap --------------------------------------------------------------------------------
 
     async def _reap(self) -> None:
+        self._reap_standby()
         worker = self.worker
         if worker is None or not worker.exited:
             return
@@ -165,20 +172,26 @@ class Supervisor:
         uptime = round(now - worker.started_at, 3)
         log.error("worker.crashed", pid=worker.pid, code=code, reason=reason, uptime_s=uptime)
         if code == EXIT_DB_CORRUPT:
+            await self.retire_standby("the worker exited with the database-corrupt code")
             self.start_corruption_protocol(
                 f"worker {worker.pid} exited with the database-corrupt code")
             return
-        delay = self.restarts.crashed(now)
+        delay = self.restarts.crashed(now)  # a promotion restarts too: the crash counts
+        if delay is not None:
+            self.state = State.RESTARTING
+            self.reason = reason
+            self.next_start = now + delay
+            if delay == 0.0:
+                # The standby first: the crash protocol's files and records can follow.
+                self._promote_standby()
         self._crash_protocol(
             f"worker pid {worker.pid} {reason} after {uptime} s; restart "
-            + ("stopped (crash loop)" if delay is None else f"in {delay:.2f} s"),
+            + ("stopped (crash loop)" if delay is None else f"in {delay:.2f} s")
+            + (f" (standby {self.worker.pid} promoted)" if self.worker else ""),
             {"crashed_at": db_time(), "pid": worker.pid, "code": code})
         if delay is None:
             await self._enter_crash_loop(reason)
             return
-        self.state = State.RESTARTING
-        self.reason = reason
-        self.next_start = now + delay
         if delay >= FALLBACK_AFTER:
             await self._serve_fallback(f"restarting after a crash ({reason})")
 
@@ -278,10 +291,88 @@ class Supervisor:
 
     async def _spawn(self) -> None:
         await self._fallback.stop()
+        if self._promote_standby():
+            return
         self.worker = await WorkerHandle.spawn(self.settings, self._sock,
                                                self.read_only_reason)
         self._spawn_task(self._wait_exit(self.worker))
         log.info("worker.started", pid=self.worker.pid, restarts=self.restarts.restarts)
+
+    # -- the warm standby --------------------------------------------------------------------
+
+    def _standby_usable(self) -> bool:
+        """A standby may be promoted, or kept, only while no protocol owns the worker's
+        lifecycle: not while one holds it (a restore), not while the database is suspect
+        (after a corruption exit), not in a crash loop, a restore or a stop."""
+        return (self.settings.standby and not self._stopping and self.held_by is None
+                and self.state not in (State.CRASH_LOOP, State.RESTORING, State.STOPPING)
+                and self.engine.active(corruption.SPEC.name) is None)
+
+    def _promote_standby(self) -> bool:
+        """Make the standby the worker (it takes writer.lock, opens the database, binds
+        worker.sock and serves in the mode sent now); False when there is none to use."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return False
+        if not self._standby_usable() or not standby.promote(self.read_only_reason):
+            self._spawn_task(standby.stop(self.settings.drain_timeout))
+            return False
+        self.worker = standby
+        self.promotions += 1
+        log.info("worker.promoted", pid=standby.pid, restarts=self.restarts.restarts,
+                 mode="read-only" if self.read_only_reason else "read-write",
+                 standby_age_s=round(standby.promoted_at - standby.ready_at, 3)
+                 if standby.ready_at else None)
+        return True
+
+    async def _keep_standby(self) -> None:
+        """Retire the standby when it may not be used; start one once a worker serves."""
+        if self.standby is not None:
+            if not self._standby_usable():
+                await self.retire_standby("a protocol owns the worker" if self.held_by
+                                          else f"state {self.state}")
+            return
+        worker = self.worker
+        if (not self._standby_usable() or worker is None or not worker.healthy
+                or self.state != State.SERVING or time.monotonic() < self._standby_after):
+            return
+        standby = await WorkerHandle.spawn(self.settings, self._sock, None, standby=True)
+        self.standby = standby
+        self._spawn_task(self._wait_exit(standby))
+        self._spawn_task(self._standby_ready(standby, standby.watch_ready()))
+        log.info("standby.started", pid=standby.pid)
+
+    async def _standby_ready(self, standby: WorkerHandle, ready: asyncio.Task) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            if await ready:
+                rss = standby.rss_bytes()
+                log.info("standby.ready", pid=standby.pid,
+                         start_s=round(standby.ready_at - standby.started_at, 3),
+                         rss_mb=round(rss / 2**20, 1) if rss else None)
+
+    def _reap_standby(self) -> None:
+        standby = self.standby
+        if standby is None or not standby.exited:
+            return
+        self.standby = None
+        standby.close_channel()
+        log.warning("standby.exited", pid=standby.pid, reason=standby.exit_reason(),
+                    retry_in_s=STANDBY_RETRY)
+        self._standby_after = time.monotonic() + STANDBY_RETRY
+
+    async def retire_standby(self, reason: str, wait: bool = False) -> None:
+        """Stop the standby (a reload replaces it; corruption, a protocol's hold, a crash
+        loop or a stop may not use it); the next one starts once a worker serves again.
+        Its exit is awaited only on stop: the loop has records to flush meanwhile."""
+        standby, self.standby = self.standby, None
+        if standby is None:
+            return
+        log.info("standby.retired", pid=standby.pid, reason=reason)
+        stopping = standby.stop(self.settings.drain_timeout)
+        if wait:
+            await stopping
+        else:
+            self._spawn_task(stopping)
 
     async def _wait_exit(self, worker: WorkerHandle) -> None:
         await worker.wait()
@@ -494,6 +585,7 @@ class Supervisor:
         self.settings = new
         self.restarts.policy = self._policy()
         log.info("supervisor.reloaded")
+        await self.retire_standby("reload: started with the old settings")
         await self.stop_worker()  # the next tick starts a worker with the new settings
 
     async def _shutdown(self) -> None:
@@ -503,6 +595,7 @@ class Supervisor:
         self.maintenance.stop()
         await self.replication.stop()
         await self._fallback.stop()
+        await self.retire_standby("stopping", wait=True)
         await self.stop_worker()
         for task in list(self._tasks):
             task.cancel()

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from meshd.supervisor.maintenance import last_backup
 
 if TYPE_CHECKING:
+    from meshd.supervisor.child import WorkerHandle
     from meshd.supervisor.loop import Supervisor
 
 
@@ -50,6 +51,8 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
         "uptime_s": round(now - sup.started_at, 3),
         "worker_uptime_s": round(now - worker.started_at, 3) if worker else None,
         "restarts": sup.restarts.restarts,
+        "promotions": sup.promotions,
+        "standby": standby_status(sup.standby),
         "state": str(sup.state),
         "reason": reason(sup, ws),
         "status_age_s": round(now - sup._status_at, 3) if ws else None,
@@ -68,3 +71,12 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
         "data_dir": str(settings.data_dir.resolve()),
         "database": str(settings.database.resolve()),
     }
+
+
+def standby_status(standby: WorkerHandle | None) -> dict[str, Any] | None:
+    """The warm standby: its pid, whether it is imported and waiting, its resident memory."""
+    if standby is None or standby.exited:
+        return None
+    rss = standby.rss_bytes()
+    return {"pid": standby.pid, "ready": standby.ready_at is not None,
+            "rss_mb": round(rss / 2**20, 1) if rss else None}

@@ -32,7 +32,7 @@ from meshd.process import EXIT_DB_CORRUPT, bind_socket
 from meshd.store import backups, records
 from meshd.store.base import Storage
 from meshd.store.sqlite import SqliteStorage, is_corruption
-from meshd.worker import jobs
+from meshd.worker import jobs, standby
 from meshd.worker.internal import make_internal_app
 from meshd.worker.replica_sync import ReplicaSync
 from meshd.worker.supervisor_client import SupervisorClient
@@ -145,6 +145,7 @@ async def serve(
     supervised: bool = False,
     read_only_reason: str | None = None,
     parent_pid: int | None = None,
+    journal_scan: Any = None,
 ) -> None:
     """Serve until `stop` is set (or SIGTERM/SIGINT), then drain and close the store."""
     stop = stop or asyncio.Event()
@@ -169,6 +170,8 @@ async def serve(
                                  {"state": "full" if detail else "ok", "detail": detail})
 
     storage = open_storage(settings, on_corruption, on_disk)
+    if journal_scan is not None and isinstance(storage, SqliteStorage):
+        storage.journal_scan = journal_scan  # a promoted standby's read-ahead
     if supervised and settings.replica_sync:
         storage.replica_sync = ReplicaSync(settings)
     await storage.start()
@@ -246,9 +249,24 @@ def run_supervised() -> int:
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
     reason = os.environ.get("MESHD_READ_ONLY") or None
+    run = run_loop(settings)  # imports the event loop's module: a standby does it ahead
+    journal_scan = None
+    channel_fd = os.environ.get("MESHD_STANDBY_FD")
+    if channel_fd:
+        # A warm standby: everything is imported; wait, touching nothing, until promoted.
+        log.info("standby.waiting", pid=os.getpid())
+        promotion = standby.wait_for_promotion(socket.socket(fileno=int(channel_fd)),
+                                               settings.data_dir / "journal")
+        if promotion is None:
+            log.info("standby.channel_closed", pid=os.getpid())
+            return 0
+        reason = promotion.read_only_reason
+        journal_scan = promotion.journal_scan
+        log.info("standby.promoted", pid=os.getpid(),
+                 mode="read-only" if reason else "read-write")
     try:
-        run_loop(settings)(serve(settings, sock, supervised=True, read_only_reason=reason,
-                                 parent_pid=supervisor_pid))
+        run(serve(settings, sock, supervised=True, read_only_reason=reason,
+                  parent_pid=supervisor_pid, journal_scan=journal_scan))
     except Exception as exc:
         log.exception("worker.failed")
         return EXIT_DB_CORRUPT if is_corruption(exc) else 1

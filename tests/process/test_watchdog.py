@@ -252,8 +252,9 @@ def test_the_worker_exits_when_its_supervisor_is_killed(meshd_proc):
 
 def test_a_starting_worker_exits_when_its_supervisor_is_killed(meshd_proc):
     # The race: the supervisor dies after forking a worker but before the worker asked for
-    # PR_SET_PDEATHSIG, so only a check of the parent pid it was given can tell.
-    proc = meshd_proc().start((*QUIET, "--drain-timeout", "2s"))
+    # PR_SET_PDEATHSIG, so only a check of the parent pid it was given can tell. Without the
+    # standby: a promoted standby set PR_SET_PDEATHSIG long before the crash.
+    proc = meshd_proc().start((*QUIET, "--drain-timeout", "2s", "--standby", "false"))
     old = proc.wait_serving()["worker_pid"]
     supervisor = psutil.Process(proc.pid)
 
