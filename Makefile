@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test test-tools bench lint clean
+.PHONY: run test test-tools bench lint clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,9 @@ run: $(STAMP)
 
 # Commands the process tests call (the unit file check, the seed's curl and jq examples, node for
 # the JavaScript outbox, the console's browser test, promtool for /metrics and the alert rules,
-# the PostgreSQL server for the second backend's throwaway cluster), installed from Debian's
-# packages when missing. The browser is Debian's chromium: never `playwright install`.
+# the PostgreSQL server for the second backend's throwaway cluster, zsh for the completion
+# script), installed from Debian's packages when missing. The browser is Debian's chromium:
+# never `playwright install`.
 test-tools:
 	@missing=""; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
@@ -41,6 +42,7 @@ test-tools:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v zsh >/dev/null || missing="$$missing zsh"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -58,3 +60,8 @@ lint: $(TEST_STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The systemd service: user, /var/lib/meshd, a venv in /opt/meshd, /etc/meshd/meshd.toml, the
+# unit. `make install DRY_RUN=1` prints the commands instead (docs/operations.md).
+install:
+	DRY_RUN=$(DRY_RUN) sh systemd/install.sh

@@ -6,87 +6,129 @@ import argparse
 import asyncio
 import json
 import sys
+from pathlib import Path
 
-from meshd import __version__, cli_replica, config
+from meshd import __version__, cli_help, cli_offline, cli_render, cli_replica, config
 from meshd import log as logging
 from meshd.control import client as control
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshd", description=__doc__)
+    parser = argparse.ArgumentParser(prog="meshd", description=__doc__,
+                                     epilog=cli_help.epilog(None),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"meshd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="start meshd (supervisor + API worker) in the foreground")
+    visible = ["run", "config", "status", "backup", "backups", "check", "restore", "mode",
+               "protocol", "replicas", "migrate", "mcp", "completion"]
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{" + ",".join(visible) + "}")
+
+    def command(name: str, help_text: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text,
+                              epilog=cli_help.epilog(name),
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    run = command("run", "start meshd (supervisor + API worker) in the foreground")
     config.add_arguments(run)
-    sub.add_parser("worker", help=argparse.SUPPRESS)
-    show = sub.add_parser("config", help="print the effective settings and where each came from")
+    sub.add_parser("worker")  # started by the supervisor only: no help, not listed
+    show = command("config", "print the effective settings and where each came from")
     config.add_arguments(show)
     show.add_argument("--json", action="store_true", help="machine-readable output")
-    status = sub.add_parser("status", help="show the running daemon's state")
-    _daemon_arguments(status)
-    backup = sub.add_parser("backup", help="take a verified backup now")
-    _daemon_arguments(backup)
-    listing = sub.add_parser("backups", help="list backups with age, size and verification")
-    _daemon_arguments(listing)
-    check = sub.add_parser("check", help="run PRAGMA quick_check (or integrity_check)")
+    _daemon_arguments(command("status", "show the daemon's state (read fresh from it)"))
+    _daemon_arguments(command("backup", "take a verified backup now (through the daemon, "
+                                        "or on the files when none runs)"))
+    _daemon_arguments(command("backups", "list backups with age, size and verification"))
+    check = command("check", "run PRAGMA quick_check (or integrity_check)")
     _daemon_arguments(check)
     check.add_argument("--full", action="store_true", help="full integrity_check")
-    restore = sub.add_parser("restore", help="restore the newest verified backup (or BACKUP) "
-                             "and replay the journal")
+    restore = command("restore", "restore the newest verified backup (or BACKUP) and replay "
+                                 "the journal; asks for confirmation (--yes without a terminal)")
     _daemon_arguments(restore)
     restore.add_argument("backup", nargs="?", help="backup file name (default: newest verified)")
-    restore.add_argument("--to-time", help="point in time (ISO-8601, UTC if no zone)")
-    migrate = sub.add_parser("migrate", help="copy a stopped SQLite mesh into PostgreSQL, "
-                             "verified by row counts and checksums (resumable)")
+    restore.add_argument("--to-time", help="point in time (ISO-8601, UTC if no zone); starts "
+                                           "a new journal epoch")
+    restore.add_argument("--yes", "-y", action="store_true",
+                         help="do not ask for confirmation (needed without a terminal)")
+    restore.add_argument("--output", "-o", metavar="PATH",
+                         help="build the restored database at PATH (a new file) and touch "
+                              "nothing live: no lock, no daemon, no confirmation")
+    migrate = command("migrate", "copy a stopped SQLite mesh into PostgreSQL, verified by row "
+                      "counts and checksums (resumable)")
     _daemon_arguments(migrate)
     migrate.add_argument("--to", required=True, help="postgresql:// URL of the target database")
     cli_replica.add_arguments(sub, restore, _daemon_arguments)
-    mode = sub.add_parser("mode", help="switch the running daemon read-only or read-write")
+    sub.choices["replicas"].epilog = cli_help.epilog("replicas")
+    sub.choices["replicas"].formatter_class = argparse.RawDescriptionHelpFormatter
+    mode = command("mode", "switch the running daemon read-only or read-write")
     _daemon_arguments(mode)
     mode.add_argument("mode", choices=["read-only", "read-write"])
-    protocol = sub.add_parser("protocol", help="list, run, inspect or abort recovery protocols")
+    protocol = command("protocol", "list, run, inspect or abort recovery protocols")
     psub = protocol.add_subparsers(dest="action", required=True)
-    _daemon_arguments(psub.add_parser("list", help="the four protocols and their states"))
-    prun = psub.add_parser("run", help="start a protocol by hand")
-    _daemon_arguments(prun)
-    prun.add_argument("name")
+
+    def action(name: str, help_text: str) -> argparse.ArgumentParser:
+        parsed = psub.add_parser(name, help=help_text, description=help_text,
+                                 epilog=cli_help.epilog("protocol"),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+        _daemon_arguments(parsed)
+        return parsed
+
+    action("list", "the four protocols and their states")
+    prun = action("run", "start a protocol by hand")
+    prun.add_argument("name", choices=list(PROTOCOL_NAMES),
+                      help="one of: " + ", ".join(PROTOCOL_NAMES))
     prun.add_argument("--dry-run", action="store_true", help="print the steps; change nothing")
-    prun.add_argument("--reason", default="started by an operator")
+    prun.add_argument("--reason", default="started by an operator",
+                      help="recorded with the run (default: %(default)s)")
     prun.add_argument("--update", help="update id (breaking_api_update)")
     prun.add_argument("--agents", help="comma-separated agent ids (network_partition)")
     prun.add_argument("--backup", help="backup file (database_corruption)")
     prun.add_argument("--rollback-to", metavar="V",
                       help="roll the newest breaking update back to version V "
                            "(server_crash_recovery)")
-    pstatus = psub.add_parser("status", help="runs, or one run's step log")
-    _daemon_arguments(pstatus)
-    pstatus.add_argument("run", nargs="?")
-    pabort = psub.add_parser("abort", help="abort a run (its event stays open)")
-    _daemon_arguments(pabort)
-    pabort.add_argument("run")
-    sub.add_parser("mcp", help="MCP server over stdio, a client of a running meshd "
+    pstatus = action("status", "runs, or one run's step log")
+    pstatus.add_argument("run", nargs="?", help="run id (default: list the runs)")
+    pabort = action("abort", "abort a run (its event stays open)")
+    pabort.add_argument("run", help="run id")
+    command("mcp", "MCP server over stdio, a client of a running meshd "
                    "(MESHD_URL, MESHD_AGENT_TOKEN or MESHD_API_KEY)")
+    completion = command("completion", "print a shell completion script")
+    completion.add_argument("shell", choices=["bash", "zsh"])
     return parser
+
+
+def _protocol_names() -> tuple[str, ...]:
+    from meshd.recovery.protocols import PROTOCOLS
+
+    return tuple(PROTOCOLS)
+
+
+PROTOCOL_NAMES = _protocol_names()
 
 
 def _daemon_arguments(parser: argparse.ArgumentParser) -> None:
     """Operator commands resolve settings like `meshd run` (flag > environment > file >
     default) and find the daemon through the control socket in the data directory."""
     parser.add_argument("--config", dest="config", default=None,
-                        help="TOML file with settings, as given to `meshd run`")
+                        help="TOML file with settings, as given to `meshd run` (default: "
+                             "$MESHD_CONFIG, else /etc/meshd/meshd.toml when it exists)")
     parser.add_argument("--data-dir", dest="data_dir", default=None,
                         help="data directory of the daemon (default: $MESHD_DATA_DIR, the "
                              "file's data_dir, $STATE_DIRECTORY, else ./data)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--json", action="store_true",
+                        help="machine-readable output (also whenever stdout is not a terminal)")
     parser.add_argument("--backup-dir", dest="backup_dir", default=None,
-                        help="backup directory, when no daemon runs (default ./backups)")
+                        help="backup directory (default: $MESHD_BACKUP_DIR, the file's "
+                             "backup_dir, else ./backups)")
     parser.add_argument("--database", dest="database", default=None,
-                        help="database file, when no daemon runs (default <data dir>/mesh.db)")
+                        help="database file (default: $MESHD_DATABASE, else <data dir>/mesh.db)")
 
 
 def load_settings(args: argparse.Namespace) -> config.Settings:
+    """Settings of an operator command: `meshd run`'s loader, plus the installed service's
+    /etc/meshd/meshd.toml when no other config file is named."""
+    loader = config.load if args.command == "run" else config.load_for_operator
     try:
-        return config.load(vars(args))
+        return loader(vars(args))
     except config.ConfigError as exc:
         sys.stderr.write(f"meshd: configuration error: {exc}\n")
         raise SystemExit(2) from None
@@ -121,9 +163,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     rows = config.describe(load_settings(args))
-    width = max(len(r["setting"]) for r in rows)
-    _print(args, rows, "\n".join(
-        f"{r['setting']:<{width}}  {_show(r['value'])}  ({r['source']})" for r in rows))
+    _print(args, rows, cli_render.table(("SETTING", "VALUE", "SOURCE"), [
+        (r["setting"], _show(r["value"]), r["source"]) for r in rows]))
     return 0
 
 
@@ -132,37 +173,22 @@ def _show(value) -> str:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from meshd import progress
     from meshd.worker.serve import run_supervised
 
+    # Migration (and start-up replay) of a daemon run in the foreground show on its terminal.
+    progress.enable()
     return run_supervised()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-
     data = _call(load_settings(args), "GET", "/status")
-    if args.json or not sys.stdout.isatty():
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
-    else:
-        sys.stdout.write(render_status(data))
+    _print(args, data, cli_render.status(data))
     return 0
 
 
 def render_status(data: dict) -> str:
-    lines = [f"meshd {data['state']}" + (f": {data['reason']}" if data.get("reason") else "")]
-    for key in ("mode", "supervisor_pid", "worker_pid", "uptime_s", "worker_uptime_s",
-                "restarts", "agents", "open_events", "pending_records", "last_backup",
-                "listen", "data_dir", "database"):
-        lines.append(f"  {key.replace('_', ' '):<16} {data.get(key)}")
-    standby = data.get("standby")
-    if standby:
-        lines.append(f"  standby          pid {standby['pid']}, "
-                     f"{'ready' if standby['ready'] else 'starting'}, {standby['rss_mb']} MB; "
-                     f"{data.get('promotions', 0)} promotion(s)")
-    for r in data.get("replicas") or []:
-        state = "ok" if r["ok"] else f"FAILING ({r['last_error']})"
-        lines.append(f"  replica          {r['replica']}: {state}, shipped seq "
-                     f"{r['shipped_seq']} (epoch {r['shipped_epoch']})")
-    return "\n".join(lines) + "\n"
+    return cli_render.status(data) + "\n"
 
 
 def _call(settings: config.Settings, method: str, path: str, body=None,
@@ -174,9 +200,10 @@ def _call(settings: config.Settings, method: str, path: str, body=None,
     except control.Unreachable as exc:
         if not socket_path.exists():
             sys.stderr.write(f"meshd: no running daemon: {socket_path} does not exist "
-                             "(start it with `meshd run`, or pass --data-dir)\n")
+                             "(start it with `meshd run`, or pass --data-dir/--config)\n")
         else:
-            sys.stderr.write(f"meshd: the daemon at {socket_path} did not answer: {exc}\n")
+            sys.stderr.write(f"meshd: no running daemon: the daemon at {socket_path} did not "
+                             f"answer (a socket left by a stopped daemon?): {exc}\n")
         raise SystemExit(3) from None
     except control.ControlError as exc:
         sys.stderr.write(f"meshd: {exc.message}\n")
@@ -184,31 +211,42 @@ def _call(settings: config.Settings, method: str, path: str, body=None,
 
 
 def _print(args: argparse.Namespace, data, text: str) -> None:
+    """--json, or stdout not a terminal: the data as JSON (the stable form scripts read);
+    else the human text."""
     if args.json or not sys.stdout.isatty():
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
         sys.stdout.write(text + "\n")
+
+
+def _offline_note(settings: config.Settings) -> None:
+    sys.stderr.write(f"meshd: no daemon answers on {settings.control_socket}; working on the "
+                     "files\n")
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
     from meshd.store import backups
 
     settings = load_settings(args)
-    if control.alive(settings.control_socket):
+    daemon = cli_offline.find(settings)
+    if daemon.alive:
         data = _call(settings, "POST", "/control/backup", {}, timeout=600)
     else:
-        paths = settings
-        if _is_postgres(paths.database):
-            return _pg_backup(args, str(paths.database), paths.backup_dir)
+        _offline_note(settings)
+        if _is_postgres(settings.database):
+            return _pg_backup(args, str(settings.database), settings.backup_dir)
         try:
-            data = _asdict(backups.take_backup(paths.database, paths.backup_dir, "operator"))
+            data = _asdict(backups.take_backup(settings.database, settings.backup_dir,
+                                               "operator"))
         except backups.BackupError as exc:
             sys.stderr.write(f"meshd: {exc}\n")
             return 1
-    _print(args, data, f"backup {data['file']}: {data['size']} bytes, journal seq "
-                       f"{data['journal_seq']}, integrity {data['integrity']}"
-           if "journal_seq" in data else  # a PostgreSQL dump's manifest
-           f"backup {data['file']}: {data['size']} bytes, verified {data['verified']}")
+    _print(args, data, f"backup {data['file']}: {data['size']} bytes, verified "
+                       f"{data['verified']}" if "journal_seq" not in data  # a pg_dump's manifest
+           else cli_render.pairs([
+        ("file", data["file"]), ("size", cli_render.size(data["size"])),
+        ("journal seq", data["journal_seq"]), ("journal epoch", data.get("journal_epoch")),
+        ("integrity", data["integrity"]), ("sha256", data.get("sha256"))]))
     return 0
 
 
@@ -304,12 +342,12 @@ def cmd_backups(args: argparse.Namespace) -> int:
     if control.alive(settings.control_socket):
         rows = _call(settings, "GET", "/control/backups")
     else:
+        _offline_note(settings)
         rows = backup_listing(settings.backup_dir)
-    text = "\n".join(
-        f"{r['file']}  {r['age_s'] // 60:>6.0f} min  {r['size']:>12} B  "
-        f"seq {'-' if r['journal_seq'] is None else r['journal_seq']:>8}"
-        f"  {'verified' if r['verified'] else 'NOT VERIFIED'}" for r in rows) or "no backups"
-    _print(args, rows, text)
+        if not settings.backup_dir.is_dir():
+            sys.stderr.write(f"meshd: no backup directory {settings.backup_dir.resolve()} "
+                             "(pass --backup-dir or --config)\n")
+    _print(args, rows, cli_render.backups(rows))
     return 0
 
 
@@ -320,50 +358,145 @@ def cmd_check(args: argparse.Namespace) -> int:
     if control.alive(settings.control_socket):
         data = _call(settings, "POST", "/control/check", {"full": args.full}, timeout=3600)
     else:
+        _offline_note(settings)
         database = settings.database
         if not _is_postgres(database) and not database.exists():
             sys.stderr.write(f"meshd: no database at {database}\n")
             return 1
         problems = backups.integrity(database, full=args.full)
-        data = {"ok": not problems, "problems": problems}
-    _print(args, data, "ok" if data["ok"] else "PROBLEMS:\n  " + "\n  ".join(data["problems"]))
+        data = {"ok": not problems, "problems": problems,
+                "check": {"kind": "integrity_check" if args.full else "quick_check",
+                          "database": str(database)}}
+    text = cli_render.pairs([("check", data.get("check", {}).get("kind")),
+                             ("result", "ok" if data["ok"] else "PROBLEMS")]
+                            + [("problem", p) for p in data["problems"]])
+    _print(args, data, text)
     return 0 if data["ok"] else 1
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from meshd.store import restore as restore_mod
-
     if args.from_url:
+        if args.output:
+            sys.stderr.write("meshd: --output and --from do not combine\n")
+            return 2
+        settings = load_settings(args)
+        daemon = cli_offline.find(settings)
+        if daemon.alive:
+            sys.stderr.write(f"meshd: cannot restore --from a replica beside the daemon "
+                             f"answering on {settings.control_socket}: it rebuilds the data "
+                             "directory as on a new machine; stop meshd first\n")
+            return 1
+        cli_offline.refuse_if_hung(daemon, settings, "restore --from a replica")
+        plan = (f"This restores from replica {args.from_url} into {settings.database.resolve()}"
+                " (a database there moves to the quarantine directory).")
+        if not confirm(args, plan):
+            return 2
         return cli_replica.restore_from_replica(args)
-    body = {"backup": args.backup, "to_time": _iso(args.to_time) if args.to_time else None}
-    paths = load_settings(args)
-    if control.alive(paths.control_socket):
-        data = _call(paths, "POST", "/control/restore", body, timeout=3600)
+    to_time = _parse_when(args.to_time)
+    settings = load_settings(args)
+    if args.output:
+        return _restore_copy(args, settings, to_time)
+    daemon = cli_offline.find(settings)
+    cli_offline.refuse_if_hung(daemon, settings, "restore")
+    plan = _restore_plan(settings, args.backup, to_time, daemon.alive)
+    if not confirm(args, plan):
+        return 2
+    if daemon.alive:
+        body = {"backup": args.backup, "to_time": to_time.isoformat() if to_time else None}
+        data = _call(settings, "POST", "/control/restore", body, timeout=3600)
         _print(args, data, f"restore run {data['id']}: {data['outcome']} ({data['state']})")
         return 0 if data["outcome"] == "completed" else 1
-    if _is_postgres(paths.database):
-        return _pg_restore(args, str(paths.database), paths.backup_dir)
-    from meshd.locks import FileLock, LockBusy
+    if _is_postgres(settings.database):
+        if daemon.alive:
+            sys.stderr.write("meshd: a PostgreSQL restore replaces meshd's tables: stop meshd "
+                             "first, then run meshd restore\n")
+            return 1
+        return _pg_restore(args, str(settings.database), settings.backup_dir)
+    _offline_note(settings)
+    from meshd.store import restore as restore_mod
 
-    lock = FileLock(paths.data_dir / "writer.lock")
-    try:
-        lock.acquire(timeout=5)
-    except LockBusy:
-        sys.stderr.write("meshd: another process holds the writer lock; stop meshd first\n")
-        return 1
+    lock = cli_offline.writer_lock(settings)
     try:
         report = restore_mod.restore(
-            paths.database, paths.data_dir / "journal", paths.backup_dir, paths.data_dir,
-            backup_name=args.backup, to_time=_parse_when(args.to_time))
+            settings.database, settings.data_dir / "journal", settings.backup_dir,
+            settings.data_dir, backup_name=args.backup, to_time=to_time)
     except restore_mod.RestoreError as exc:
         sys.stderr.write(f"meshd: {exc}\n")
         return 1
     finally:
         lock.release()
-    data = _asdict(report)
-    _print(args, data, f"restored {report.backup}, replayed {report.replayed} journal records "
-                       f"(seq {report.journal_seq}, epoch {report.journal_epoch})")
+    _print(args, _asdict(report), _restore_text(report))
     return 0
+
+
+def _restore_text(report, output=None) -> str:
+    rows = [("backup", report.backup), ("replayed", f"{report.replayed} journal records"),
+            ("journal seq", report.journal_seq), ("journal epoch", report.journal_epoch),
+            ("to time", report.to_time or "-"), ("seconds", report.seconds)]
+    if output:
+        rows.insert(0, ("output", output))
+    rows += [("quarantined", q) for q in report.quarantined]
+    return cli_render.pairs(rows)
+
+
+def _restore_copy(args: argparse.Namespace, settings: config.Settings, to_time) -> int:
+    from meshd.store import restore as restore_mod
+
+    output = Path(args.output).resolve()
+    if output == settings.database.resolve():
+        sys.stderr.write("meshd: --output names the live database; pick another path\n")
+        return 2
+    try:
+        report = restore_mod.restore_copy(output, settings.data_dir / "journal",
+                                          settings.backup_dir, backup_name=args.backup,
+                                          to_time=to_time)
+    except restore_mod.RestoreError as exc:
+        sys.stderr.write(f"meshd: {exc}\n")
+        return 1
+    data = _asdict(report) | {"output": str(output)}
+    _print(args, data, _restore_text(report, str(output)))
+    return 0
+
+
+def _restore_plan(settings: config.Settings, backup: str | None, to_time,
+                  alive: bool) -> str:
+    """What a restore will replace, from which backup, and (--to-time) which epoch it
+    starts: shown before the confirmation."""
+    from meshd.store import restore as restore_mod
+
+    try:
+        manifest, _skipped = restore_mod.choose_backup(settings.backup_dir, backup, to_time)
+    except restore_mod.RestoreError as exc:
+        sys.stderr.write(f"meshd: {exc}\n")
+        raise SystemExit(1) from None
+    lines = [f"This replaces {settings.database.resolve()} with backup {manifest.file} "
+             f"(taken {manifest.created_at}, journal seq {manifest.journal_seq}) plus the "
+             "journal after it; the current file moves to "
+             f"{(settings.data_dir / 'quarantine').resolve()}/."]
+    if to_time is not None:
+        epoch = restore_mod.next_epoch(settings.data_dir / "journal", manifest)
+        lines.append(f"--to-time {to_time.isoformat()} starts journal epoch {epoch}: records "
+                     "after that moment stay on disk but leave the timeline.")
+    if alive:
+        lines.append("The running daemon answers 503 to agents until the restore ends.")
+    return "\n".join(lines)
+
+
+def confirm(args: argparse.Namespace, plan: str) -> bool:
+    """On a terminal, ask; without one, --yes is required (exit 2 otherwise)."""
+    sys.stderr.write(plan + "\n")
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        sys.stderr.write("meshd: not a terminal: pass --yes to restore\n")
+        return False
+    sys.stderr.write("Proceed? [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    if answer in ("y", "yes"):
+        return True
+    sys.stderr.write("meshd: restore cancelled\n")
+    return False
 
 
 def _parse_when(text: str | None):
@@ -383,54 +516,58 @@ def _iso(text: str) -> str:
 
 
 def cmd_mode(args: argparse.Namespace) -> int:
-
     data = _call(load_settings(args), "POST", "/control/mode", {"mode": args.mode})
     _print(args, data, f"mode: {data['mode']}")
     return 0
 
 
 def cmd_protocol(args: argparse.Namespace) -> int:
-    from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
+    from meshd.recovery.protocols import catalog, dry_run
 
     if args.action == "list":
-        data = catalog(tuple(PROTOCOLS))
-        _print(args, data, "\n".join(f"{name}: {' -> '.join(p['states'])}"
-                                      for name, p in data.items()))
+        data = catalog(PROTOCOL_NAMES)
+        _print(args, data, cli_render.table(("PROTOCOL", "STATES"), [
+            (name, " -> ".join(p["states"])) for name, p in data.items()]))
         return 0
     if args.action == "run":
-        if args.name not in PROTOCOLS:
-            sys.stderr.write(f"meshd: no protocol {args.name}; one of {', '.join(PROTOCOLS)}\n")
-            return 2
         if args.dry_run:
             steps = dry_run(args.name)
-            _print(args, {"protocol": args.name, "dry_run": True, "steps": steps}, "\n".join(
-                f"{s['state']} -> {s['next']}: {s['summary']}" for s in steps))
+            _print(args, {"protocol": args.name, "dry_run": True, "steps": steps},
+                   cli_render.table(("STATE", "NEXT", "STEP"), [
+                       (s["state"], s["next"], s["summary"]) for s in steps]))
             return 0
         context = {k: v for k, v in (("update_id", args.update), ("backup", args.backup),
                                      ("agents", args.agents.split(",") if args.agents else None),
                                      ("rollback_to", args.rollback_to))
                    if v}
         data = _call(load_settings(args), "POST", f"/control/protocols/{args.name}/run",
-                            {"reason": args.reason, "context": context})
+                     {"reason": args.reason, "context": context})
         _print(args, data, f"run {data['id']} started ({data['protocol']}, {data['state']})")
         return 0
     if args.action == "status":
         if args.run:
             data = _call(load_settings(args), "GET", f"/control/runs/{args.run}")
-            text = "\n".join([f"{data['protocol']} {data['id']}: {data['outcome']} at "
-                              f"{data['state']}" + (f" ({data['reason']})" if data['reason']
-                                                    else "")]
-                             + [f"  {st['state']} -> {st['next_state']}: {st['outcome']}"
-                                f" ({st['detail']})" for st in data["steps"]])
+            text = (f"{data['protocol']} {data['id']}: {data['outcome']} at {data['state']}"
+                    + (f" ({data['reason']})" if data['reason'] else "") + "\n\n"
+                    + cli_render.table(("STATE", "NEXT", "OUTCOME", "DETAIL"), [
+                        (st["state"], st["next_state"], st["outcome"], st["detail"])
+                        for st in data["steps"]]))
         else:
             data = _call(load_settings(args), "GET", "/control/runs")
-            text = "\n".join(f"{r['id']}  {r['protocol']:<22} {r['outcome']:<9} {r['state']}"
-                             for r in data) or "no protocol runs"
+            text = cli_render.table(("RUN", "PROTOCOL", "OUTCOME", "STATE"), [
+                (r["id"], r["protocol"], r["outcome"], r["state"]) for r in data]) \
+                if data else "no protocol runs"
         _print(args, data, text)
         return 0
     data = _call(load_settings(args), "POST", f"/control/runs/{args.run}/abort",
                  {"reason": "operator"})
     _print(args, data, f"run {data['id']}: {data['outcome']}")
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    parser = build_parser()
+    sys.stdout.write(cli_help.bash(parser) if args.shell == "bash" else cli_help.zsh(parser))
     return 0
 
 
@@ -445,15 +582,19 @@ def cmd_mcp(args: argparse.Namespace) -> int:
 COMMANDS = {"protocol": cmd_protocol, "run": cmd_run, "worker": cmd_worker, "mcp": cmd_mcp,
             "config": cmd_config, "status": cmd_status, "backup": cmd_backup,
             "backups": cmd_backups, "check": cmd_check, "restore": cmd_restore,
-            "mode": cmd_mode, "migrate": cmd_migrate,
+            "mode": cmd_mode, "migrate": cmd_migrate, "completion": cmd_completion,
             "replicas": lambda args: cli_replica.cmd_replicas(args)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command not in ("run", "worker", "mcp"):
-        # Operator commands print results on stdout; their log lines go to stderr.
+    if args.command not in ("run", "worker", "mcp", "completion"):
+        # Operator commands print results on stdout; their log lines go to stderr, and so do
+        # progress bars of a long backup, restore or replay when stderr is a terminal.
         logging.configure("auto", "warning", process="cli")
+        from meshd import progress
+
+        progress.enable()
     return COMMANDS[args.command](args)
 
 

@@ -338,11 +338,22 @@ def flag_name(name: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per option; unset flags stay None so env and TOML can fill them."""
     for opt in OPTIONS:
+        text = option_help(opt)
         if opt.parse is parse_bool:
             parser.add_argument(flag_name(opt.name), dest=opt.name, nargs="?", const="true",
-                                default=None, help=opt.help)
+                                default=None, help=text)
         else:
-            parser.add_argument(flag_name(opt.name), dest=opt.name, default=None, help=opt.help)
+            parser.add_argument(flag_name(opt.name), dest=opt.name, default=None, help=text)
+
+
+def option_help(opt: Option) -> str:
+    """The option's help with its default and environment names (`--help` of every command);
+    `%` doubled for argparse."""
+    envs = ", ".join((env_name(opt.name), *opt.extra_env))
+    default = "none" if opt.default is None or opt.default == () else opt.default
+    if opt.name in SECRET_OPTIONS:
+        default = "the Node server's default key" if opt.default else "unset"
+    return f"{opt.help} (default: {default}; env {envs})".replace("%", "%%")
 
 
 def load(
@@ -388,7 +399,59 @@ def load(
     return settings
 
 
+# The installed service's settings (`make install`): operator commands read this file when it
+# exists and nothing else names one. MESHD_SYSTEM_CONFIG moves it, for tests of that fallback.
+SYSTEM_CONFIG = Path("/etc/meshd/meshd.toml")
+
+
+def system_config(environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("MESHD_SYSTEM_CONFIG") or SYSTEM_CONFIG)
+
+
+def load_for_operator(flags: Mapping[str, Any] | None = None,
+                      environ: Mapping[str, str] | None = None) -> Settings:
+    """`load` for the operator commands (not `meshd run`): with no --config and no
+    MESHD_CONFIG, the installed service's file is used when it exists, so an admin finds the
+    service's data and backups from any directory without flags."""
+    flags = dict(flags or {})
+    environ = os.environ if environ is None else environ
+    if not flags.get("config") and not environ.get(env_name("config")):
+        fallback = system_config(environ)
+        if fallback.is_file():
+            flags["config"] = str(fallback)
+            settings = load(flags, environ)
+            return settings.replace(sources={**settings.sources,
+                                             "config": f"system file {fallback}"})
+    return load(flags, environ)
+
+
+# Intervals that drive a timer or scheduler: zero would spin.
+_POSITIVE_DURATIONS = frozenset({"sweep_interval", "offline_check_interval", "probe_interval",
+                                 "probe_timeout", "backup_interval", "quick_check_interval"})
+
+
 def validate(settings: Settings) -> None:
+    """Checked when settings load, before anything is created on disk, so a bad value is a
+    clear message and exit 2, not a traceback after the control socket exists."""
+    for opt in OPTIONS:
+        if opt.parse is parse_duration:
+            value = getattr(settings, opt.name)
+            if value < 0 or (value == 0 and opt.name in _POSITIVE_DURATIONS):
+                raise ConfigError(f"{opt.name}: {value:g} s; it must be more than 0")
+    for name in ("backup_cron", "full_check_cron"):
+        text = getattr(settings, name)
+        if text is not None:
+            problem = cron_problem(text)
+            if problem:
+                raise ConfigError(f"{name}: {text!r} is not a cron schedule ({problem}); "
+                                  "use five fields, e.g. '*/5 * * * *'")
+    for name in ("data_dir", "backup_dir"):
+        path = getattr(settings, name)
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{name}: {path} exists and is not a directory")
+    if settings.database.is_dir():
+        raise ConfigError(f"database: {settings.database} is a directory")
     if not 0 < settings.port < 65536 and settings.port != 0:
         raise ConfigError(f"port: {settings.port} is not a TCP port")
     if settings.readers < 1:
@@ -416,6 +479,19 @@ def validate(settings: Settings) -> None:
             load_key(settings.replica_key_file)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"replica_key_file: {exc}") from None
+
+
+def cron_problem(text: str) -> str | None:
+    """Why a crontab line is unusable, or None: the same parser the scheduler uses."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    if len(text.split()) != 5:
+        return f"{len(text.split())} fields, not 5"
+    try:
+        CronTrigger.from_crontab(text, timezone="UTC")
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def refuse_unsafe(settings: Settings) -> str | None:

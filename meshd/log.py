@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from meshd import logroute
+
 REDACTED = "[redacted]"
 # Fields whose whole value is a secret, compared without case, `-` or `_`.
 SECRET_FIELDS = frozenset({"apikey", "xapikey", "adminkey", "xadminkey", "authorization",
@@ -66,8 +68,9 @@ def redact(_logger, _name, event: dict) -> dict:
     return _redact_value(event)
 
 
-class RedactingFormatter(logging.Formatter):
-    """The same redaction for stdlib records (aiohttp, apscheduler), tracebacks included."""
+class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
+    """stdlib records (aiohttp, apscheduler) rendered by meshd's processors (one JSON line,
+    the traceback as a field), then redacted as text, tracebacks included."""
 
     def format(self, record: logging.LogRecord) -> str:
         return redact_text(super().format(record))
@@ -93,26 +96,26 @@ def configure(fmt: str = "auto", level: str = "info", process: str = "meshd",
         redact,
     ]
     if use_console:
-        processors.append(structlog.dev.ConsoleRenderer())
+        renderer = structlog.dev.ConsoleRenderer()
+        shared = list(processors)
     else:
-        processors += [
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(serializer=_orjson_dumps),
-        ]
+        processors.append(structlog.processors.dict_tracebacks)
+        shared = list(processors)
+        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+    if logroute.under_journald():
+        renderer = logroute.journald_renderer(renderer)
+    processors.append(renderer)
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=cache,
     )
-    # Libraries that use stdlib logging (aiohttp, apscheduler) go to the same stream.
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(RedactingFormatter("%(name)s %(message)s"))
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h.formatter, RedactingFormatter)]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(logging.WARNING)
+    # Libraries that use stdlib logging (aiohttp, apscheduler) go to the same stream,
+    # rendered by the same processors (redaction included): one line each, exceptions
+    # as a field.
+    logroute.route_stdlib(RedactingFormatter(**logroute.formatter_options(shared, renderer)),
+                          logroute.stdlib_level(level), stream)
 
 
 def _orjson_dumps(obj, **_kw) -> str:

@@ -187,7 +187,7 @@ async def read_body(request: web.Request, limit: int | None = None) -> dict[str,
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        return body_not_json(request, exc)
+        return body_not_json(request, exc, raw)
     return body_object(data)
 
 
@@ -212,12 +212,18 @@ class RequestTimeout(Invalid):
     status = 408
 
 
-def body_not_json(request: web.Request, exc: Exception) -> dict[str, Any]:
-    """Malformed JSON is a 400 when the client said it sent JSON; a form or text body that
-    is not JSON reads as `{}`, so the route's own "required" 400 answers."""
-    if JSON_TYPE in (request.content_type or "") or request.content_type.endswith("+json"):
+def body_not_json(request: web.Request, exc: Exception, raw: bytes = b"") -> dict[str, Any]:
+    """Malformed JSON is a 400 when the client said it sent JSON, or when the body looks like
+    JSON whatever its type (`curl -d '{"name": "x",}'` sends a form type); a form or text body
+    that is not JSON reads as `{}`, so the route's own "required" 400 answers."""
+    if (JSON_TYPE in (request.content_type or "") or request.content_type.endswith("+json")
+            or looks_like_json(raw)):
         raise Invalid(f"malformed JSON body: {exc}") from None
     return {}
+
+
+def looks_like_json(raw: bytes) -> bool:
+    return raw.lstrip()[:1] in (b"{", b"[")
 
 
 def body_object(data: Any) -> dict[str, Any]:

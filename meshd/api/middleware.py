@@ -122,7 +122,7 @@ async def pipeline(request: web.Request, handler):
             if counted:
                 inflight.leave()
     allow_cors(request, response)
-    if request.app[SETTINGS].access_log:
+    if request.app[SETTINGS].access_log and not quiet_probe(request, response.status):
         access_log(request, response, started)
     return response
 
@@ -139,6 +139,15 @@ def access_log(request: web.Request, response: web.StreamResponse, started: floa
                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
     except Exception as exc:  # noqa: BLE001 - the response is already decided
         log.warning("http.access_log_failed", error=type(exc).__name__)
+
+
+PROBE_PATHS = frozenset({"/health", "/readyz"})
+
+
+def quiet_probe(request: web.Request, status: int) -> bool:
+    """A health probe that succeeded stays out of the access log: the supervisor probes
+    /health every second (some 86,000 lines a day); a failing probe is still logged."""
+    return request.method in ("GET", "HEAD") and request.path in PROBE_PATHS and status < 400
 
 
 def cors_origin(request: web.Request) -> str | None:

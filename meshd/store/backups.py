@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 
 from meshd import log as logging
+from meshd import progress
 from meshd.locks import fsync_path, write_atomic
 from meshd.store import journal as jr
 from meshd.store import postgres
@@ -151,9 +152,14 @@ def copy_snapshot(source: sqlite3.Connection, target_path: Path, size: int) -> i
                 source.backup(staged)
                 target.execute("PRAGMA synchronous = OFF")
                 fd = os.open(target_path, os.O_RDWR)
+
+                def step(_status: int, remaining: int, total: int) -> None:
+                    os.fdatasync(fd)
+                    bar.update(total - remaining, total)
+
                 try:
-                    staged.backup(target, pages=PACED_STEP_PAGES,
-                                  progress=lambda *_: os.fdatasync(fd), sleep=0)
+                    with progress.Bar("copying backup") as bar:
+                        staged.backup(target, pages=PACED_STEP_PAGES, progress=step, sleep=0)
                 finally:
                     os.close(fd)
             finally:

@@ -88,9 +88,58 @@ def restore(
     started = time.monotonic()
     manifest, skipped = choose_backup(backup_dir, backup_name, to_time)
     until = db_time(to_time) if to_time else None
+    tmp = database.with_name(f".restore-{database.name}")
+    replayed, last_seq, epoch = _build(tmp, manifest, journal_dir, backup_dir, to_time)
+    moved = quarantine(database, data_dir)
+    os.replace(tmp, database)
+    _remove_sidecars(tmp)
+    fsync_path(database.parent)
+    report = RestoreReport(backup=manifest.file, skipped=skipped, replayed=replayed,
+                           journal_seq=last_seq, journal_epoch=epoch, quarantined=moved,
+                           seconds=round(time.monotonic() - started, 3), to_time=until)
+    log.info("restore.completed", backup=report.backup, replayed=replayed,
+             journal_seq=last_seq, epoch=epoch, skipped=len(skipped),
+             seconds=report.seconds, to_time=until)
+    return report
+
+
+def restore_copy(
+    output: Path, journal_dir: Path, backup_dir: Path,
+    *, backup_name: str | None = None, to_time: datetime | None = None,
+) -> RestoreReport:
+    """The same restore built at `output` (Litestream's `restore -o`): reads the backups and
+    the journal, touches nothing live, takes no lock. `output` must not exist yet."""
+    started = time.monotonic()
+    if output.exists():
+        raise RestoreError(f"{output} exists; name a new file")
+    manifest, skipped = choose_backup(backup_dir, backup_name, to_time)
+    tmp = output.with_name(f".restore-{output.name}")
+    replayed, last_seq, epoch = _build(tmp, manifest, journal_dir, backup_dir, to_time)
+    os.replace(tmp, output)
+    _remove_sidecars(tmp)
+    fsync_path(output.parent)
+    report = RestoreReport(backup=manifest.file, skipped=skipped, replayed=replayed,
+                           journal_seq=last_seq, journal_epoch=epoch, quarantined=[],
+                           seconds=round(time.monotonic() - started, 3),
+                           to_time=db_time(to_time) if to_time else None)
+    log.info("restore.copy_completed", output=str(output), backup=report.backup,
+             replayed=replayed, journal_seq=last_seq, epoch=epoch)
+    return report
+
+
+def next_epoch(journal_dir: Path, manifest: backups.Manifest) -> int:
+    """The journal epoch a point-in-time restore from `manifest` starts: records after the
+    chosen moment stay on disk but belong to the abandoned timeline."""
+    return max([manifest.journal_epoch] + [s.epoch for s in jr.list_segments(journal_dir)]) + 1
+
+
+def _build(tmp: Path, manifest: backups.Manifest, journal_dir: Path, backup_dir: Path,
+           to_time: datetime | None) -> tuple[int, int, int]:
+    """Backup copied to `tmp`, journal replayed into it, checked and fsync'd:
+    (replayed, last seq, epoch)."""
+    until = db_time(to_time) if to_time else None
     if until and manifest.created.astimezone(UTC) > to_time.astimezone(UTC):
         raise RestoreError(f"backup {manifest.file} is newer than {until}; name an older one")
-    tmp = database.with_name(f".restore-{database.name}")
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             Path(f"{tmp}{suffix}").unlink()
@@ -106,9 +155,7 @@ def restore(
                                             manifest.journal_seq, until)
         epoch = manifest.journal_epoch
         if until:
-            # Records after `until` stay on disk but belong to the abandoned timeline.
-            epoch = max([manifest.journal_epoch] + [s.epoch for s in
-                                                    jr.list_segments(journal_dir)]) + 1
+            epoch = next_epoch(journal_dir, manifest)
             conn.execute("UPDATE meshd_meta SET value = ? WHERE key = 'journal_epoch'",
                          (str(epoch),))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -118,16 +165,10 @@ def restore(
     if problems:
         raise RestoreError(f"the restored file failed integrity_check: {problems[:3]}")
     fsync_path(tmp)
-    moved = quarantine(database, data_dir)
-    os.replace(tmp, database)
-    with contextlib.suppress(FileNotFoundError):
-        Path(f"{tmp}-wal").unlink()
-        Path(f"{tmp}-shm").unlink()
-    fsync_path(database.parent)
-    report = RestoreReport(backup=manifest.file, skipped=skipped, replayed=replayed,
-                           journal_seq=last_seq, journal_epoch=epoch, quarantined=moved,
-                           seconds=round(time.monotonic() - started, 3), to_time=until)
-    log.info("restore.completed", backup=report.backup, replayed=replayed,
-             journal_seq=last_seq, epoch=epoch, skipped=len(skipped),
-             seconds=report.seconds, to_time=until)
-    return report
+    return replayed, last_seq, epoch
+
+
+def _remove_sidecars(tmp: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{tmp}{suffix}").unlink()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from meshd import progress
 from meshd.clock import db_time, new_id
 
 NODE_SCHEMA = """
@@ -368,15 +369,17 @@ def migrate(conn: sqlite3.Connection) -> MigrationReport:
     foreign_keys = conn.execute("PRAGMA foreign_keys").fetchone()[0]
     conn.execute("PRAGMA foreign_keys = OFF")
     try:
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                MIGRATIONS[version - 1](conn, report)
-                conn.execute(f"PRAGMA user_version = {version}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with progress.Bar("migrating schema") as bar:
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    MIGRATIONS[version - 1](conn, report)
+                    conn.execute(f"PRAGMA user_version = {version}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                bar.update(version - current, SCHEMA_VERSION - current)
     finally:
         conn.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
     return report

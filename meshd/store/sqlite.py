@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from meshd import log as logging
+from meshd import progress
 from meshd.clock import db_time
 from meshd.errors import Conflict, CorruptDatabase, InsufficientStorage, MeshError, Unavailable
 from meshd.store import backups, event_log, schema
@@ -71,6 +72,15 @@ def replay_journal(
     pending = [r for r in jr.read_all(journal_dir, epoch, after_seq, since)
                if until is None or r.time <= until]
     pending.sort(key=lambda r: r.seq)
+    with progress.Bar("replaying journal") as bar:
+        _apply_chunks(conn, pending, bar)
+    if pending:
+        log.info("journal.replayed", records=len(pending), first_seq=pending[0].seq,
+                 last_seq=pending[-1].seq, epoch=epoch)
+    return len(pending), pending[-1].seq if pending else after_seq
+
+
+def _apply_chunks(conn: sqlite3.Connection, pending: list, bar: progress.Bar) -> None:
     for start in range(0, len(pending), REPLAY_CHUNK):
         chunk = pending[start:start + REPLAY_CHUNK]
         conn.execute("BEGIN IMMEDIATE")
@@ -84,10 +94,7 @@ def replay_journal(
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-    if pending:
-        log.info("journal.replayed", records=len(pending), first_seq=pending[0].seq,
-                 last_seq=pending[-1].seq, epoch=epoch)
-    return len(pending), pending[-1].seq if pending else after_seq
+        bar.update(start + len(chunk), len(pending))
 
 
 class _RolledBack(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import multiprocessing
+import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -184,7 +185,10 @@ class ProtocolActions:
     async def verify_database(self) -> str:
         """The file in place, as it is now (header, size, quick_check): the full
         integrity_check already ran on it under its temporary name during the restore."""
+        started = time.monotonic()
         problems = await self.storage.check(full=False)
+        # The restore's check replaces the failed one `meshd status` showed before it.
+        self.sup.maintenance.record_check("quick_check", problems, started)
         if problems:
             raise RuntimeError(f"the restored database failed its check: {problems[:3]}")
         return "integrity_check ok before the rename, quick_check ok in place"

@@ -36,7 +36,7 @@ def make_control_app(sup: Supervisor) -> web.Application:
 
     @routes.get("/status")
     async def status(request: web.Request) -> web.Response:
-        return reply(sup.status())
+        return reply(await sup.fresh_status())
 
     @routes.post("/control/corruption")
     async def corruption_reported(request: web.Request) -> web.Response:

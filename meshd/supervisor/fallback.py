@@ -52,5 +52,10 @@ class Fallback:
             await runner.cleanup()
 
     async def _answer(self, request: web.Request) -> web.Response:
-        return web.json_response(self._describe(), status=503, headers={
+        body = self._describe()
+        # Every answer the supervisor gives in the worker's place is logged: during an incident
+        # these lines are what agents saw.
+        log.warning("supervisor.unavailable_answered", method=request.method,
+                    path=request.path, status=503, reason=body.get("error"))
+        return web.json_response(body, status=503, headers={
             "Retry-After": "5", "Access-Control-Allow-Origin": "*"})

@@ -47,6 +47,7 @@ from meshd.supervisor.sdnotify import Notifier
 log = logging.get("meshd.supervisor")
 
 STATUS_REFRESH = 5.0
+FRESH_STATUS_TIMEOUT = 0.5
 FALLBACK_AFTER = 1.0  # restarts further away than this serve 503 meanwhile, not a silent backlog
 STANDBY_RETRY = 10.0  # a standby that died on its own is replaced no sooner than this
 
@@ -392,6 +393,11 @@ class Supervisor:
     def record_event(self, event_type: str, severity: str, title: str,
                      description: str) -> dict[str, Any]:
         record = incidents.event_record(event_type, severity, title, description)
+        # A catastrophe is a `critical` line, a major incident an `error` one.
+        log_at = log.critical if severity == "critical" else (
+            log.error if severity == "major" else log.warning)
+        log_at("catastrophe.recorded", type=event_type, severity=severity, title=title,
+               description=description)
         self.outbox.put(record)
         if severity == "critical":
             self.alert({"type": "catastrophe_event", "event": record})
@@ -471,6 +477,20 @@ class Supervisor:
         return status.line(self)
 
     def status(self) -> dict[str, Any]:
+        return status.snapshot(self)
+
+    async def fresh_status(self) -> dict[str, Any]:
+        """`meshd status` reads the worker now rather than the figures of the last periodic
+        refresh, so a mode change or the end of a restore shows at once."""
+        worker = self.worker
+        if worker is not None and worker.healthy_at is not None:
+            try:
+                self.worker_status = await asyncio.wait_for(
+                    worker.call("GET", "/internal/status"), FRESH_STATUS_TIMEOUT)
+            except (control.Unreachable, control.ControlError, TimeoutError):
+                pass  # a busy worker: the last figures, with their age in the answer
+            else:
+                self._status_at = time.monotonic()
         return status.snapshot(self)
 
     @property

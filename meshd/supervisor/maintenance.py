@@ -127,12 +127,7 @@ class Maintenance:
     async def check_now(self, full: bool) -> list[str]:
         started = time.monotonic()
         problems = await self._run(backups.integrity, self.sup.settings.database, full)
-        self.last_check = {"kind": "integrity_check" if full else "quick_check",
-                           "at": db_time(), "ok": not problems, "problems": problems[:5],
-                           "seconds": round(time.monotonic() - started, 3)}
-        self.check_runs[(self.last_check["kind"], not problems)] += 1
-        self.last_checks[self.last_check["kind"]] = {**self.last_check, "at_epoch": time.time()}
-        log.info("check.completed", **self.last_check)
+        self.record_check("integrity_check" if full else "quick_check", problems, started)
         if postgres.is_url(self.sup.settings.database):
             # Not corruption of a file meshd could restore: the server is down or the schema
             # is wrong, and meshd waits for it (a run under way is joined).
@@ -143,6 +138,19 @@ class Maintenance:
             self.sup.start_corruption_protocol(
                 f"{self.last_check['kind']} failed: {'; '.join(problems[:3])}")
         return problems
+
+    def record_check(self, kind: str, problems: list[str], started: float) -> None:
+        """The latest check, for `meshd status` and /metrics; a failed one is an `error` line
+        (the documented filter finds it), a passing one `info`."""
+        self.last_check = {"kind": kind, "at": db_time(), "ok": not problems,
+                           "problems": problems[:5],
+                           "seconds": round(time.monotonic() - started, 3)}
+        self.check_runs[(kind, not problems)] += 1
+        self.last_checks[kind] = {**self.last_check, "at_epoch": time.time()}
+        if problems:
+            log.error("check.failed", **self.last_check)
+        else:
+            log.info("check.completed", **self.last_check)
 
     def stop(self) -> None:
         if self.scheduler:

@@ -26,6 +26,19 @@ def line(sup: Supervisor) -> str:
     return text
 
 
+def reason(sup: Supervisor, ws: dict[str, Any]) -> str | None:
+    """Why meshd is not fully serving: the supervisor's own reason (restarting, crash loop,
+    restoring), else the read-only reason, else the protocol run holding the worker."""
+    if sup.reason:
+        return sup.reason
+    if ws.get("mode") == "read-only":
+        return ws.get("reason") or sup.read_only_reason or "read-only"
+    if str(sup.state) != "serving":
+        return sup.read_only_reason or (f"held by protocol run {sup.held_by}" if sup.held_by
+                                        else str(sup.state))
+    return None
+
+
 def snapshot(sup: Supervisor) -> dict[str, Any]:
     worker = sup.worker
     now = time.monotonic()
@@ -42,7 +55,8 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
         "promotions": sup.promotions,
         "standby": standby_status(sup.standby),
         "state": str(sup.state),
-        "reason": sup.reason,
+        "reason": reason(sup, ws),
+        "status_age_s": round(now - sup._status_at, 3) if ws else None,
         "mode": ws.get("mode") or ("unavailable" if sup.state != "serving"
                                    else "read-write"),
         "last_backup": last_backup(settings.backup_dir),

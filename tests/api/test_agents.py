@@ -141,3 +141,17 @@ async def test_health_needs_no_key(anon):
     assert status == 200
     assert body["status"] == "ok" and body["service"] == "agent-mesh-api"
     assert body["timestamp"].endswith("Z")
+
+
+async def test_a_body_that_looks_like_json_but_does_not_parse_is_malformed_whatever_its_type(
+        client):
+    """`curl -d '{"name": "x",}'` sends a form type: the answer says the JSON is malformed,
+    not "Name is required"; a form body that is not JSON still gets the route's own 400."""
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        status, resp = await call(client, "POST", "/api/agents/register",
+                                  data=b'{"name": "x",}', headers=headers)
+        assert status == 400 and "malformed JSON" in resp["error"], (content_type, resp)
+    status, resp = await call(client, "POST", "/api/agents/register", data=b"name=x",
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 400 and "malformed JSON" not in resp["error"], resp

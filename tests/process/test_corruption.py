@@ -394,7 +394,8 @@ async def test_point_in_time_restore_keeps_what_came_before_and_starts_a_new_epo
                          > moment.replace(microsecond=0), 3, "the next second")
         await register(session, proc, after)
 
-    done = await asyncio.to_thread(meshd_cli, proc, "restore", "--to-time", moment.isoformat())
+    done = await asyncio.to_thread(meshd_cli, proc, "restore", "--yes", "--to-time",
+                                   moment.isoformat())
     assert done.returncode == 0, (done.stdout, done.stderr)
     run = json_loads(done.stdout)
     assert run["outcome"] == "completed" and run["state"] == "done", run
@@ -504,7 +505,7 @@ async def test_operator_commands_work_on_the_files_without_a_daemon(meshd_proc):
     # Nothing there yet: clear refusals.
     done = meshd_cli(proc, "backups", *offline)
     assert done.returncode == 0 and json_loads(done.stdout) == [], done
-    done = meshd_cli(proc, "restore", *offline)
+    done = meshd_cli(proc, "restore", "--yes", *offline)
     assert done.returncode != 0 and "no verified backup" in done.stderr, done
     done = meshd_cli(proc, "check", *offline)
     assert done.returncode != 0 and "no database" in done.stderr, done
@@ -538,7 +539,7 @@ async def test_operator_commands_work_on_the_files_without_a_daemon(meshd_proc):
     overwrite_middle(proc.database)
     done = meshd_cli(proc, "check", *offline)
     assert done.returncode == 1 and not json_loads(done.stdout)["ok"], done
-    done = meshd_cli(proc, "restore", *offline)
+    done = meshd_cli(proc, "restore", "--yes", *offline)
     assert done.returncode == 0, done.stderr
     report = json_loads(done.stdout)
     assert report["backup"] == newest["file"] and report["quarantined"], report

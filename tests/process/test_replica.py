@@ -119,7 +119,7 @@ async def test_host_loss_restore_from_s3_and_from_sftp(meshd_proc, tmp_path):
 
         for url in (s3.url(), sftp.url()):
             new = meshd_proc()
-            done = await asyncio.to_thread(cli, new, env, "restore", "--from", url)
+            done = await asyncio.to_thread(cli, new, env, "restore", "--yes", "--from", url)
             assert done.returncode == 0, done.stderr
             assert "secret" not in done.stdout + done.stderr
             new.start(FAST)
@@ -204,9 +204,9 @@ async def test_replica_outage_opens_event_keeps_serving_and_catches_up(meshd_pro
         # Caught up: a restore from the replica holds every acknowledged write.
         proc.kill_tree()
         new = meshd_proc()
-        done = await asyncio.to_thread(cli, new, sftp.env, "restore", "--from", sftp.url())
+        done = await asyncio.to_thread(cli, new, sftp.env, "restore", "--yes", "--from", sftp.url())
         assert done.returncode != 0 and "is encrypted" in done.stderr  # no key, no restore
-        done = await asyncio.to_thread(cli, new, sftp.env, "restore", "--from", sftp.url(),
+        done = await asyncio.to_thread(cli, new, sftp.env, "restore", "--yes", "--from", sftp.url(),
                                        "--key-file", str(key_file))
         assert done.returncode == 0, done.stderr
         new.start(FAST)
@@ -291,7 +291,7 @@ async def test_replica_sync_every_acknowledged_write_survives_host_loss(meshd_pr
         shutil.rmtree(proc.backup_dir)
 
         new = meshd_proc()
-        done = await asyncio.to_thread(cli, new, env, "restore", "--from", sftp.url())
+        done = await asyncio.to_thread(cli, new, env, "restore", "--yes", "--from", sftp.url())
         assert done.returncode == 0, done.stderr
         new.start(FAST)
         new.wait_serving(timeout=30)

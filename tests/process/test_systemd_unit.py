@@ -69,3 +69,37 @@ def test_the_unit_declares_the_supervision_and_sandboxing_settings():
     assert value("PrivateTmp") == "yes"
     assert "meshd run" in value("ExecStart")
     assert unit_settings(UNIT)["Install"]["WantedBy"] == ["multi-user.target"]
+
+
+def test_the_unit_passes_the_system_config_file_which_loads():
+    """The unit and the operator commands read the same file; the shipped one is valid."""
+    from meshd import config
+
+    start = unit_settings(UNIT)["Service"]["ExecStart"][-1]
+    assert "--config /etc/meshd/meshd.toml" in start, start
+    shipped = UNIT.parent / "meshd.toml"
+    settings = config.load({"config": str(shipped)}, environ={})
+    assert str(settings.data_dir) == "/var/lib/meshd"
+    assert str(settings.backup_dir) == "/var/lib/meshd/backups"
+    assert config.system_config({}) == config.SYSTEM_CONFIG
+
+
+def test_the_installation_dry_run_lists_user_directories_venv_config_and_unit():
+    import os
+
+    root = UNIT.parents[1]
+    existed = Path("/opt/meshd").exists()
+    done = subprocess.run(["make", "-s", "install", "DRY_RUN=1"], cwd=root, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PREFIX": "/opt/meshd"})
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for expected in ("install -d -m 0750 -o meshd -g meshd /var/lib/meshd /var/lib/meshd/backups",
+                     "python3 -m venv /opt/meshd",
+                     f"/opt/meshd/bin/pip install --quiet {root}",
+                     f"install -m 0644 {root}/systemd/meshd.service "
+                     "/etc/systemd/system/meshd.service",
+                     "systemctl daemon-reload"):
+        assert expected in out, out
+    if not Path("/etc/meshd/meshd.toml").exists():
+        assert f"{root}/systemd/meshd.toml /etc/meshd/meshd.toml" in out, out
+    assert Path("/opt/meshd").exists() == existed  # a dry run creates nothing
