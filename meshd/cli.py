@@ -398,6 +398,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return _restore_copy(args, settings, to_time)
     daemon = cli_offline.find(settings)
     cli_offline.refuse_if_hung(daemon, settings, "restore")
+    if _is_postgres(settings.database):
+        if daemon.alive:
+            sys.stderr.write("meshd: a PostgreSQL restore replaces meshd's tables: stop meshd "
+                             "first, then run meshd restore\n")
+            return 1
+        return _pg_restore(args, str(settings.database), settings.backup_dir)
     plan = _restore_plan(settings, args.backup, to_time, daemon.alive)
     if not confirm(args, plan):
         return 2
@@ -406,12 +412,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
         data = _call(settings, "POST", "/control/restore", body, timeout=3600)
         _print(args, data, f"restore run {data['id']}: {data['outcome']} ({data['state']})")
         return 0 if data["outcome"] == "completed" else 1
-    if _is_postgres(settings.database):
-        if daemon.alive:
-            sys.stderr.write("meshd: a PostgreSQL restore replaces meshd's tables: stop meshd "
-                             "first, then run meshd restore\n")
-            return 1
-        return _pg_restore(args, str(settings.database), settings.backup_dir)
     _offline_note(settings)
     from meshd.store import restore as restore_mod
 

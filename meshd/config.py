@@ -450,7 +450,7 @@ def validate(settings: Settings) -> None:
         path = getattr(settings, name)
         if path.exists() and not path.is_dir():
             raise ConfigError(f"{name}: {path} exists and is not a directory")
-    if settings.database.is_dir():
+    if isinstance(settings.database, Path) and settings.database.is_dir():  # a URL is text
         raise ConfigError(f"database: {settings.database} is a directory")
     if not 0 < settings.port < 65536 and settings.port != 0:
         raise ConfigError(f"port: {settings.port} is not a TCP port")
