@@ -467,6 +467,10 @@ def _restore_plan(settings: config.Settings, backup: str | None, to_time,
     try:
         manifest, _skipped = restore_mod.choose_backup(settings.backup_dir, backup, to_time)
     except restore_mod.RestoreError as exc:
+        if alive:  # the daemon restores from its own settings, which it checks itself
+            which = backup or "its newest verified backup"
+            return (f"This asks the running daemon to restore {which}; it answers 503 to "
+                    "agents until the restore ends.")
         sys.stderr.write(f"meshd: {exc}\n")
         raise SystemExit(1) from None
     lines = [f"This replaces {settings.database.resolve()} with backup {manifest.file} "

@@ -111,7 +111,7 @@ async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster)
     assert (await asyncio.to_thread(proc.status))["last_backup"]["file"] == manifest["file"]
     # Database Corruption restores a SQLite file: refused on PostgreSQL, with the way to go.
     refused = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "meshd", "restore", "--json", "--data-dir",
+        subprocess.run, [sys.executable, "-m", "meshd", "restore", "--yes", "--json", "--data-dir",
                          str(proc.data_dir)], capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0 and "meshd restore --database" in refused.stderr, refused
     proc.signal(15)
@@ -144,7 +144,7 @@ async def test_worker_kill_9_on_postgresql_runs_crash_recovery(meshd_proc, clust
                                       if r["outcome"] == "completed"], 30, "crash run done")
     steps = {s["state"]: s["detail"] for s in run["steps"]}
     assert steps["announced"] == "quick_check ok", steps  # the connection check passed
-    assert steps["database_checked"] == "no system update before the crash", steps
+    assert steps["database_checked"] == "no breaking, api, schema or emergency update before the crash", steps
     assert runs("database_corruption") == [] and runs("database_unreachable") == []
     names = {r["name"] for r in await asyncio.to_thread(
         postgres.read_sql, url, "SELECT name FROM agents")}
