@@ -13,8 +13,8 @@ import sys
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.api.test_metrics import samples, value  # one parser of the exposition
 from tests.process.harness import api, async_poll, clean_env, poll
 
 pytestmark = pytest.mark.process
@@ -22,16 +22,6 @@ pytestmark = pytest.mark.process
 QUIET = ("--access-log", "false")
 
 
-def samples(text: str) -> dict[tuple[str, tuple], float]:
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            found[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return found
-
-
-def value(found, name: str, **labels) -> float:
-    return found[(name, tuple(sorted(labels.items())))]
 
 
 async def scrape(proc, expect: int = 200) -> str:
