@@ -30,6 +30,10 @@ log = logging.get("meshd.store.pg_backups")
 
 SUFFIX = ".pgdump"
 TIMEOUT = 3600
+EVENTS = "events"
+# Every table meshd owns: pg_schema.TABLES and the event log (schema version 3), which a
+# resuming WebSocket client reads from (dict.fromkeys: once, should pg_schema list it too).
+TABLES = tuple(dict.fromkeys((*pg_schema.TABLES, EVENTS)))
 
 
 class BackupError(RuntimeError):
@@ -75,7 +79,38 @@ def _run(argv: list[str]) -> None:
 
 
 def _counts(conn: psycopg.Connection) -> dict[str, int]:
-    return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in pg_schema.TABLES}
+    return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+
+def _has_table(conn: psycopg.Connection, table: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+
+
+def _event_position(conn: psycopg.Connection) -> int:
+    """The highest event id this database issued: its newest row or, past pruned or deleted
+    rows, its sequence's last value; 0 without an event log."""
+    if not _has_table(conn, EVENTS):
+        return 0
+    return conn.execute(
+        f"SELECT GREATEST(COALESCE((SELECT MAX(id) FROM {EVENTS}), 0), COALESCE("
+        f"pg_sequence_last_value(pg_get_serial_sequence('{EVENTS}', 'id')), 0))").fetchone()[0]
+
+
+def dumped_tables(dump: Path) -> set[str]:
+    """The tables a custom-format dump holds (from its table of contents)."""
+    done = subprocess.run([tool("pg_restore"), "--list", str(dump)], capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    if done.returncode != 0:
+        raise BackupError(f"pg_restore --list failed: {done.stderr.strip()[:500]}")
+    # A TOC line: "215; 1259 16390 TABLE public events owner" (";" starts a comment line;
+    # "TABLE DATA public events owner" is the same table's rows).
+    found = set()
+    for line in done.stdout.splitlines():
+        words = line.split()
+        if not line.startswith(";") and len(words) >= 6 and words[3] == "TABLE" \
+                and words[4] != "DATA":
+            found.add(words[5])
+    return found
 
 
 def take_dump(url: str, backup_dir: Path, reason: str = "operator") -> DumpManifest:
@@ -90,7 +125,7 @@ def take_dump(url: str, backup_dir: Path, reason: str = "operator") -> DumpManif
             snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
             counts = _counts(conn)
             version = pg_schema.version(conn)
-            tables = [arg for t in pg_schema.TABLES for arg in ("--table", t)]
+            tables = [arg for t in TABLES for arg in ("--table", t)]
             # The exporting transaction stays open while pg_dump reads its snapshot.
             _run([tool("pg_dump"), "--format=custom", "--no-owner", "--no-privileges",
                   f"--snapshot={snapshot}", *tables, "--file", str(tmp), "--dbname", url])
@@ -140,12 +175,28 @@ def verify_dump(url: str, dump: Path, counts: dict[str, int]) -> None:
 def restore(url: str, dump: Path) -> dict[str, int]:
     """Replace meshd's tables in the database at `url` with the dump's (schema, data and
     identity positions, as dumped); the row counts now. The caller stops meshd's worker
-    first: writes would race the load."""
+    first: writes would race the load.
+
+    Event ids never go backwards: a WebSocket client that saw id N before the restore resumes
+    with `?since=N`, so the event id sequence restarts past both the dump's events and the
+    ones this database had issued. A dump taken before the event log was dumped (it has no
+    `events` table) keeps the database's table and position, emptied: those events describe
+    changes the restore took away."""
+    dumped = dumped_tables(dump)
     with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-        conn.execute(f"DROP TABLE IF EXISTS {', '.join(pg_schema.TABLES)} CASCADE")
+        floor = _event_position(conn)
+        gone = [t for t in TABLES if t != EVENTS or EVENTS in dumped]
+        conn.execute(f"DROP TABLE IF EXISTS {', '.join(gone)} CASCADE")
+        if EVENTS not in dumped and _has_table(conn, EVENTS):
+            conn.execute(f"DELETE FROM {EVENTS}")  # the sequence keeps its place
     _run([tool("pg_restore"), "--no-owner", "--no-privileges", "--exit-on-error",
           "--single-transaction", "--dbname", url, str(dump)])
     with psycopg.connect(url, autocommit=True) as conn:
+        if _has_table(conn, EVENTS):
+            after = max(floor, _event_position(conn))
+            if after:
+                conn.execute(f"SELECT setval(pg_get_serial_sequence('{EVENTS}', 'id'), %s)",
+                             (after,))
         counts = _counts(conn)
     log.info("restore.completed", backend="postgresql", file=str(dump),
              rows=sum(counts.values()))

@@ -3,7 +3,9 @@ counts and checksums, resumable.
 
 Rows are copied table by table (parents first), a chunk per transaction, in SQLite rowid order
 and with their rowids, so list order (`ORDER BY x, rowid`) is the same on both sides and an
-interrupted copy resumes after the highest rowid already in the target. A row whose parent is
+interrupted copy resumes after the highest rowid already in the target. The event log is
+copied by its id (SQLite's rowid alias), and its identity then starts past every id SQLite
+issued: a WebSocket client resuming with `?since=ID` never sees ids go backwards. A row whose parent is
 missing (Node databases had no foreign key enforcement; meshd's own migration keeps rows that
 name a moved duplicate agent) cannot enter PostgreSQL's foreign keys: it goes to
 `migration_conflicts` as JSON with the reason, never dropped.
@@ -38,8 +40,12 @@ ORDER = (
     "system_updates",
     "messages", "skills", "agent_group_members", "collective_memory", "memory_history",
     "agent_files", "file_contents", "update_acknowledgments", "catastrophe_events",
-    "agent_health_status", "protocol_runs", "protocol_steps",
+    "agent_health_status", "protocol_runs", "protocol_steps", "events",
 )
+# The column a table's rows are copied, resumed and verified in the order of: SQLite's rowid,
+# kept in PostgreSQL's `rowid` identity, except for the event log, whose id (SQLite's rowid
+# alias) is its identity: the ids a resuming WebSocket client already holds.
+KEYS = {"events": "id", "meshd_meta": ""}
 PARENTS: dict[str, tuple[tuple[str, str], ...]] = {
     "agent_group_members": (("group_id", "agent_groups"), ("agent_id", "agents")),
     "collective_memory": (("group_id", "agent_groups"), ("agent_id", "agents")),
@@ -160,7 +166,7 @@ def migrate(source: Path, url: str) -> MigrateReport:
             for table in ORDER:
                 if table in present:
                     report.tables[table] = _copy(src, dst, table)
-            _reset_identities(dst)
+            _reset_identities(src, dst)
             for table in ORDER:
                 if table in present:
                     _move_orphans(src, dst, table, report.tables[table])
@@ -179,8 +185,8 @@ def migrate(source: Path, url: str) -> MigrateReport:
 
 def _copy(src: sqlite3.Connection, dst: psycopg.Connection, table: str) -> TableReport:
     result = TableReport()
-    target = set(_target_columns(dst, table))
-    columns = [c for c in _source_columns(src, table) if c in target and c != "rowid"]
+    key = _key(table)
+    columns = _copied_columns(src, dst, table)
     if table == "meshd_meta":
         with dst.transaction():
             for key, value in src.execute("SELECT key, value FROM meshd_meta"):
@@ -188,12 +194,12 @@ def _copy(src: sqlite3.Connection, dst: psycopg.Connection, table: str) -> Table
                     dst.execute("INSERT INTO meshd_meta (key, value) VALUES (%s, %s)"
                                 " ON CONFLICT (key) DO NOTHING", (key, value))
         return result
-    after = dst.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
+    after = dst.execute(f"SELECT COALESCE(MAX({key}), 0) FROM {table}").fetchone()[0]
     names = ", ".join(columns)
-    insert = (f"INSERT INTO {table} (rowid, {names}) OVERRIDING SYSTEM VALUE"
+    insert = (f"INSERT INTO {table} ({key}, {names}) OVERRIDING SYSTEM VALUE"
               f" VALUES (%s, {', '.join('%s' for _ in columns)})")
-    select = (f"SELECT t.rowid, {', '.join('t.' + c for c in columns)} FROM {table} t"
-              f" WHERE t.rowid > ? AND {_orphan_filter(table)} ORDER BY t.rowid LIMIT {CHUNK}")
+    select = (f"SELECT t.{key}, {', '.join('t.' + c for c in columns)} FROM {table} t"
+              f" WHERE t.{key} > ? AND {_orphan_filter(table)} ORDER BY t.{key} LIMIT {CHUNK}")
     while True:
         rows = src.execute(select, (after,)).fetchall()
         if not rows:
@@ -205,13 +211,38 @@ def _copy(src: sqlite3.Connection, dst: psycopg.Connection, table: str) -> Table
     return result
 
 
-def _reset_identities(dst: psycopg.Connection) -> None:
-    """Explicit rowids do not move the identity sequences: start them after the copied ones."""
-    for table in pg_schema.TABLES:
-        if table == "meshd_meta":  # the one table without a rowid
+def _key(table: str) -> str:
+    return KEYS.get(table, "rowid")
+
+
+def _copied_columns(src: sqlite3.Connection, dst: psycopg.Connection, table: str) -> list[str]:
+    """The columns both sides have, less the key (copied first, on its own)."""
+    target = set(_target_columns(dst, table))
+    return [c for c in _source_columns(src, table)
+            if c in target and c not in ("rowid", _key(table))]
+
+
+def _sqlite_sequence(src: sqlite3.Connection, table: str) -> int:
+    """The highest id an AUTOINCREMENT table ever issued, rows since deleted included."""
+    try:
+        row = src.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    except sqlite3.OperationalError:  # no AUTOINCREMENT table: no sqlite_sequence
+        return 0
+    return int(row[0]) if row else 0
+
+
+def _reset_identities(src: sqlite3.Connection, dst: psycopg.Connection) -> None:
+    """Explicit keys do not move the identity sequences: start them after the copied ones.
+    The event log's starts past every id SQLite issued (a pruned or deleted newest event
+    included), so a resuming WebSocket client never sees an id go backwards."""
+    for table in ORDER:
+        key = _key(table)
+        if not key:  # meshd_meta: no identity
             continue
-        dst.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'rowid'),"
-                    f" COALESCE((SELECT MAX(rowid) FROM {table}), 0) + 1, false)")
+        issued = _sqlite_sequence(src, table) if key == "id" else 0
+        dst.execute(f"SELECT setval(pg_get_serial_sequence('{table}', '{key}'),"
+                    f" GREATEST(COALESCE((SELECT MAX({key}) FROM {table}), 0), %s) + 1, false)",
+                    (issued,))
 
 
 def _move_orphans(src: sqlite3.Connection, dst: psycopg.Connection, table: str,
@@ -240,17 +271,18 @@ def _verify(src: sqlite3.Connection, dst: psycopg.Connection, table: str,
     if table == "meshd_meta":
         result.verified = True
         return
-    target = set(_target_columns(dst, table))
-    columns = [c for c in _source_columns(src, table) if c in target and c != "rowid"]
+    key = _key(table)
+    columns = [key, *_copied_columns(src, dst, table)] if key == "id" \
+        else _copied_columns(src, dst, table)
     cols = ", ".join(columns)
     result.source_rows = src.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
     own = f" WHERE id NOT LIKE '{MOVED_PREFIX}%'" if table == "migration_conflicts" else ""
     result.target_rows = dst.execute(f"SELECT COUNT(*) FROM {table}{own}").fetchone()[0]
     source_sum, _ = _digest(iter(src.execute(
         f"SELECT {', '.join('t.' + c for c in columns)} FROM {table} t"
-        f" WHERE {_orphan_filter(table)} ORDER BY t.rowid")))
+        f" WHERE {_orphan_filter(table)} ORDER BY t.{key}")))
     with dst.transaction(), dst.cursor(name=f"verify_{table}") as cur:  # server-side
-        cur.execute(f"SELECT {cols} FROM {table}{own} ORDER BY rowid")
+        cur.execute(f"SELECT {cols} FROM {table}{own} ORDER BY {key}")
         target_sum, _ = _digest(iter(cur))
     result.checksum = target_sum
     result.verified = (source_sum == target_sum

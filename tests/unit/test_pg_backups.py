@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from meshd.store import agents, pg_backups, postgres
+from meshd.store import events as ev
 
 NOW = "2026-01-01 00:00:00"
 
@@ -86,7 +87,7 @@ def test_verification_refuses_a_dump_whose_rows_differ(pg_url, tmp_path):
     dump = tmp_path / "x.pgdump"
     subprocess.run([pg_backups.tool("pg_dump"), "--format=custom", "--file", str(dump),
                     "--dbname", pg_url], check=True, capture_output=True)
-    counts = {t: 0 for t in pg_backups.pg_schema.TABLES} | {"agents": 1}
+    counts = {t: 0 for t in pg_backups.TABLES} | {"agents": 1}
     with pytest.raises(pg_backups.BackupError, match="row counts differ"):
         pg_backups.verify_dump(pg_url, dump, counts)
 
@@ -100,3 +101,64 @@ def test_prune_keeps_the_newest(tmp_path):
         f"20260102{pg_backups.SUFFIX}", f"20260102{pg_backups.SUFFIX}.json",
         f"20260103{pg_backups.SUFFIX}", f"20260103{pg_backups.SUFFIX}.json"]
 
+
+
+async def emit(url: str, *types: str) -> None:
+    storage = postgres.PostgresStorage(url)
+    await storage.start()
+    try:
+        for kind in types:
+            await storage.write(ev.emit_only, ev.Event(kind, {"kind": kind}))
+    finally:
+        await storage.close()
+
+
+def events(url: str) -> list[tuple]:
+    return [(r["id"], r["type"]) for r in postgres.read_sql(
+        url, "SELECT id, type FROM events ORDER BY id")]
+
+
+async def test_backup_and_restore_keep_the_event_log_and_ids_never_go_back(pg_url, tmp_path):
+    """The event log is dumped and restored with the reported versions; after the restore the
+    next event id comes after every id the database had issued (a WebSocket client that saw
+    the newest resumes with `?since=` and must not be handed an id it already holds)."""
+    storage = postgres.PostgresStorage(pg_url)
+    await storage.start()
+    try:
+        agent_id, _ = await storage.write(agents.register, "a", None, None, NOW)
+        await storage.write(agents.touch, agent_id, NOW, "3.0.0")
+    finally:
+        await storage.close()
+    await emit(pg_url, "e1", "e2", "e3")
+    backup_dir = tmp_path / "backups"
+    args = ("--database", pg_url, "--backup-dir", str(backup_dir), "--data-dir",
+            str(tmp_path / "data"))
+    done = meshd("backup", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["row_counts"]["events"] == 3
+    await emit(pg_url, "e4", "e5")  # issued after the backup, lost by the restore
+
+    done = meshd("restore", *args, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert events(pg_url) == [(1, "e1"), (2, "e2"), (3, "e3")]
+    [agent] = postgres.read_sql(pg_url, "SELECT heartbeat_at, agent_version FROM agents")
+    assert agent == {"heartbeat_at": NOW, "agent_version": "3.0.0"}
+    await emit(pg_url, "after")
+    assert events(pg_url)[-1] == (6, "after")
+
+
+async def test_restoring_a_dump_without_the_event_log_keeps_its_place(pg_url, tmp_path):
+    """A dump taken before the event log was dumped has no `events` table: the restore keeps
+    the database's (emptied: its events describe changes the restore undid) and its ids go on."""
+    await emit(pg_url, "e1", "e2")
+    dump = tmp_path / f"old{pg_backups.SUFFIX}"
+    tables = [a for t in pg_backups.TABLES if t != "events" for a in ("--table", t)]
+    subprocess.run([pg_backups.tool("pg_dump"), "--format=custom", "--no-owner", *tables,
+                    "--file", str(dump), "--dbname", pg_url], check=True, capture_output=True)
+    assert "events" not in pg_backups.dumped_tables(dump)
+    await emit(pg_url, "e3")
+
+    counts = pg_backups.restore(pg_url, dump)
+    assert counts["events"] == 0
+    await emit(pg_url, "after")
+    assert events(pg_url) == [(4, "after")]

@@ -14,10 +14,12 @@ import pytest
 
 from meshd import config
 from meshd.api.app import make_app
-from meshd.store import pg_migrate
+from meshd.store import agents, pg_backups, pg_migrate, pg_schema, postgres, schema
+from meshd.store import events as ev
 from meshd.worker.serve import open_storage
 from tests.conftest import API_KEY, AUTH, call, register
 
+NOW = "2026-01-01 00:00:00"
 LISTINGS = ("/api/agents", "/api/groups", "/api/files", "/api/updates",
             "/api/catastrophe", "/api/health/dashboard")
 
@@ -150,3 +152,72 @@ def test_migrate_refuses_a_target_holding_another_mesh(tmp_path, pg_cluster):
             pg_migrate.migrate(tmp_path / "x.db", url)
     finally:
         pg_cluster.drop_database(name)
+
+
+async def test_migrate_carries_the_event_log_and_the_later_columns(tmp_path, target):
+    """The event log (SQLite v10) keeps its ids, and PostgreSQL's next id comes after every id
+    SQLite issued, a deleted newest one included: a WebSocket client resuming with `?since=`
+    never sees ids go backwards. The columns of v9 and v11 (heartbeat evidence, reported
+    versions, roll-back target) come along."""
+    settings = settings_for(tmp_path, tmp_path / "data" / "mesh.db")
+    storage = open_storage(settings)
+    await storage.start()
+    try:
+        agent_id, _ = await storage.write(agents.register, "a", None, None, NOW)
+        await storage.write(agents.touch, agent_id, NOW, "2.1.0")
+        for i in range(5):
+            await storage.write(ev.emit_only, ev.Event("probe", {"n": i},
+                                                       [agent_id] if i % 2 else None))
+    finally:
+        await storage.close()
+    conn = sqlite3.connect(settings.database)
+    with conn:
+        conn.execute("INSERT INTO system_updates (id, version, update_type, title, created_by,"
+                     " created_at, rollback_to) VALUES ('u', '2.0.0', 'rollback', 't', 'ops', ?,"
+                     " '1.9.0')", (NOW,))
+        conn.execute("DELETE FROM events WHERE id = (SELECT MAX(id) FROM events)")
+    events = conn.execute("SELECT id, type, data, audience, created_at FROM events"
+                          " ORDER BY id").fetchall()
+    issued = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()[0]
+    conn.close()
+    assert len(events) == 4 and issued == 5
+
+    report = pg_migrate.migrate(settings.database, target)
+    assert report.verified and report.tables["events"].target_rows == 4
+
+    copied = postgres.read_sql(target, "SELECT id, type, data, audience, created_at FROM events"
+                                       " ORDER BY id")
+    assert [tuple(r.values()) for r in copied] == events
+    [agent] = postgres.read_sql(target, "SELECT heartbeat_at, agent_version FROM agents")
+    assert agent == {"heartbeat_at": NOW, "agent_version": "2.1.0"}
+    [update] = postgres.read_sql(target, "SELECT rollback_to FROM system_updates")
+    assert update["rollback_to"] == "1.9.0"
+
+    storage = postgres.PostgresStorage(target)
+    await storage.start()
+    try:
+        await storage.write(ev.emit_only, ev.Event("after", {}))
+    finally:
+        await storage.close()
+    newest = postgres.read_sql(target, "SELECT id, type FROM events ORDER BY id DESC LIMIT 1")
+    assert newest == [{"id": issued + 1, "type": "after"}]
+
+
+def test_every_table_of_either_schema_is_copied_and_dumped(tmp_path, target):
+    """A table added by a later migration on either side, missing from the copy or from the
+    dump, would be lost by `meshd migrate` or by a backup and restore."""
+    import psycopg
+
+    with psycopg.connect(target, autocommit=True) as dst:
+        pg_schema.migrate(dst)
+        pg_tables = {r[0] for r in dst.execute(
+            "SELECT table_name FROM information_schema.tables"
+            " WHERE table_schema = current_schema()")}
+    with sqlite3.connect(tmp_path / "fresh.db") as conn:
+        schema.migrate(conn)
+        sqlite_tables = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT LIKE 'sqlite_%'")}
+    assert set(pg_migrate.ORDER) == pg_tables
+    assert sqlite_tables <= pg_tables
+    assert set(pg_backups.TABLES) == pg_tables
