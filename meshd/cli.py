@@ -193,17 +193,19 @@ def render_status(data: dict) -> str:
 
 def _call(settings: config.Settings, method: str, path: str, body=None,
           timeout: float = 30.0):
-    """One request to the running daemon; exits 3 when none answers, 1 on its error."""
+    """One request to the running daemon; exits 3 when none answers (not running, or not
+    answering: a short probe first, so a stopped daemon is told at once rather than after
+    the request's own timeout), 1 on its error."""
     socket_path = settings.control_socket
+    state = control.probe(socket_path)
+    if state is not control.Liveness.ANSWERING:
+        sys.stderr.write(cli_offline.no_answer(settings, state) + "\n")
+        raise SystemExit(3)
     try:
         return control.request_sync(socket_path, method, path, body, timeout)
-    except control.Unreachable as exc:
-        if not socket_path.exists():
-            sys.stderr.write(f"meshd: no running daemon: {socket_path} does not exist "
-                             "(start it with `meshd run`, or pass --data-dir/--config)\n")
-        else:
-            sys.stderr.write(f"meshd: no running daemon: the daemon at {socket_path} did not "
-                             f"answer (a socket left by a stopped daemon?): {exc}\n")
+    except control.Unreachable as exc:  # it stopped or died since the probe
+        sys.stderr.write(cli_offline.no_answer(settings, control.probe(socket_path),
+                                               f": {exc}") + "\n")
         raise SystemExit(3) from None
     except control.ControlError as exc:
         sys.stderr.write(f"meshd: {exc.message}\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from meshd import config
 from meshd.control import client as control
@@ -22,23 +23,67 @@ LOCK_WAIT_MARGIN = 5.0
 class Daemon:
     alive: bool  # a supervisor answers on the control socket
     hung_pid: int | None = None  # holds meshd.lock but does not answer
+    liveness: control.Liveness = control.Liveness.NOT_RUNNING
 
 
 def find(settings: config.Settings) -> Daemon:
-    if control.alive(settings.control_socket):
-        return Daemon(alive=True)
+    state = control.probe(settings.control_socket)
+    if state is control.Liveness.ANSWERING:
+        return Daemon(alive=True, liveness=state)
     pids = holders(settings.data_dir / "meshd.lock")
-    return Daemon(alive=False, hung_pid=pids[0] if pids else None)
+    return Daemon(alive=False, hung_pid=pids[0] if pids else None, liveness=state)
+
+
+def is_stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP, SIGTSTP, a debugger): state T or t in
+    /proc/PID/stat (Linux); False where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # "PID (comm) S ...": comm may hold spaces and parentheses, the state follows the last ")".
+    fields = stat.rpartition(")")[2].split()
+    return bool(fields) and fields[0] in ("T", "t")
+
+
+def stopped_hint(pid: int | None) -> str:
+    """What to tell about the process holding meshd.lock, if any."""
+    if pid is None:
+        return ""
+    if is_stopped(pid):
+        return f"; supervisor pid {pid} is stopped: `kill -CONT {pid}` resumes it"
+    return f"; supervisor pid {pid} holds meshd.lock"
+
+
+def no_answer(settings: config.Settings, state: control.Liveness, detail: str = "") -> str:
+    """The one wording for a command that needs the daemon and gets no answer: not running
+    (no socket, or nobody listens on it) and not answering (it takes connections but says
+    nothing: stopped or hung) are different troubles with different remedies."""
+    path = settings.control_socket
+    if state is control.Liveness.ANSWERING:  # it answers a probe, not this request in time
+        return f"meshd: the daemon at {path} answers but not this request{detail}"
+    if state is control.Liveness.NOT_ANSWERING:
+        pids = holders(settings.data_dir / "meshd.lock")
+        return (f"meshd: the daemon at {path} is not answering (stopped?): it takes "
+                f"connections but gave no answer within {control.PROBE_DEADLINE:g} s"
+                f"{stopped_hint(pids[0] if pids else None)}")
+    if not path.exists():
+        return (f"meshd: no running daemon: {path} does not exist, meshd is not running "
+                "(start it with `meshd run`, or pass --data-dir/--config)")
+    return (f"meshd: no running daemon: {path} did not answer: nothing listens on it, meshd is "
+            f"not running (a socket file left by a daemon that died){detail}")
 
 
 def refuse_if_hung(daemon: Daemon, settings: config.Settings, what: str) -> None:
     """A supervisor that holds its lock but does not answer must not have its files changed
     under it: say so and exit 1."""
     if daemon.hung_pid is not None:
+        remedy = (f"it is stopped: resume it (kill -CONT {daemon.hung_pid}) or stop it"
+                  if is_stopped(daemon.hung_pid) else "stop it")
         sys.stderr.write(
             f"meshd: cannot {what}: supervisor pid {daemon.hung_pid} holds "
-            f"{settings.data_dir / 'meshd.lock'} but does not answer on "
-            f"{settings.control_socket}; stop it (systemctl stop meshd, or kill it) first\n")
+            f"{settings.data_dir / 'meshd.lock'} but is not answering (stopped?) on "
+            f"{settings.control_socket}; {remedy} (systemctl stop meshd, or kill it) first\n")
         raise SystemExit(1)
 
 

@@ -8,8 +8,10 @@ socket file, nobody listening, a dead daemon's stale socket) is `Unreachable`.
 
 from __future__ import annotations
 
+import enum
 import http.client
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +32,58 @@ class ControlError(Exception):
         self.message = message
 
 
-def alive(path: Path, timeout: float = 2.0) -> bool:
-    """Whether a process accepts connections on the socket: a connect, not the file's
-    existence, since a daemon killed by SIGKILL leaves its socket file behind."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(timeout)
+# How long `probe` waits for an answer. A live daemon answers /ping from its event loop in
+# milliseconds; the deadline is for a loaded machine, and short beside a command's own timeout.
+PROBE_DEADLINE = 5.0
+PING = b"GET /ping HTTP/1.1\r\nHost: meshd\r\nConnection: close\r\n\r\n"
+
+
+class Liveness(enum.Enum):
+    ANSWERING = "answering"
+    NOT_ANSWERING = "not answering"  # the socket takes connections, nothing answers: stopped?
+    NOT_RUNNING = "not running"  # no socket file, or nobody listens on it
+
+
+def probe(path: Path, timeout: float = PROBE_DEADLINE) -> Liveness:
+    """One request and the start of its answer within `timeout`, in all.
+
+    A connect alone proves nothing: the kernel completes it from the listen backlog while the
+    process is SIGSTOPped (or hung), so a stopped daemon would count as alive and a command
+    would wait out its own long timeout. Any HTTP answer counts, an error status included (an
+    older daemon without /ping answers 404). A socket file nobody listens on (a daemon killed
+    by SIGKILL leaves it behind) is not running."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
         try:
-            probe.connect(str(path))
+            sock.connect(str(path))
+        except TimeoutError:  # the backlog is full: a listener that has long stopped accepting
+            return Liveness.NOT_ANSWERING
         except OSError:
-            return False
-    return True
+            return Liveness.NOT_RUNNING
+        head = b""
+        try:
+            sock.sendall(PING)
+            while len(head) < 5:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return Liveness.NOT_ANSWERING
+                sock.settimeout(left)
+                chunk = sock.recv(16)
+                if not chunk:
+                    break
+                head += chunk
+        except TimeoutError:
+            return Liveness.NOT_ANSWERING
+        except OSError:  # reset: it died while we asked
+            return Liveness.NOT_RUNNING
+    return Liveness.ANSWERING if head.startswith(b"HTTP/") else Liveness.NOT_ANSWERING
+
+
+def alive(path: Path, timeout: float = PROBE_DEADLINE) -> bool:
+    """Whether a daemon answers on the socket (see `probe`): blocking, so never call it from
+    the event loop that serves the socket."""
+    return probe(path, timeout) is Liveness.ANSWERING
 
 
 async def exchange(path: Path, method: str, route: str, body: Any = None,

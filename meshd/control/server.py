@@ -59,8 +59,15 @@ async def json_errors(request: web.Request, handler):
         return reply({"error": f"{type(exc).__name__}: {exc}"}, 500)
 
 
+async def ping(request: web.Request) -> web.Response:
+    """What `control.client.probe` asks: answered by the event loop alone, so an answer
+    proves the process runs and its loop turns, and costs nothing."""
+    return reply({"pid": os.getpid()})
+
+
 def make_app(routes: Iterable[web.AbstractRouteDef] = ()) -> web.Application:
     app = web.Application(middlewares=[json_errors], client_max_size=16 << 20)
+    app.router.add_get("/ping", ping)
     app.router.add_routes(list(routes))
     return app
 

@@ -4,6 +4,8 @@ connect, not by its socket file."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import socket
 
 import pytest
@@ -82,12 +84,16 @@ async def test_errors_follow_one_convention(served):
 
 
 async def test_a_live_socket_is_alive_and_a_stale_one_is_not(served, tmp_path):
-    assert control.alive(served)
+    # The probe blocks: from a thread, so this loop can serve its /ping.
+    assert await asyncio.to_thread(control.alive, served)
+    assert await control.request(served, "GET", "/ping") == {"pid": os.getpid()}
+    assert control.probe(tmp_path / "missing.sock") is control.Liveness.NOT_RUNNING
     assert not control.alive(tmp_path / "missing.sock")
     stale = tmp_path / "stale.sock"  # what a daemon killed by SIGKILL leaves behind
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
         dead.bind(str(stale))
     assert stale.exists() and not control.alive(stale)
+    assert control.probe(stale) is control.Liveness.NOT_RUNNING
     with pytest.raises(control.Unreachable):
         await control.request(stale, "GET", "/status")
     with pytest.raises(control.Unreachable):
@@ -96,3 +102,24 @@ async def test_a_live_socket_is_alive_and_a_stale_one_is_not(served, tmp_path):
 
 async def test_the_socket_is_for_its_owner_only(served):
     assert served.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_socket_that_takes_connections_but_never_answers_is_not_alive(tmp_path):
+    """What a SIGSTOPped daemon looks like from outside: the kernel completes the connect from
+    the listen backlog, and nothing ever reads the request. A connect alone called it alive."""
+    path = tmp_path / "stopped.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as frozen:
+        frozen.bind(str(path))
+        frozen.listen(8)  # never accepted
+        assert control.probe(path, timeout=0.5) is control.Liveness.NOT_ANSWERING
+        assert not control.alive(path, timeout=0.5)
+
+
+async def test_any_http_answer_counts_as_alive(tmp_path):
+    """A daemon from before /ping answers it with a 404: still a daemon that answers."""
+    path = tmp_path / "old.sock"
+    runner = await serve_unix(web.Application(), path)
+    try:
+        assert await asyncio.to_thread(control.probe, path) is control.Liveness.ANSWERING
+    finally:
+        await runner.cleanup()
