@@ -31,9 +31,15 @@ Tools of an Agent Mesh (meshd). A session acts as exactly one agent: call `regis
 meshd://inbox and meshd://catastrophes to be told when a message arrives or an alert is raised.
 """
 
+# Parameters several tools take, declared once (their descriptions are the tools' schemas).
 AgentArg = Annotated[str | None, Field(
     description="The acting agent's id. Defaults to this session's agent; naming another "
                 "agent is refused.")]
+GroupId = Annotated[str, Field(description="Group id")]
+MemoryKey = Annotated[str, Field(description="Key")]
+MessageText = Annotated[str, Field(description="Message text")]
+MessageType = Annotated[str | None, Field(
+    description="Free-form kind of message (default \"direct\")")]
 
 
 def _q(part: str) -> str:
@@ -154,9 +160,8 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
     async def send_message(
         ctx: Context,
         to: Annotated[str, Field(description="Recipient agent id")],
-        content: Annotated[str, Field(description="Message text")],
-        message_type: Annotated[str | None, Field(
-            description="Free-form kind of message (default \"direct\")")] = None,
+        content: MessageText,
+        message_type: MessageType = None,
         agent_id: AgentArg = None,
     ) -> dict:
         """Send a direct message from this session's agent to another agent."""
@@ -186,8 +191,7 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
             params["since"] = since
         messages = await api.call("GET", f"/api/messages/{_q(me)}", params=params)
         if mark_read:
-            for message in messages:
-                await api.call("POST", f"/api/messages/{_q(message['id'])}/read")
+            await _mark_read(api, [message["id"] for message in messages])
         return messages
 
     @mcp.tool()
@@ -199,14 +203,13 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
         """Mark messages of this agent's inbox read."""
         session, api = api_of(ctx)
         session.act_as()
-        for message_id in message_ids:
-            await api.call("POST", f"/api/messages/{_q(message_id)}/read")
+        await _mark_read(api, message_ids)
         return {"success": True, "marked": len(message_ids)}
 
     @mcp.tool()
     async def broadcast(
         ctx: Context,
-        content: Annotated[str, Field(description="Message text")],
+        content: MessageText,
         agent_id: AgentArg = None,
     ) -> dict:
         """Send a message to every other agent of the mesh."""
@@ -223,10 +226,9 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
     @mcp.tool()
     async def group_message(
         ctx: Context,
-        group_id: Annotated[str, Field(description="Group id")],
-        content: Annotated[str, Field(description="Message text")],
-        message_type: Annotated[str | None, Field(
-            description="Free-form kind of message (default \"direct\")")] = None,
+        group_id: GroupId,
+        content: MessageText,
+        message_type: MessageType = None,
         agent_id: AgentArg = None,
     ) -> dict:
         """Send a message to every other member of a group."""
@@ -238,7 +240,7 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
     @mcp.tool()
     async def memory_get(
         ctx: Context,
-        group_id: Annotated[str, Field(description="Group id")],
+        group_id: GroupId,
         key: Annotated[str | None, Field(description="One key; omit for every key")] = None,
     ) -> list[dict]:
         """A group's collective memory entries (value, version, last writer): the one key
@@ -252,7 +254,7 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
     async def memory_set(
         ctx: Context,
         group_id: Annotated[str, Field(description="Group id (this agent must be a member)")],
-        key: Annotated[str, Field(description="Key")],
+        key: MemoryKey,
         value: Annotated[Any, Field(description="Any JSON value")],
         memory_type: Annotated[str | None, Field(
             description="Kind of entry (default \"shared\")")] = None,
@@ -267,8 +269,8 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
     @mcp.tool()
     async def memory_history(
         ctx: Context,
-        group_id: Annotated[str, Field(description="Group id")],
-        key: Annotated[str, Field(description="Key")],
+        group_id: GroupId,
+        key: MemoryKey,
     ) -> dict:
         """The versions of one key of a group's collective memory."""
         _, api = api_of(ctx)
@@ -394,6 +396,11 @@ def _add_tools(mcp: FastMCP) -> None:  # noqa: C901 - one short function per too
         return await api.call("POST", f"/api/agents/{_q(me)}/health", json=_drop_none(
             status=status, uptimeSeconds=uptime_seconds, cpuUsage=cpu_usage,
             memoryUsage=memory_usage, customMetrics=custom_metrics))
+
+
+async def _mark_read(api: MeshApi, message_ids: list[str]) -> None:
+    for message_id in message_ids:
+        await api.call("POST", f"/api/messages/{_q(message_id)}/read")
 
 
 def _upload_data(session: MeshSession, text: str | None, content_base64: str | None,
