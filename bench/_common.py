@@ -1,11 +1,23 @@
 """Helpers the bench scripts share: a free loopback port, the meshd command, a clean
-environment (no meshd or systemd variables leaking in from the caller's shell)."""
+environment (no meshd or systemd variables leaking in from the caller's shell), a load
+generator, and a daemon to start, ask, kill workers of and stop."""
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
+import math
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -29,7 +41,6 @@ def clean_env() -> dict[str, str]:
 async def wait_healthy(url: str, timeout: float = 60) -> None:
     """Poll GET /health until it answers 200 (SystemExit past the deadline)."""
     import asyncio
-    import time
 
     import aiohttp
 
@@ -64,7 +75,6 @@ async def closed_loop(url: str, make_request, *, seconds: float, clients: int,
     pid), also the CPU time that process used per measured request (`cpu_us`): on a shared
     machine a steadier figure than requests/s, which moves with everyone else's load."""
     import asyncio
-    import time
 
     import aiohttp
 
@@ -141,3 +151,175 @@ def child_pids(pid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+# -- a meshd daemon for the kill benches (failover.py, restart_time.py) ----------------------
+
+DAEMON_DEADLINE = 60.0
+
+
+def nearest_rank(values: list[float], p: float) -> float:
+    """The nearest-rank `p`th percentile (0-100) of unsorted values."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def start_meshd(root: Path, args: list[str]) -> subprocess.Popen:
+    """`meshd run ARGS` in `root` (its output in root/meshd.log), in its own session so the
+    whole tree can be killed, with a clean environment."""
+    with open(root / "meshd.log", "wb") as log:
+        return subprocess.Popen([*meshd_command(), "run", *args], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, cwd=root,
+                                env=clean_env(), start_new_session=True)
+
+
+def health_ok(port: int, timeout: float = 0.5) -> float | None:
+    """The perf_counter() of a 200 from GET /health on a fresh connection, else None."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", "/health")
+        return time.perf_counter() if conn.getresponse().status == 200 else None
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    """A running `meshd run` of a bench, in its own temporary directory."""
+
+    root: Path
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / "meshd.log"
+
+
+@contextlib.contextmanager
+def meshd_daemon(args: list[str], prefix: str = "meshd-bench-",
+                 keep: bool = False) -> Iterator[Mesh]:
+    """`meshd run` on a free port with a fresh data and backup directory and JSON logs without
+    an access log, plus `args`; yielded once GET /health answers 200. Stopped (and its
+    directory removed, unless `keep`) on the way out, whatever happened."""
+    root = Path(tempfile.mkdtemp(dir="/tmp", prefix=prefix))
+    port = free_port()
+    process = start_meshd(root, [
+        "--port", str(port), "--data-dir", str(root / "data"),
+        "--backup-dir", str(root / "backups"), "--log-format", "json",
+        "--access-log", "false", *args])
+    try:
+        wait_for(lambda: health_ok(port), "GET /health to answer 200", process, every=0.05)
+        yield Mesh(root, port, process)
+    finally:
+        stop_meshd(process)
+        if keep:
+            print(f"kept {root} (meshd.log has the timeline)")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def tree_rss(root) -> int:
+    """RSS in bytes summed over a psutil.Process and its descendants (supervisor, worker)."""
+    import psutil
+
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def stop_meshd(daemon: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL of its process group past 30 s; its children (the worker, the
+    standby) are killed in any case, should one outlive its supervisor."""
+    import psutil
+
+    children = []
+    with contextlib.suppress(psutil.Error):
+        children = psutil.Process(daemon.pid).children(recursive=True)
+    with contextlib.suppress(ProcessLookupError):
+        daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait(5)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def meshd_status(data_dir: Path) -> dict | None:
+    """`meshd status --json`; None while no daemon answers (exit 3: not started yet)."""
+    done = subprocess.run([*meshd_command(), "status", "--data-dir", str(data_dir), "--json"],
+                          capture_output=True, text=True, timeout=15, env=clean_env())
+    if done.returncode == 3:
+        return None
+    if done.returncode != 0:
+        raise SystemExit(f"meshd status failed ({done.returncode}): {done.stderr}")
+    return json.loads(done.stdout)
+
+
+def wait_for(check, what: str, daemon: subprocess.Popen, every: float = 0.05,
+             deadline: float = DAEMON_DEADLINE):
+    """Call `check` every `every` s until it gives something true, and give that; SystemExit
+    when the daemon exits or past the deadline."""
+    limit = time.monotonic() + deadline
+    while True:
+        found = check()
+        if found:
+            return found
+        if daemon.poll() is not None:
+            raise SystemExit(f"meshd exited with {daemon.returncode}")
+        if time.monotonic() > limit:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def wait_serving(data_dir: Path, daemon: subprocess.Popen, other_than: int | None = None
+                 ) -> dict:
+    """The status once a worker other than `other_than` has passed its first probe."""
+    def serving() -> dict | None:
+        data = meshd_status(data_dir)
+        return data if data and data["state"] == "serving" \
+            and data["worker_pid"] not in (None, other_than) else None
+
+    return wait_for(serving, "a serving worker", daemon)
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    n: int
+    old_worker: int
+    status: dict  # meshd status once the new worker serves
+    took_ms: float  # from the kill to the moment `answered` returned
+
+
+def kill_workers(daemon: subprocess.Popen, data_dir: Path, kills: int, spacing: float,
+                 answered, before_kill=None) -> Iterator[Kill]:
+    """`kill -9` the serving worker `kills` times, each once it has served for `spacing`
+    seconds (beyond the 10 s backoff reset, every kill takes the "first crash after a healthy
+    period" path). `answered()` blocks until the mesh answers again and gives that moment
+    (perf_counter); `before_kill()`, if given, runs just before each kill (e.g. waiting for a
+    ready standby)."""
+    worker = wait_serving(data_dir, daemon)["worker_pid"]
+    healthy_at = time.perf_counter()
+    for n in range(1, kills + 1):
+        time.sleep(max(0.0, healthy_at + spacing - time.perf_counter()))
+        if before_kill is not None:
+            before_kill()
+        killed_at = time.perf_counter()
+        os.kill(worker, signal.SIGKILL)
+        took = (answered() - killed_at) * 1000
+        new = wait_serving(data_dir, daemon, worker)
+        healthy_at = time.perf_counter()
+        yield Kill(n, worker, new, took)
+        worker = new["worker_pid"]

@@ -18,29 +18,21 @@ At the end every acknowledged write is looked up: a missing one is reported and 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
-import math
-import os
-import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
-from _common import clean_env, free_port, meshd_command
+from _common import kill_workers, meshd_daemon, meshd_status, nearest_rank, wait_for, wait_serving
 
 KEY = "bench-failover-key"
 POLL_EVERY = 0.005
 POLL_TIMEOUT = 2.0
-DEADLINE = 60.0
 TARGET_MS = 150.0
 
 
@@ -108,29 +100,6 @@ class Writers:
             thread.join(15)
 
 
-def status(data_dir: Path) -> dict:
-    done = subprocess.run([*meshd_command(), "status", "--data-dir", str(data_dir), "--json"],
-                          capture_output=True, text=True, timeout=15, env=clean_env())
-    if done.returncode == 3:
-        return {"state": None, "worker_pid": None}  # the control socket is not up yet
-    if done.returncode != 0:
-        raise SystemExit(f"meshd status failed ({done.returncode}): {done.stderr}")
-    return json.loads(done.stdout)
-
-
-def wait_for(check, what: str, daemon: subprocess.Popen, every: float = 0.05):
-    limit = time.monotonic() + DEADLINE
-    while True:
-        found = check()
-        if found:
-            return found
-        if daemon.poll() is not None:
-            raise SystemExit(f"meshd exited with {daemon.returncode}")
-        if time.monotonic() > limit:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(every)
-
-
 def first_read(port: int, agent_id: str, daemon: subprocess.Popen) -> float:
     """Ask for the agent every 5 ms on a fresh connection until a 200; when it came."""
     def answered() -> float | None:
@@ -143,95 +112,51 @@ def first_read(port: int, agent_id: str, daemon: subprocess.Popen) -> float:
     return wait_for(answered, "an answered API read", daemon, every=POLL_EVERY)
 
 
-def serving_other_than(data_dir: Path, old: int) -> dict | None:
-    data = status(data_dir)
-    return data if data["state"] == "serving" and data["worker_pid"] not in (None, old) else None
-
-
 def ready_standby(data_dir: Path) -> dict | None:
-    standby = status(data_dir).get("standby")
+    standby = (meshd_status(data_dir) or {}).get("standby")
     return standby if standby and standby["ready"] else None
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def run_mode(standby: bool, kills: int, spacing: float, writers: int,
              keep: bool = False) -> dict:
-    root = Path(tempfile.mkdtemp(dir="/tmp", prefix="mf"))
-    data_dir = root / "data"
-    port = free_port()
-    command = [*meshd_command(), "run", "--port", str(port), "--data-dir", str(data_dir),
-               "--backup-dir", str(root / "backups"), "--log-format", "json",
-               "--access-log", "false", "--api-key", KEY,
-               "--standby", "true" if standby else "false",
-               # kills 11 s apart are a crash loop by the default policy: lift the limit
-               "--crash-loop-limit", "1000"]
     label = "standby" if standby else "cold start"
-    with open(root / "meshd.log", "wb") as log:
-        daemon = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                  stderr=subprocess.STDOUT, cwd=root, env=clean_env(),
-                                  start_new_session=True)
-    load = Writers(port, writers)
     times_ms: list[float] = []
     standby_rss: list[float] = []
-    try:
-        wait_for(lambda: status(data_dir)["state"] == "serving", "a serving worker", daemon)
-        code, body = request(port, "POST", "/api/agents/register", {"name": "probe-target"})
-        assert code in (200, 201), (code, body)
-        agent_id = body["agentId"]
-        load.start()
-        worker = status(data_dir)["worker_pid"]
-        healthy_at = time.perf_counter()
-        print(f"[{label}] meshd pid {daemon.pid} on port {port}; {kills} kills, "
-              f"{spacing:g} s apart, {writers} writers", flush=True)
-        for n in range(1, kills + 1):
-            time.sleep(max(0.0, healthy_at + spacing - time.perf_counter()))
+    # kills 11 s apart are a crash loop by the default policy: lift the limit
+    with meshd_daemon(["--api-key", KEY, "--standby", "true" if standby else "false",
+                       "--crash-loop-limit", "1000"], prefix="mf", keep=keep) as mesh:
+        port, daemon = mesh.port, mesh.process
+
+        def standby_ready() -> None:
             if standby:
-                ready = wait_for(lambda: ready_standby(data_dir), "a ready standby", daemon)
+                ready = wait_for(lambda: ready_standby(mesh.data_dir), "a ready standby",
+                                 daemon)
                 standby_rss.append(ready["rss_mb"])
-            killed_at = time.perf_counter()
-            os.kill(worker, signal.SIGKILL)
-            answered_at = first_read(port, agent_id, daemon)
-            took = (answered_at - killed_at) * 1000
-            times_ms.append(took)
-            new = wait_for(lambda old=worker: serving_other_than(data_dir, old),
-                           "a new serving worker", daemon)
-            healthy_at = time.perf_counter()
-            print(f"[{label}] kill {n:2d}: worker {worker} -> {new['worker_pid']}: first API "
-                  f"read after {took:7.1f} ms (restarts {new['restarts']}, promotions "
-                  f"{new.get('promotions', 0)})", flush=True)
-            worker = new["worker_pid"]
-        load.join()
-        missing = [agent for agent in load.acked[:: max(1, len(load.acked) // 2000)]
-                   if not agent_present(port, agent)]
-        final = status(data_dir)
-    finally:
-        load.join()
-        children = []
-        with contextlib.suppress(psutil.Error):
-            children = psutil.Process(daemon.pid).children(recursive=True)
-        with contextlib.suppress(ProcessLookupError):
-            daemon.send_signal(signal.SIGTERM)
+
+        load = Writers(port, writers)
         try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait(5)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        if keep:
-            print(f"[{label}] kept {root} (meshd.log has the timeline)")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+            wait_serving(mesh.data_dir, daemon)
+            code, body = request(port, "POST", "/api/agents/register", {"name": "probe-target"})
+            assert code in (200, 201), (code, body)
+            agent_id = body["agentId"]
+            load.start()
+            print(f"[{label}] meshd pid {daemon.pid} on port {port}; {kills} kills, "
+                  f"{spacing:g} s apart, {writers} writers", flush=True)
+            for kill in kill_workers(daemon, mesh.data_dir, kills, spacing,
+                                     lambda: first_read(port, agent_id, daemon), standby_ready):
+                times_ms.append(kill.took_ms)
+                new = kill.status
+                print(f"[{label}] kill {kill.n:2d}: worker {kill.old_worker} -> "
+                      f"{new['worker_pid']}: first API read after {kill.took_ms:7.1f} ms "
+                      f"(restarts {new['restarts']}, promotions {new.get('promotions', 0)})",
+                      flush=True)
+        finally:
+            load.join()
+        checked = load.acked[:: max(1, len(load.acked) // 2000)]
+        missing = [agent for agent in checked if not agent_present(port, agent)]
+        final = meshd_status(mesh.data_dir)
     return {"label": label, "times": times_ms, "acked": len(load.acked),
-            "checked": len(load.acked[:: max(1, len(load.acked) // 2000)]),
-            "missing": missing, "restarts": final["restarts"],
+            "checked": len(checked), "missing": missing, "restarts": final["restarts"],
             "promotions": final.get("promotions", 0), "standby_rss": standby_rss}
 
 
@@ -244,7 +169,7 @@ def agent_present(port: int, agent_id: str) -> bool:
 def report(result: dict) -> str:
     times = result["times"]
     line = (f"{result['label']:<10} kill -9 -> first API read over {len(times)} kills: "
-            f"median {statistics.median(times):.1f} ms, p90 {percentile(times, 90):.1f} ms, "
+            f"median {statistics.median(times):.1f} ms, p90 {nearest_rank(times, 90):.1f} ms, "
             f"max {max(times):.1f} ms (min {min(times):.1f} ms); "
             f"restarts {result['restarts']}, promotions {result['promotions']}; "
             f"{result['acked']} acknowledged writes, {result['checked']} checked, "
@@ -265,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the data dir and log")
     args = parser.parse_args(argv)
     modes = {"both": (False, True), "standby": (True,), "cold": (False,)}[args.mode]
-    results = [run_mode(standby, args.kills, args.spacing, args.writers, args.keep) for standby in modes]
+    results = [run_mode(standby, args.kills, args.spacing, args.writers, args.keep)
+               for standby in modes]
     print()
     for result in results:
         print(report(result))

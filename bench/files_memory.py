@@ -9,35 +9,19 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import http.client
 import json
-import os
 import random
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psutil
-from _common import free_port
+from _common import meshd_daemon, tree_rss
 
 API_KEY = "openclaw-mesh-default-key"
 MIB = 1 << 20
 SAMPLE_EVERY = 0.01
-
-
-def tree_rss(root: psutil.Process) -> int:
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total
 
 
 class PeakSampler:
@@ -77,18 +61,6 @@ def request(port: int, method: str, path: str, body: bytes | None = None) -> tup
         conn.close()
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"meshd exited with {proc.returncode} before it was healthy")
-        with contextlib.suppress(OSError):
-            if request(port, "GET", "/health")[0] == 200:
-                return
-        time.sleep(0.1)
-    raise SystemExit(f"meshd was not healthy within {timeout}s")
-
-
 def measure(root: psutil.Process, action: Callable[[], None]) -> tuple[int, int]:
     """(baseline RSS, peak RSS) around one action."""
     baseline = tree_rss(root)
@@ -103,20 +75,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="repeat the three transfers")
     args = parser.parse_args()
     size = int(args.size_mib * MIB)
-    meshd = Path(sys.executable).with_name("meshd")
-    root_dir = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
-    port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("MESHD_") and k not in ("PORT", "AGENT_MESH_API_KEY")}
-    log = (root_dir / "meshd.log").open("wb")
-    proc = subprocess.Popen(
-        [str(meshd), "run", "--port", str(port), "--data-dir", str(root_dir / "data"),
-         "--backup-dir", str(root_dir / "backups"), "--log-format", "json",
-         "--access-log", "false", "--max-file-size", str(max(size, 25 * MIB))],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(port, proc)
-        root = psutil.Process(proc.pid)
+    with meshd_daemon(["--max-file-size", str(max(size, 25 * MIB))]) as mesh:
+        port = mesh.port
+        root = psutil.Process(mesh.process.pid)
         status, body = request(port, "POST", "/api/agents/register",
                                json.dumps({"name": "bench"}).encode())
         assert status == 200, body
@@ -154,16 +115,7 @@ def main() -> int:
             growth = peak - baseline
             print(f"{round_:>5}  {name:<14} {baseline / MIB:>10.1f} {peak / MIB:>9.1f} "
                   f"{growth / MIB:>10.1f} {growth / size:>7.2f}")
-        return 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(root_dir, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":

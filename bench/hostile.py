@@ -20,17 +20,13 @@ import asyncio
 import base64
 import contextlib
 import json
-import shutil
-import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
-from _common import clean_env, free_port, meshd_command
+from _common import meshd_daemon, tree_rss
 
 API_KEY = "bench-hostile-key"
 MB = 1_000_000
@@ -38,14 +34,6 @@ MIB = 1 << 20
 HEADER_TIMEOUT = 5.0
 BODY_TIMEOUT = 10.0
 AFTER_CLOSE = 3.0
-
-
-def tree_rss(root: psutil.Process) -> int:
-    total = 0
-    for proc in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total
 
 
 def worker_of(root: psutil.Process) -> psutil.Process:
@@ -66,18 +54,6 @@ async def http(port: int, method: str, path: str, body: dict | None = None,
         writer.close()
     head, _, payload = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), payload
-
-
-async def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"meshd exited with {proc.returncode} before it was healthy")
-        with contextlib.suppress(OSError, ValueError, IndexError, TimeoutError):
-            if (await http(port, "GET", "/health", timeout=2))[0] == 200:
-                return
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"meshd was not healthy within {timeout}s")
 
 
 async def stalled_uploads(port: int, root: psutil.Process, count: int) -> None:
@@ -208,35 +184,18 @@ async def stalled_websockets(port: int, root: psutil.Process, count: int, log: P
 
 
 async def run(args: argparse.Namespace) -> None:
-    root_dir = Path(tempfile.mkdtemp(prefix="meshd-bench-"))
-    port = free_port()
-    log = (root_dir / "meshd.log").open("wb")
-    proc = subprocess.Popen(
-        [*meshd_command(), "run", "--port", str(port), "--data-dir", str(root_dir / "data"),
-         "--backup-dir", str(root_dir / "backups"), "--api-key", API_KEY, "--log-format",
-         "json", "--access-log", "false", "--header-timeout", f"{HEADER_TIMEOUT}s",
-         "--body-timeout", f"{BODY_TIMEOUT}s"],
-        env=clean_env(), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        await wait_healthy(port, proc)
-        root = psutil.Process(proc.pid)
+    with meshd_daemon(["--api-key", API_KEY, "--header-timeout", f"{HEADER_TIMEOUT}s",
+                       "--body-timeout", f"{BODY_TIMEOUT}s"]) as mesh:
+        port = mesh.port
+        root = psutil.Process(mesh.process.pid)
         await stalled_uploads(port, root, args.uploads)
         await slowloris(port, args.slowloris)
         # Three rounds: later rounds that stay at an earlier round's peak show the memory of
         # the dropped clients was released for reuse, not leaked.
         for round_ in (1, 2, 3):
-            await stalled_websockets(port, root, args.websockets, root_dir / "meshd.log", round_)
-        tracebacks = (root_dir / "meshd.log").read_text(errors="replace").count("Traceback")
+            await stalled_websockets(port, root, args.websockets, mesh.log_path, round_)
+        tracebacks = mesh.log_path.read_text(errors="replace").count("Traceback")
         print(f"tracebacks in meshd's log: {tracebacks}")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        shutil.rmtree(root_dir, ignore_errors=True)
 
 
 def main() -> int:
