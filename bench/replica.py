@@ -22,7 +22,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.process.harness import MeshdProcess, WriteLoad, api, clean_env  # noqa: E402
+from tests.process.harness import (  # noqa: E402
+    MeshdProcess,
+    WriteLoad,
+    api,
+    clean_env,
+    write_latencies,
+)
 from tests.process.replica_servers import S3Server, SftpServer  # noqa: E402
 
 FLAGS = ["--access-log", "false", "--backup-interval", "1h", "--log-level", "warning"]
@@ -31,18 +37,6 @@ FLAGS = ["--access-log", "false", "--backup-interval", "1h", "--log-level", "war
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(len(values) * p))] * 1000
-
-
-async def latencies(proc: MeshdProcess, count: int) -> list[float]:
-    out = []
-    async with aiohttp.ClientSession() as session:
-        for i in range(count):
-            started = time.perf_counter()
-            status, body = await api(session, proc, "POST", "/api/agents/register",
-                                     {"name": f"lat-{i}"})
-            assert status == 200, body
-            out.append(time.perf_counter() - started)
-    return out
 
 
 async def host_loss(proc: MeshdProcess, url: str, env: dict, root: Path, seconds: float
@@ -90,7 +84,7 @@ async def mode(name: str, extra: list[str], env: dict, url: str | None, args) ->
         proc = MeshdProcess(root)
         proc.start([*FLAGS, *extra], env=env)
         proc.wait_serving(timeout=60)
-        lat = await latencies(proc, args.writes)
+        lat = await write_latencies(proc, "lat", args.writes)
         line = (f"{name:<34} write p50 {pct(lat, 0.5):6.1f} ms  p99 {pct(lat, 0.99):6.1f} ms"
                 f"  mean {statistics.mean(lat) * 1000:6.1f} ms")
         if url:

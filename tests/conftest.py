@@ -55,6 +55,17 @@ def pg_cluster():
         yield cluster
 
 
+@pytest.fixture
+def own_pg_cluster():
+    """A throwaway PostgreSQL cluster of this test's own, with an empty database `mesh`: one
+    the test may stop and start (a crash of the database) without touching the session's."""
+    if pgcluster.pg_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries not installed (make test installs them)")
+    with pgcluster.throwaway_cluster() as cluster:
+        cluster.create_database("mesh")
+        yield cluster
+
+
 _database_names = itertools.count(1)
 
 

@@ -10,24 +10,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 
-import pytest
-
 from meshd import config
 from meshd.api.app import make_app
 from meshd.worker.serve import open_storage
-from tests import pgcluster
 from tests.conftest import API_KEY, AUTH, call
 
 WRITERS = 4
-
-
-@pytest.fixture
-def own_cluster():
-    if pgcluster.pg_bin_dir() is None:
-        pytest.skip("PostgreSQL server binaries not installed (make test installs them)")
-    with pgcluster.throwaway_cluster() as cluster:
-        cluster.create_database("mesh")
-        yield cluster
 
 
 async def until(predicate, timeout: float = 30.0, what: str = "condition"):
@@ -43,9 +31,9 @@ async def until(predicate, timeout: float = 30.0, what: str = "condition"):
 
 
 async def test_cluster_stop_gives_503_then_meshd_resumes_without_losing_acks(
-        aiohttp_client, tmp_path, own_cluster):
+        aiohttp_client, tmp_path, own_pg_cluster):
     settings = config.load({"data_dir": str(tmp_path / "data"), "api_key": API_KEY,
-                            "database": own_cluster.url("mesh"), "access_log": "false",
+                            "database": own_pg_cluster.url("mesh"), "access_log": "false",
                             "log_format": "json"}, environ={})
     storage = open_storage(settings)
     await storage.start()
@@ -71,7 +59,7 @@ async def test_cluster_stop_gives_503_then_meshd_resumes_without_losing_acks(
 
         tasks = [asyncio.create_task(writer(n)) for n in range(WRITERS)]
         await until(lambda: len(acknowledged) >= 20, what="writes before the stop")
-        await asyncio.to_thread(own_cluster.stop, "immediate")
+        await asyncio.to_thread(own_pg_cluster.stop, "immediate")
         status, ready = await until(lambda: _not_ready(client), what="readyz 503")
         assert ready["mode"] == "unavailable"
         assert ready["reason"].startswith("the database is unreachable")
@@ -81,7 +69,7 @@ async def test_cluster_stop_gives_503_then_meshd_resumes_without_losing_acks(
         assert retry_after is not None
         acked_before_restart = len(acknowledged)
 
-        await asyncio.to_thread(own_cluster.start)
+        await asyncio.to_thread(own_pg_cluster.start)
         await until(lambda: _ready(client), what="readyz 200 after the restart")
         await until(lambda: len(acknowledged) >= acked_before_restart + 20,
                     what="writes after the restart")

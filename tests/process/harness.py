@@ -263,6 +263,40 @@ def meshd_cli(where: MeshdProcess | Path, *args: str, timeout: float = 60,
         stdin=subprocess.DEVNULL)
 
 
+def meshd_on_tty(args: Iterable[str], answer: bytes = b"", stderr_too: bool = False,
+                 timeout: float = 60) -> tuple[int, str, str]:
+    """`meshd ARGS` with stdin and stdout (and with `stderr_too` stderr) on a pseudo-terminal,
+    as a person runs it, 200 columns wide; `answer` is typed first. (exit code, terminal
+    output, stderr)."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "meshd", *args], stdin=slave,
+                                stdout=slave, stderr=slave if stderr_too else subprocess.PIPE,
+                                env=clean_env({"COLUMNS": "200"}))
+        os.close(slave)
+        slave = -1
+        if answer:
+            os.write(master, answer)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        code = proc.wait(timeout)
+        if proc.stderr:
+            proc.stderr.close()
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    return code, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n"), err
+
+
 def meshd_status(data_dir: Path, *, as_json: bool = True, timeout: float = 15
                  ) -> subprocess.CompletedProcess:
     """`meshd status --data-dir D [--json]` in a subprocess."""
@@ -279,6 +313,31 @@ async def api(session: aiohttp.ClientSession, proc: MeshdProcess, method: str, p
         return resp.status, json_loads(text)
     except ValueError:
         return resp.status, text
+
+
+async def register_agent(session: aiohttp.ClientSession, proc: MeshdProcess, name: str) -> str:
+    """POST /api/agents/register (a 200 expected); the agent's id."""
+    status, body = await api(session, proc, "POST", "/api/agents/register", {"name": name})
+    assert status == 200, (name, status, body)
+    return body["agentId"]
+
+
+async def write_latencies(proc: MeshdProcess, prefix: str, count: int) -> list[float]:
+    """`count` sequential registrations, each one timed, in seconds, sorted (figures for a
+    report or a bench, never asserted)."""
+    out = []
+    async with aiohttp.ClientSession() as session:
+        for i in range(count):
+            started = time.perf_counter()
+            await register_agent(session, proc, f"{prefix}-{i}")
+            out.append(time.perf_counter() - started)
+    return sorted(out)
+
+
+async def register_agents(session: aiohttp.ClientSession, proc: MeshdProcess,
+                          names: Iterable[str]) -> list[str]:
+    """`register_agent` for each name in turn; their ids."""
+    return [await register_agent(session, proc, name) for name in names]
 
 
 @dataclass

@@ -4,7 +4,6 @@ pseudo-terminal) and the stable `--json`; shell completion scripts that the shel
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,33 +12,9 @@ import pytest
 
 from meshd import cli
 from tests.process.harness import clean_env
+from tests.process.harness import meshd_on_tty as on_tty
 
 pytestmark = pytest.mark.process
-
-
-def on_tty(args: list[str], answer: bytes = b"", stderr_too: bool = False
-           ) -> tuple[int, str, str]:
-    """`meshd ARGS` with stdin and stdout (and with `stderr_too` stderr) on a pseudo-terminal:
-    (exit code, terminal output, stderr)."""
-    master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "meshd", *args], stdin=slave, stdout=slave,
-                            stderr=slave if stderr_too else subprocess.PIPE,
-                            env=clean_env({"COLUMNS": "200"}))
-    os.close(slave)
-    if answer:
-        os.write(master, answer)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(master)
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    return proc.wait(60), b"".join(chunks).decode().replace("\r\n", "\n"), err
 
 
 def test_each_subcommand_prints_a_table_on_a_terminal_and_json_with_json(meshd_proc):

@@ -30,6 +30,7 @@ from tests.process.harness import (
     clean_env,
     meshd_cli,
 )
+from tests.process.harness import register_agents as register
 
 pytestmark = pytest.mark.process
 
@@ -68,13 +69,6 @@ async def agent_names(proc: MeshdProcess) -> set[str]:
         status, body = await api(session, proc, "GET", "/api/agents")
     assert status == 200, body
     return {agent["name"] for agent in body}
-
-
-async def register(session: aiohttp.ClientSession, proc: MeshdProcess, names: list[str]
-                   ) -> None:
-    for name in names:
-        status, body = await api(session, proc, "POST", "/api/agents/register", {"name": name})
-        assert status == 200, (name, status, body)
 
 
 async def corruption_events(session: aiohttp.ClientSession, proc: MeshdProcess

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.api.test_metrics import samples, value  # one parser of the exposition
-from tests.process.harness import api, async_poll, clean_env, poll
+from tests.process.harness import api, async_poll, clean_env, poll, register_agents
 
 pytestmark = pytest.mark.process
 
@@ -63,12 +63,7 @@ async def test_metrics_after_traffic_a_kill_and_a_backup(meshd_proc):
     await asyncio.to_thread(next_worker, proc, first["worker_pid"])
     await asyncio.to_thread(backup_now, proc)
     async with aiohttp.ClientSession() as session:
-        ids = []
-        for name in ("alpha", "beta"):
-            status, body = await api(session, proc, "POST", "/api/agents/register",
-                                     {"name": name})
-            assert status == 200, body
-            ids.append(body["agentId"])
+        ids = await register_agents(session, proc, ("alpha", "beta"))
         for i in range(4):
             status, body = await api(session, proc, "POST", "/api/messages",
                                      {"from": ids[0], "to": ids[1], "content": f"m{i}"})

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.process.harness import MeshdProcess, api, async_poll, clean_env
+from tests.process.harness import MeshdProcess, api, async_poll, clean_env, register_agents
 from tests.process.test_readme_blocks import runnable_shell_blocks
 
 pytestmark = pytest.mark.process
@@ -74,12 +74,7 @@ async def test_agents_that_never_heartbeat_open_no_event_but_heartbeating_ones_d
         assert not [e for e in proc.log_events() if e.get("event") == "partition.detected"]
 
         # The control: two agents that heartbeat, then both stop, are a partition.
-        cut = []
-        for name in ("beating-a", "beating-b"):
-            status, body = await api(session, proc, "POST", "/api/agents/register",
-                                     {"name": name})
-            assert status == 200, body
-            cut.append(body["agentId"])
+        cut = await register_agents(session, proc, ("beating-a", "beating-b"))
         for _ in range(3):
             for agent_id in cut:
                 status, body = await api(session, proc, "POST",

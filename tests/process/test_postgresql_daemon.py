@@ -19,22 +19,13 @@ import aiohttp
 import pytest
 
 from meshd.store import postgres
-from tests import pgcluster
 from tests.process.harness import WriteLoad, api, async_poll
 
 pytestmark = pytest.mark.process
 
 
-@pytest.fixture
-def cluster():
-    if pgcluster.pg_bin_dir() is None:
-        pytest.skip("PostgreSQL server binaries not installed (make test installs them)")
-    with pgcluster.throwaway_cluster() as made:
-        made.create_database("mesh")
-        yield made
-
-
-async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster):
+async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, own_pg_cluster):
+    cluster = own_pg_cluster
     url = cluster.url("mesh")
     proc = meshd_proc().start(["--database", url])
     await asyncio.to_thread(proc.wait_healthy, 30)
@@ -118,9 +109,10 @@ async def test_daemon_on_postgresql_survives_a_cluster_stop(meshd_proc, cluster)
     assert await asyncio.to_thread(proc.wait_exit, 30) == 0
 
 
-async def test_worker_kill_9_on_postgresql_runs_crash_recovery(meshd_proc, cluster):
+async def test_worker_kill_9_on_postgresql_runs_crash_recovery(meshd_proc, own_pg_cluster):
     """Server Crash Recovery is backend-neutral but checks the database and reads recent
     updates on connections of its own: on PostgreSQL, a connection check and PostgreSQL SQL."""
+    cluster = own_pg_cluster
     url = cluster.url("mesh")
     proc = meshd_proc().start(["--database", url])
     await asyncio.to_thread(proc.wait_healthy, 30)

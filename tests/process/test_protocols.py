@@ -35,6 +35,7 @@ from tests.process.harness import (
     free_port,
     meshd_cli,
 )
+from tests.process.harness import register_agent as register
 
 pytestmark = pytest.mark.process
 
@@ -225,12 +226,6 @@ def assert_in_order(got: list[str], expected: list[str]) -> None:
 
 
 # -- agents ----------------------------------------------------------------------------------
-
-async def register(session: aiohttp.ClientSession, proc: MeshdProcess, name: str) -> str:
-    status, body = await api(session, proc, "POST", "/api/agents/register", {"name": name})
-    assert status == 200, (name, status, body)
-    return body["agentId"]
-
 
 class Heartbeats:
     """POST /api/agents/{id}/heartbeat for each agent every 300 ms, except paused ones."""

@@ -19,7 +19,14 @@ import aiohttp
 import pytest
 
 from meshd.store import journal as jr
-from tests.process.harness import MeshdProcess, WriteLoad, api, async_poll, clean_env
+from tests.process.harness import (
+    MeshdProcess,
+    WriteLoad,
+    api,
+    async_poll,
+    clean_env,
+    write_latencies,
+)
 from tests.process.replica_servers import S3Server, SftpServer
 
 pytestmark = pytest.mark.process
@@ -223,19 +230,6 @@ def test_a_malformed_replica_url_refuses_to_start(meshd_proc):
     assert proc.wait_exit(30) == 2
     text = proc.log_text()
     assert "replica" in text and "password" in text and "pw@" not in text
-
-
-async def write_latencies(proc: MeshdProcess, prefix: str, count: int) -> list[float]:
-    """Sequential registrations, each one timed (figures for the report, not asserted)."""
-    out = []
-    async with aiohttp.ClientSession() as session:
-        for i in range(count):
-            started = time.perf_counter()
-            status, body = await api(session, proc, "POST", "/api/agents/register",
-                                     {"name": f"{prefix}-{i}"})
-            assert status == 200, body
-            out.append(time.perf_counter() - started)
-    return sorted(out)
 
 
 def describe(values: list[float]) -> str:

@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pty
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -29,6 +27,7 @@ from tests.process.harness import (
     async_poll,
     clean_env,
     free_port,
+    meshd_on_tty,
     meshd_status,
     poll,
     short_tmp_dir,
@@ -100,33 +99,6 @@ async def find_event(proc: MeshdProcess, title: str, status: str | None = None,
     assert found, (f"no event {title!r} (status {status}) in the database: "
                    f"{[(r['title'], r['status']) for r in rows]}")
     return found
-
-
-def status_on_a_tty(proc: MeshdProcess) -> tuple[int, str]:
-    """`meshd status` (no --json) with stdout on a pseudo-terminal: (exit code, text)."""
-    master, slave = pty.openpty()
-    try:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "meshd", "status", "--data-dir", str(proc.data_dir)],
-            stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE, env=clean_env())
-        os.close(slave)
-        slave = -1
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        code = child.wait(15)
-        child.stderr.close()
-    finally:
-        if slave >= 0:
-            os.close(slave)
-        os.close(master)
-    return code, b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
 
 
 # -- kill -9 and hangs ------------------------------------------------------------------------
@@ -231,7 +203,8 @@ async def test_a_crash_loop_stops_restarting_and_says_why(meshd_proc):
     assert later["state"] == "crash-loop" and later["worker_pid"] is None, later
     assert [e for e in proc.log_events() if e["event"] == "supervisor.crash_loop"]
 
-    code, text = await asyncio.to_thread(status_on_a_tty, proc)
+    code, text, _ = await asyncio.to_thread(
+        meshd_on_tty, ["status", "--data-dir", str(proc.data_dir)], timeout=15)
     assert code == 0, text
     assert not text.lstrip().startswith("{"), f"expected the human-readable form:\n{text}"
     assert "crash-loop" in text and "crash loop" in text, text
