@@ -61,7 +61,7 @@ async def host_loss(proc: MeshdProcess, url: str, env: dict, root: Path, seconds
     new = MeshdProcess(root / "restored")
     new.root.mkdir()
     done = subprocess.run(
-        [sys.executable, "-m", "meshd", "restore", "--from", url, "--data-dir",
+        [sys.executable, "-m", "meshd", "restore", "--yes", "--from", url, "--data-dir",
          str(new.data_dir), "--backup-dir", str(new.backup_dir), "--json"],
         capture_output=True, text=True, env=clean_env(env), timeout=300)
     assert done.returncode == 0, done.stderr
