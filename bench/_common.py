@@ -284,6 +284,18 @@ def wait_for(check, what: str, daemon: subprocess.Popen, every: float = 0.05,
         time.sleep(every)
 
 
+def wait_settled(data_dir: Path, daemon: subprocess.Popen) -> dict:
+    """The status once a worker serves and the warm standby (on by default) is imported and
+    waiting: a memory baseline taken earlier would count the standby's start as growth."""
+    def settled() -> dict | None:
+        status = meshd_status(data_dir)
+        if not status or status.get("state") != "serving":
+            return None
+        return status if (status.get("standby") or {}).get("ready") else None
+
+    return wait_for(settled, "a serving worker and a ready standby", daemon, every=0.2)
+
+
 def wait_serving(data_dir: Path, daemon: subprocess.Popen, other_than: int | None = None
                  ) -> dict:
     """The status once a worker other than `other_than` has passed its first probe."""

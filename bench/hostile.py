@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import psutil
-from _common import meshd_daemon, tree_rss
+from _common import meshd_daemon, tree_rss, wait_settled
 
 API_KEY = "bench-hostile-key"
 MB = 1_000_000
@@ -187,6 +187,8 @@ async def run(args: argparse.Namespace) -> None:
     with meshd_daemon(["--api-key", API_KEY, "--header-timeout", f"{HEADER_TIMEOUT}s",
                        "--body-timeout", f"{BODY_TIMEOUT}s"]) as mesh:
         port = mesh.port
+        # The standby's start is not the uploads' memory: measure from a settled tree.
+        wait_settled(mesh.data_dir, mesh.process)
         root = psutil.Process(mesh.process.pid)
         await stalled_uploads(port, root, args.uploads)
         await slowloris(port, args.slowloris)
