@@ -175,13 +175,31 @@ def _v3_evidence_events_versions(conn: psycopg.Connection) -> None:
     _run_script(conn, V3)
 
 
+# v4: the nodes of a mesh (meshd/store/pg_nodes.py). Not mesh data: each node's supervisor
+# writes its own row through its leader-lock connection; times are the server's clock
+# (timestamptz), so ages compare across hosts whose clocks differ.
+V4 = f"""
+CREATE TABLE IF NOT EXISTS meshd_nodes (
+  node_id {T} PRIMARY KEY, address {T}, pid BIGINT, version {T},
+  started_at TIMESTAMPTZ NOT NULL, last_seen TIMESTAMPTZ NOT NULL, lock_backend_pid BIGINT,
+  stopped_at TIMESTAMPTZ)
+"""
+
+
+def _v4_nodes(conn: psycopg.Connection) -> None:
+    _run_script(conn, V4)
+
+
 MIGRATIONS: tuple[Callable[[psycopg.Connection], None], ...] = (
     _v1_schema,
     _v2_tokens_and_list_indexes,
     _v3_evidence_events_versions,
+    _v4_nodes,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The tables meshd owns, children before parents (the order a restore or a copy deletes in).
+# `meshd_nodes` is not among them: it describes the running nodes, not the mesh, so a restore
+# or a migration neither copies nor replaces it.
 TABLES = (
     "agent_tokens", "file_contents", "agent_files", "agent_group_members", "collective_memory",
     "memory_history", "update_acknowledgments", "system_updates", "agent_health_status",

@@ -14,7 +14,7 @@ from meshd import semver
 from meshd.control.server import BadRequest, make_app, read_json, reply
 from meshd.errors import Conflict, MeshError, NotFound
 from meshd.recovery import corruption
-from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
+from meshd.recovery.protocols import MESH_WIDE, PROTOCOLS, catalog, dry_run
 from meshd.store import backups
 from meshd.store import restore as restore_mod
 from meshd.supervisor import metrics as supervisor_metrics
@@ -149,6 +149,11 @@ def make_control_app(sup: Supervisor) -> web.Application:
             raise BadRequest("rollback_to is a semantic version, for server_crash_recovery")
         if name == corruption.SPEC.name and sup.on_postgresql:
             raise Conflict(ON_POSTGRESQL)
+        if name in MESH_WIDE and not sup.leads:
+            # Refused, naming the leader: a follower neither runs a mesh-wide protocol (the
+            # leader might run the same one) nor forwards it (docs/nodes.md).
+            raise Conflict(sup.leadership.not_leader(name),
+                           extra={"leader": sup.leadership.leader_node()})
         if name == corruption.SPEC.name:
             run = sup.start_corruption_protocol(reason, **context)
         else:
