@@ -157,8 +157,11 @@ class Leadership:
             return
         while not self._stop.is_set():
             await self.tick()
+            pause = TICK
+            if self.role == Role.ELECTED:  # take the duties up as soon as the wait is over
+                pause = max(0.0, min(TICK, self._elected_at + TAKEOVER_WAIT - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), TICK)
+                await asyncio.wait_for(self._stop.wait(), pause)
 
     async def tick(self) -> None:
         try:

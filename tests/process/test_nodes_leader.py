@@ -181,11 +181,10 @@ async def test_kill_9_of_the_leaders_tree_moves_the_duties_and_loses_no_acknowle
             message_id = body.get("messageId") or body.get("id")
             stop_beats.set()
             await beats
-            killed_at = time.monotonic()
+            killed_at = time.time()
             await asyncio.to_thread(leader.kill_tree)
             new_id = await asyncio.to_thread(poll, lambda: agreed_leader(survivors),
                                              TAKEOVER_DEADLINE, "a new leader among the rest")
-            takeover_s = time.monotonic() - killed_at
             await async_poll(lambda: all(len(w.acked) >= 20 for w in loads[1:]), 60,
                              "writes still acknowledged after the kill")
             before = [len(w.acked) for w in loads]
@@ -195,7 +194,12 @@ async def test_kill_9_of_the_leaders_tree_moves_the_duties_and_loses_no_acknowle
                              "writes going on on the surviving nodes")
     new_leader = ids[new_id]
     assert new_id != leader_id
-    print(f"takeover after kill -9 of the leader's tree: {takeover_s:.2f} s")  # noqa: T201
+    # How long the mesh had no leader, from the new leader's own log (not a timed assertion:
+    # the poll's deadline above is the bound; this figure goes in the report).
+    roles = {e["to_role"]: log_time(e) for e in events(new_leader, "leader.role")
+             if log_time(e) > killed_at}
+    print(f"after kill -9 of the leader's tree: elected {roles['elected'] - killed_at:.2f} s, "  # noqa: T201
+          f"duties {roles['leader'] - killed_at:.2f} s")
 
     with psycopg.connect(url, autocommit=True) as conn:
         def health() -> str | None:
