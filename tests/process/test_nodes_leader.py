@@ -105,6 +105,13 @@ async def test_two_nodes_have_one_leader_and_a_follower_refuses_mesh_wide_protoc
     assert "LEADER" in leader_line and leader.url in leader_line, text
     assert "(follower)" in text, text
 
+    # So does the console's service panel (a viewer session on the follower).
+    service = await console_service_panel(follower)
+    assert f'data-node="{leader_id}" data-state="leader"' in service, service
+    row = service[service.index(f'data-node="{leader_id}"'):]
+    assert "<strong>leader</strong>" in row.split("</tr>")[0], service
+    assert f"{follower.status()['node']['node_id']}: follower" in service, service
+
     # A clean stop of the leader releases the lock: the follower takes over.
     leader.signal(__import__("signal").SIGTERM)
     assert leader.wait_exit(60) == 0
@@ -138,6 +145,18 @@ async def test_a_leader_whose_lock_connection_fails_stops_before_another_takes_o
                  if e["to_role"] == "leader" and log_time(e) > log_time(lost)]
     assert took_over, "no node became leader after the loss"
     assert log_time(stopped) < min(log_time(e) for e in took_over)
+
+
+async def console_service_panel(node: MeshdProcess) -> str:
+    """The console's service panel as a browser logged in with the API key gets it."""
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1
+    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+        async with session.post(node.url + "/login", data={"key": node.key},
+                                headers={"Origin": node.url}, allow_redirects=False) as resp:
+            assert resp.status in (302, 303), await resp.text()
+        async with session.get(node.url + "/console/panels") as resp:
+            assert resp.status == 200, await resp.text()
+            return (await resp.json())["service"]
 
 
 async def _heartbeat(session: aiohttp.ClientSession, node: MeshdProcess, agent_id: str,
