@@ -20,6 +20,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import psycopg
 from psycopg.rows import dict_row
 
@@ -94,7 +95,32 @@ async def prune(conn: psycopg.AsyncConnection) -> int:
     cursor = await conn.execute(
         "DELETE FROM meshd_nodes WHERE last_seen < now() - make_interval(secs => %s)",
         (PRUNE_AFTER,))
+    await conn.execute("DELETE FROM meshd_handovers WHERE taken_at < now() -"
+                       " make_interval(secs => %s)", (PRUNE_AFTER,))
     return cursor.rowcount
+
+
+async def hand_over(conn: psycopg.AsyncConnection, node_id: str, protocol: str, reason: str,
+                    context: dict[str, Any]) -> int:
+    """A mesh-wide protocol start met on a follower (a fault its worker detected), queued
+    for the leader; its id."""
+    cursor = await conn.execute(
+        "INSERT INTO meshd_handovers (protocol, reason, context, from_node)"
+        " VALUES (%s, %s, %s, %s) RETURNING id",
+        (protocol, reason, orjson.dumps(context).decode(), node_id))
+    return (await cursor.fetchone())["id"]
+
+
+async def take_handovers(conn: psycopg.AsyncConnection, node_id: str) -> list[dict[str, Any]]:
+    """The starts handed over and not yet taken, marked taken by this node (the leader) in
+    the same statement, so two leaders in turn never take one twice."""
+    cursor = await conn.execute(
+        "UPDATE meshd_handovers SET taken_by = %s, taken_at = now()"
+        " WHERE taken_at IS NULL RETURNING id, protocol, reason, context, from_node",
+        (node_id,))
+    rows = await cursor.fetchall()
+    return [{**r, "context": orjson.loads(r["context"])} for r in sorted(rows,
+                                                                        key=lambda r: r["id"])]
 
 
 # The backend holding the leader lock in this database (none while nobody leads).

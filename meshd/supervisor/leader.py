@@ -98,10 +98,12 @@ class Leadership:
     renewed by the next successful ping; a longer stall ends the session and the ping fails."""
 
     def __init__(self, url: str | None, node: pg_nodes.NodeInfo,
-                 on_change: Callable[[bool], None] = lambda leads: None) -> None:
+                 on_change: Callable[[bool], None] = lambda leads: None,
+                 on_handover: Callable[[dict[str, Any]], None] = lambda start: None) -> None:
         self.url = url
         self.node = node
         self.on_change = on_change
+        self.on_handover = on_handover
         self.role = Role.SINGLE if url is None else Role.CONNECTING
         self.role_since = time.monotonic()
         self.valid_until = 0.0  # CLOCK_MONOTONIC: the lease's end
@@ -139,6 +141,16 @@ class Leadership:
         where = (f"the leader is node {leader['node_id']} at {leader['address']}"
                  if leader else "no node leads right now; retry in a few seconds")
         return f"this node ({self.node.node_id}) is not the leader: {what} runs on the leader; {where}"
+
+    async def hand_over(self, protocol: str, reason: str, context: dict[str, Any]) -> int:
+        """Queue a mesh-wide protocol start for the leader (it takes it within a tick of
+        leading); raises when the lock connection is down."""
+        if self._conn is None:
+            raise ConnectionError("no connection to the database to hand the start over")
+        handed = await self._q(pg_nodes.hand_over(self._conn, self.node.node_id, protocol,
+                                                  reason, context))
+        log.info("leader.handed_over", id=handed, protocol=protocol, reason=reason)
+        return handed
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -204,6 +216,11 @@ class Leadership:
             self._move(Role.LEADER, "the previous leader's lease ran out")
         self.nodes = await self._q(pg_nodes.list_nodes(self._conn))
         self.nodes_at = time.monotonic()
+        if self.leads:
+            for start in await self._q(pg_nodes.take_handovers(self._conn, self.node.node_id)):
+                log.info("leader.handover_taken", id=start["id"], protocol=start["protocol"],
+                         from_node=start["from_node"])
+                self.on_handover(start)
         if self.role == Role.LEADER and now - self._pruned >= PRUNE_EVERY:
             self._pruned = now
             pruned = await self._q(pg_nodes.prune(self._conn))
@@ -260,9 +277,9 @@ async def _close(conn) -> None:
         await asyncio.wait_for(conn.close(), QUERY_TIMEOUT)
 
 
-def for_settings(settings: Settings, port: int,
-                 on_change: Callable[[bool], None]) -> Leadership:
+def for_settings(settings: Settings, port: int, on_change: Callable[[bool], None],
+                 on_handover: Callable[[dict[str, Any]], None]) -> Leadership:
     url = str(settings.database) if postgres.is_url(settings.database) else None
     node = pg_nodes.NodeInfo(node_id(settings.data_dir), advertised_address(settings, port),
                              os.getpid(), __version__)
-    return Leadership(url, node, on_change)
+    return Leadership(url, node, on_change, on_handover)

@@ -127,7 +127,8 @@ class Supervisor:
                                   supervisor_metrics.fallback_handler(self),
                                   self.settings.header_timeout)
         self._control = await serve_unix(make_control_app(self), settings.control_socket)
-        self.leadership = leader.for_settings(settings, self.port, self._leadership_changed)
+        self.leadership = leader.for_settings(settings, self.port, self._leadership_changed,
+                                              self._handed_over)
         self._install_signals()
         log.info("supervisor.started", pid=os.getpid(), host=settings.host, port=self.port,
                  data_dir=str(settings.data_dir), systemd=self.notifier.enabled)
@@ -646,6 +647,12 @@ class Supervisor:
         else:
             self.engine.suspend(mesh_wide, "this node stopped leading")
         self._lease_wake.set()
+
+    def _handed_over(self, start: dict[str, Any]) -> None:
+        """A mesh-wide protocol a follower met (its worker detected the fault): run here."""
+        self.engine.start(start["protocol"], str(start["reason"] or "handed over"),
+                          start["context"])
+        self._wake.set()
 
     async def _lease_worker(self) -> None:
         """Tell the serving worker whether it leads and until when, every tick and at once

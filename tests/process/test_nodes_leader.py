@@ -99,6 +99,26 @@ async def test_two_nodes_have_one_leader_and_a_follower_refuses_mesh_wide_protoc
                                    "--agents", "a,b")
     assert done.returncode == 0, done.stderr
 
+    # A fault a follower's worker detects (a breaking update created through it) is handed
+    # to the leader through the database, and runs there.
+    async with aiohttp.ClientSession() as session:
+        status, body = await api(session, follower, "POST", "/api/updates", {
+            "version": "2.0.0", "updateType": "api", "title": "v2",
+            "breakingChange": True, "requiredVersion": "2.0.0"})
+    assert status in (200, 201), body
+    handed = await asyncio.to_thread(follower.wait_log_event, "leader.handed_over", 15)
+    assert handed["protocol"] == "breaking_api_update"
+
+    def breaking_run_on_leader() -> dict | None:
+        return next((e for e in events(leader, "protocol.started")
+                     if e["protocol"] == "breaking_api_update"), None)
+
+    started = await asyncio.to_thread(poll, breaking_run_on_leader, 15,
+                                      "the breaking update's run on the leader")
+    assert "2.0.0" in started["reason"]
+    assert not [e for e in events(follower, "protocol.started")
+                if e["protocol"] == "breaking_api_update"]
+
     # The text form shows the nodes and who leads.
     text = cli_render.status(follower.status())
     leader_line = next(line for line in text.splitlines() if line.strip().startswith(leader_id))
