@@ -81,6 +81,13 @@ async def test_two_nodes_have_one_leader_and_a_follower_refuses_mesh_wide_protoc
     assert all(n["state"] in ("leader", "follower") for n in data["nodes"])
     assert next(n for n in data["nodes"] if n["leader"])["address"] == leader.url
 
+    # /metrics says who leads (the supervisor's figures, appended by the worker).
+    async with aiohttp.ClientSession() as session:
+        for node, value in ((leader, 1.0), (follower, 0.0)):
+            status, text = await api(session, node, "GET", "/metrics")
+            assert status == 200
+            assert f"\nmeshd_leader {value}\n" in text, text[:2000]
+
     # The duties run on the leader's worker only.
     assert any(e for e in events(leader, "worker.leading"))
     assert not events(follower, "worker.leading")
