@@ -116,6 +116,7 @@ class Leadership:
         self._touched = 0.0
         self._pruned = 0.0
         self._stop = asyncio.Event()
+        self._closing: set[asyncio.Task] = set()  # connections being closed, kept till done
 
     # -- what others ask -----------------------------------------------------------------
 
@@ -187,6 +188,8 @@ class Leadership:
         return await asyncio.wait_for(coro, QUERY_TIMEOUT)
 
     async def _tick(self) -> None:
+        if self.role == Role.STOPPED:
+            return
         now = time.monotonic()
         if self._conn is None:
             self._conn = await asyncio.wait_for(
@@ -241,17 +244,21 @@ class Leadership:
     def _lost(self, error: str) -> None:
         """The lock connection failed: whatever we held is not ours any more. Stop leading at
         once (before anyone else can be elected), drop the connection, retry next tick."""
+        if self.role == Role.STOPPED:
+            return  # stop() took the connection while a tick was using it
         self.last_error = error
         conn, self._conn = self._conn, None
         if conn is not None:
-            asyncio.get_running_loop().create_task(_close(conn))
+            task = asyncio.get_running_loop().create_task(_close(conn))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         if self.role == Role.CONNECTING:
             log.info("leader.connect_failed", node_id=self.node.node_id, error=error)
             return
         if self.role in (Role.ELECTED, Role.LEADER):
             log.error("leader.lost", node_id=self.node.node_id, error=error)
+        self._move(Role.CONNECTING, f"lock connection failed: {error}")  # tells on_change
         self.valid_until = 0.0
-        self._move(Role.CONNECTING, f"lock connection failed: {error}")
 
     async def stop(self) -> None:
         """Release the lock (another node is elected at its next try) and mark the row
@@ -260,8 +267,8 @@ class Leadership:
         if self.role == Role.STOPPED:
             return
         conn, self._conn = self._conn, None
+        self._move(Role.STOPPED, "stopping")  # tells on_change
         self.valid_until = 0.0
-        self._move(Role.STOPPED, "stopping")
         if conn is None:
             return
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import pytest
 
 from meshd.store import pg_nodes
@@ -83,3 +84,60 @@ def test_the_node_id_is_stable_per_data_dir(tmp_path):
     first = leader.node_id(tmp_path)
     assert leader.node_id(tmp_path) == first
     assert leader.node_id(tmp_path / ".." / tmp_path.name) == first
+
+
+def test_a_failure_noticed_after_stop_is_ignored():
+    pg = Leadership("postgresql://x/y", NODE)
+    pg._move(Role.STOPPED, "stopping")
+    pg._lost("the connection stop() closed")
+    assert pg.role == Role.STOPPED
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_two_supervisors_on_a_real_database_elect_one_and_the_lock_moves(
+        pg_database, monkeypatch):
+    """The election's SQL against a real PostgreSQL, two Leaderships in one process (the
+    take-over wait set to 0 here; real nodes wait it out: tests/process/test_nodes_leader.py)."""
+    monkeypatch.setattr(leader, "TAKEOVER_WAIT", 0.0)
+    turns: dict[str, list[bool]] = {"a": [], "b": []}
+    a, b = (Leadership(pg_database, pg_nodes.NodeInfo(n, f"http://{n}:4000", 1, "0.1.0"),
+                       turns[n].append) for n in ("a", "b"))
+    await a.tick()
+    await b.tick()
+    assert (a.role, b.role) == (Role.LEADER, Role.FOLLOWER) and a.leads and not b.leads
+    assert [(n["node_id"], n["state"]) for n in b.nodes] == [("a", "leader"), ("b", "follower")]
+
+    # The server ends the leader's session: it stops leading at its next tick, and the lock,
+    # freed with the session, goes to the other node.
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE application_name = 'meshd leader lock a'")
+    await a.tick()
+    assert a.role == Role.CONNECTING and turns["a"] == [True, False]
+    await b.tick()
+    assert b.role == Role.LEADER and turns["b"] == [True]
+    await a.tick()
+    assert a.role == Role.FOLLOWER
+    assert [n["node_id"] for n in a.nodes if n["leader"]] == ["b"]
+
+    # A start handed over by the follower is taken by the leader, once.
+    taken: list[dict] = []
+    b.on_handover = taken.append
+    await a.hand_over("network_partition", "seen on a", {"agents": ["x"]})
+    await b.tick()
+    await b.tick()
+    assert [(t["protocol"], t["context"], t["from_node"]) for t in taken] == [
+        ("network_partition", {"agents": ["x"]}, "a")]
+
+    # A clean stop releases the lock at once and marks the row gone.
+    await b.stop()
+    assert turns["b"] == [True, False]
+    await a.tick()
+    assert a.role == Role.LEADER
+    rows = {n["node_id"]: n for n in a.nodes}
+    assert rows["b"]["state"] == "gone" and not rows["b"]["leader"]
+    await a.stop()
+    with psycopg.connect(pg_database, autocommit=True) as conn:
+        held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                            ).fetchone()[0]
+    assert held == 0
