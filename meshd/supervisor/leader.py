@@ -182,7 +182,8 @@ class Leadership:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - psycopg, OS and timeout errors alike
-            self._lost(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            self._lost(f"{type(exc).__name__}: {first_line}")
 
     async def _q(self, coro):
         return await asyncio.wait_for(coro, QUERY_TIMEOUT)
@@ -223,7 +224,10 @@ class Leadership:
             for start in await self._q(pg_nodes.take_handovers(self._conn, self.node.node_id)):
                 log.info("leader.handover_taken", id=start["id"], protocol=start["protocol"],
                          from_node=start["from_node"])
-                self.on_handover(start)
+                try:
+                    self.on_handover(start)
+                except Exception as exc:  # noqa: BLE001 - one bad start never costs the lead
+                    log.error("leader.handover_failed", id=start["id"], error=str(exc))
         if self.role == Role.LEADER and now - self._pruned >= PRUNE_EVERY:
             self._pruned = now
             pruned = await self._q(pg_nodes.prune(self._conn))

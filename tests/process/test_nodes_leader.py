@@ -271,6 +271,13 @@ async def test_kill_9_of_the_leaders_tree_moves_the_duties_and_loses_no_acknowle
         assert not rows[leader_id]["leader"]
         assert rows[new_id]["leader"]
 
+    # Unseen for GONE_AFTER (15 s), the dead node is shown gone.
+    def dead_shown_gone() -> bool:
+        return all({n["node_id"]: n for n in node.status()["nodes"]}[leader_id]["state"]
+                   == "gone" for node in survivors)
+
+    await asyncio.to_thread(poll, dead_shown_gone, 45, "the killed node shown gone")
+
 
 class contextlib_all:  # noqa: N801 - reads as a context manager
     """Run several WriteLoads for the body of one `async with`."""
