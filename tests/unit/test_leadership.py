@@ -141,3 +141,31 @@ async def test_two_supervisors_on_a_real_database_elect_one_and_the_lock_moves(
         held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
                             ).fetchone()[0]
     assert held == 0
+
+
+async def test_scheduled_backups_and_checks_run_only_on_the_leader(tmp_path):
+    """A real Supervisor object on a real SQLite file: its scheduled maintenance is skipped
+    while its Leadership does not lead, and runs once it does."""
+    from meshd import config
+    from meshd.supervisor.loop import State, Supervisor
+    from meshd.worker.serve import open_storage
+
+    settings = config.load({"data_dir": str(tmp_path / "data"),
+                            "backup_dir": str(tmp_path / "backups")}, environ={})
+    storage = open_storage(settings)  # a meshd database, made as the worker makes it
+    await storage.start()
+    await storage.close()
+    sup = Supervisor(settings, {})
+    sup.state = State.SERVING
+    try:
+        sup.leadership = Leadership("postgresql://x/y", NODE)  # connecting: not leading
+        await sup.maintenance.scheduled_backup()
+        await sup.maintenance.scheduled_check(full=False)
+        assert sup.maintenance.last_backup_run is None and sup.maintenance.last_check is None
+
+        sup.leadership = Leadership(None, NODE)  # SQLite: the only node, always leads
+        await sup.maintenance.scheduled_backup()
+        await sup.maintenance.scheduled_check(full=False)
+        assert sup.maintenance.last_backup_run["ok"] and sup.maintenance.last_check["ok"]
+    finally:
+        sup.maintenance.stop()
