@@ -71,6 +71,12 @@ def status(data: dict[str, Any]) -> str:
         ("data dir", data.get("data_dir")),
         ("database", data.get("database")),
     ]
+    node = data.get("node")
+    if node and node.get("role") != "single":
+        rows.append(("node", f"{node['node_id']} ({node['role']}"
+                             + (", runs the mesh's duties" if node["leads"] else "")
+                             + (f"; lock connection: {node['last_error']}"
+                                if node.get("last_error") else "") + ")"))
     standby = data.get("standby")
     if standby:
         rows.append(("standby", f"pid {standby['pid']}, "
@@ -82,12 +88,23 @@ def status(data: dict[str, Any]) -> str:
     if runs:
         text += "\n\nPROTOCOL RUNS\n" + table(("RUN", "PROTOCOL", "STATE"), [
             (r["id"], r["protocol"], r["state"]) for r in runs])
+    nodes = data.get("nodes") or []
+    if nodes:
+        text += "\n\n" + nodes_table(nodes, (data.get("node") or {}).get("node_id"))
     replicas = data.get("replicas") or []
     if replicas:
         text += "\n\n" + table(("REPLICA", "STATE", "SHIPPED SEQ", "EPOCH"), [
             (r["replica"], "ok" if r["ok"] else f"FAILING ({r['last_error']})",
              r["shipped_seq"], r["shipped_epoch"]) for r in replicas])
     return text
+
+
+def nodes_table(nodes: Sequence[dict[str, Any]], this: str | None) -> str:
+    """The mesh's nodes (PostgreSQL): which one leads, which are gone, this one marked *."""
+    return "NODES\n" + table(("NODE", "STATE", "ADDRESS", "PID", "VERSION", "STARTED", "SEEN"), [
+        (("* " if n["node_id"] == this else "  ") + n["node_id"], n["state"].upper()
+         if n["leader"] else n["state"], n["address"], n["pid"], n["version"],
+         n["started_at"], f"{age(n['seen_s_ago'])} ago") for n in nodes])
 
 
 def backups(rows: Sequence[dict[str, Any]]) -> str:

@@ -142,6 +142,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("config", _optional_str, None, "TOML file with settings (keys as in this table)"),
     Option("host", str, "127.0.0.1", "address to listen on"),
     Option("port", int, 4000, "HTTP and WebSocket port", ("PORT",)),
+    Option("node_address", _optional_str, None,
+           "this node's address as other nodes and operators reach it, shown in `meshd status`"
+           " and in a follower's refusals (default http://HOST:PORT)"),
     Option("api_key", str, DEFAULT_API_KEY, "the agents' shared API key", ("AGENT_MESH_API_KEY",)),
     Option("allow_default_key", parse_bool, False,
            "allow the default API key on a non-loopback address"),

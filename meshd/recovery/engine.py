@@ -172,8 +172,10 @@ class Engine:
         self._tasks[run.id] = asyncio.create_task(self._drive(run))
         return run
 
-    def resume_unfinished(self) -> list[Run]:
-        """Load every run file; drive those still running from their current state."""
+    def resume_unfinished(self, hold: Callable[[Run], bool] = lambda run: False) -> list[Run]:
+        """Load every run file; drive those still running from their current state, except
+        the ones `hold` keeps waiting (a mesh-wide run on a node that does not lead: it is
+        driven by `drive_held` once the node leads)."""
         resumed = []
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.runs_dir.glob("*.json")):
@@ -184,16 +186,54 @@ class Engine:
                 continue
             self.runs[run.id] = run
             if run.outcome == RUNNING and run.protocol in self.protocols:
+                if hold(run):
+                    log.info("protocol.held", run_id=run.id, protocol=run.protocol,
+                             state=run.state)
+                    continue
                 log.warning("protocol.resumed", run_id=run.id, protocol=run.protocol,
                             state=run.state)
-                # The step a stopped supervisor left running is final: it runs again now.
-                for step in run.steps:
-                    if step.outcome == RUNNING:
-                        step.outcome, step.finished_at = ABORTED, db_time()
-                        step.detail = "interrupted: the supervisor stopped; run again on resume"
-                self._tasks[run.id] = asyncio.create_task(self._drive(run))
+                self._redrive(run, "interrupted: the supervisor stopped; run again on resume")
                 resumed.append(run)
         return resumed
+
+    def _redrive(self, run: Run, detail: str) -> None:
+        # The step left running (by a stopped supervisor, or a run suspended) is final: it
+        # runs again now.
+        for step in run.steps:
+            if step.outcome == RUNNING:
+                step.outcome, step.finished_at = ABORTED, db_time()
+                step.detail = detail
+        self._tasks[run.id] = asyncio.create_task(self._drive(run))
+
+    def suspend(self, which: Callable[[Run], bool], reason: str) -> list[Run]:
+        """Stop driving the running runs `which` selects, leaving them `running` (this node
+        lost the leadership: it must not act for the mesh). `drive_held` takes them up again."""
+        suspended = []
+        for run_id, task in list(self._tasks.items()):
+            run = self.runs.get(run_id)
+            if run is None or run.outcome != RUNNING or task.done() or not which(run):
+                continue
+            task.cancel()
+            del self._tasks[run_id]
+            log.warning("protocol.suspended", run_id=run_id, protocol=run.protocol,
+                        state=run.state, reason=reason)
+            suspended.append(run)
+        return suspended
+
+    def drive_held(self, which: Callable[[Run], bool]) -> list[Run]:
+        """Drive the running runs `which` selects that nothing drives (held at start or
+        suspended), from their current state."""
+        driven = []
+        for run in self.runs.values():
+            task = self._tasks.get(run.id)
+            if (run.outcome != RUNNING or run.protocol not in self.protocols
+                    or (task is not None and not task.done()) or not which(run)):
+                continue
+            log.warning("protocol.resumed", run_id=run.id, protocol=run.protocol,
+                        state=run.state)
+            self._redrive(run, "interrupted: this node stopped leading; run again")
+            driven.append(run)
+        return driven
 
     async def abort(self, run_id: str, reason: str) -> Run:
         run = self.runs[run_id]

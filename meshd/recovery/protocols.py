@@ -17,6 +17,11 @@ PROTOCOLS: dict[str, ProtocolSpec] = {
 # Database Unreachable runs on PostgreSQL only and is listed by `meshd protocol list`.
 CATALOG = ("server_crash_recovery", "database_corruption", "network_partition",
            "breaking_api_update")
+# Protocols that act for the whole mesh: with several nodes, only the leader starts or
+# drives them (docs/nodes.md). The others are about the node they run on: its worker crashed
+# (server_crash_recovery), its connection to the database failed (database_unreachable), its
+# SQLite file (database_corruption: a SQLite mesh has a single node).
+MESH_WIDE = frozenset({"network_partition", "breaking_api_update"})
 RUNBOOK_DIR = Path(__file__).resolve().parents[2] / "protocols"
 
 

@@ -31,9 +31,10 @@ log = logging.get("meshd.store.pg_backups")
 SUFFIX = ".pgdump"
 TIMEOUT = 3600
 EVENTS = "events"
-# Every table meshd owns: pg_schema.TABLES and the event log (schema version 3), which a
-# resuming WebSocket client reads from (dict.fromkeys: once, should pg_schema list it too).
-TABLES = tuple(dict.fromkeys((*pg_schema.TABLES, EVENTS)))
+# Every table meshd owns, the event log (schema version 3) among them: a resuming WebSocket
+# client reads from it, so a restore must bring it back.
+TABLES = pg_schema.TABLES
+assert EVENTS in TABLES
 
 
 class BackupError(RuntimeError):

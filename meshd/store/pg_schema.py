@@ -175,18 +175,41 @@ def _v3_evidence_events_versions(conn: psycopg.Connection) -> None:
     _run_script(conn, V3)
 
 
+# v4: the nodes of a mesh and the mesh-wide protocol starts a follower hands to the leader
+# (meshd/store/pg_nodes.py). Not mesh data: written by the supervisors through their
+# leader-lock connections; times are the server's clock (timestamptz), so ages compare across
+# hosts whose clocks differ.
+V4 = f"""
+CREATE TABLE IF NOT EXISTS meshd_nodes (
+  node_id {T} PRIMARY KEY, address {T}, pid BIGINT, version {T},
+  started_at TIMESTAMPTZ NOT NULL, last_seen TIMESTAMPTZ NOT NULL, lock_backend_pid BIGINT,
+  stopped_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS meshd_handovers (
+  id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, protocol {T} NOT NULL, reason {T},
+  context {T} NOT NULL, from_node {T} NOT NULL,
+  requested_at TIMESTAMPTZ NOT NULL DEFAULT now(), taken_by {T}, taken_at TIMESTAMPTZ)
+"""
+
+
+def _v4_nodes(conn: psycopg.Connection) -> None:
+    _run_script(conn, V4)
+
+
 MIGRATIONS: tuple[Callable[[psycopg.Connection], None], ...] = (
     _v1_schema,
     _v2_tokens_and_list_indexes,
     _v3_evidence_events_versions,
+    _v4_nodes,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The tables meshd owns, children before parents (the order a restore or a copy deletes in).
+# `meshd_nodes` and `meshd_handovers` are not among them: they describe the running nodes,
+# not the mesh, so a restore or a migration neither copies nor replaces them.
 TABLES = (
     "agent_tokens", "file_contents", "agent_files", "agent_group_members", "collective_memory",
     "memory_history", "update_acknowledgments", "system_updates", "agent_health_status",
     "skills", "messages", "agent_groups", "agents", "catastrophe_events", "protocol_steps",
-    "protocol_runs", "migration_conflicts", "meshd_meta",
+    "protocol_runs", "migration_conflicts", "meshd_meta", "events",
 )
 
 

@@ -21,6 +21,7 @@ from meshd.config import Settings
 from meshd.locks import FileLock
 from meshd.recovery import corruption
 from meshd.recovery.engine import Run
+from meshd.recovery.protocols import MESH_WIDE
 from meshd.store import postgres
 from meshd.store import restore as restore_mod
 from meshd.store.readonly import open_readonly
@@ -213,8 +214,11 @@ class ProtocolActions:
 
     def resume(self) -> None:
         """Drive unfinished runs again; a restore not finished keeps the worker held, one
-        past it starts the worker read-only."""
-        for run in self.sup.engine.resume_unfinished():
+        past it starts the worker read-only. Mesh-wide runs wait until this node leads
+        (at once on SQLite; on PostgreSQL once elected)."""
+        sup = self.sup
+        for run in sup.engine.resume_unfinished(
+                hold=lambda run: run.protocol in MESH_WIDE and not sup.leads):
             if run.protocol != corruption.SPEC.name:
                 continue
             order = list(corruption.Corruption)

@@ -165,9 +165,10 @@ class WorkerHandle:
         except (aiohttp.ClientError, OSError, TimeoutError):
             return False
 
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
+    async def call(self, method: str, path: str, body: Any = None,
+                   timeout: float = CALL_TIMEOUT) -> Any:
         """One request on the worker's private socket (control.Unreachable/ControlError)."""
-        return await control.request(self.socket_path, method, path, body, CALL_TIMEOUT)
+        return await control.request(self.socket_path, method, path, body, timeout)
 
     def send(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -12,9 +12,9 @@ from aiohttp import web
 from meshd import log as logging
 from meshd import semver
 from meshd.control.server import BadRequest, make_app, read_json, reply
-from meshd.errors import Conflict, MeshError, NotFound
+from meshd.errors import Conflict, MeshError, NotFound, Unavailable
 from meshd.recovery import corruption
-from meshd.recovery.protocols import PROTOCOLS, catalog, dry_run
+from meshd.recovery.protocols import MESH_WIDE, PROTOCOLS, catalog, dry_run
 from meshd.store import backups
 from meshd.store import restore as restore_mod
 from meshd.supervisor import metrics as supervisor_metrics
@@ -149,6 +149,20 @@ def make_control_app(sup: Supervisor) -> web.Application:
             raise BadRequest("rollback_to is a semantic version, for server_crash_recovery")
         if name == corruption.SPEC.name and sup.on_postgresql:
             raise Conflict(ON_POSTGRESQL)
+        if name in MESH_WIDE and not sup.leads:
+            if body.get("detected") and sup.on_postgresql:
+                # A fault this node's worker met (a breaking update created here): handed to
+                # the leader through the database, which runs it (docs/nodes.md).
+                try:
+                    handed = await sup.leadership.hand_over(name, reason, context)
+                except Exception as exc:  # noqa: BLE001 - psycopg's, OS and timeout errors
+                    raise Unavailable(f"cannot hand {name} over to the leader: {exc}") from None
+                return reply({"handed_over": handed, "protocol": name,
+                              "leader": sup.leadership.leader_node()}, status=202)
+            # An operator's start is refused, naming the leader: a follower neither runs a
+            # mesh-wide protocol (the leader might run the same one) nor forwards it.
+            raise Conflict(sup.leadership.not_leader(name),
+                           extra={"leader": sup.leadership.leader_node()})
         if name == corruption.SPEC.name:
             run = sup.start_corruption_protocol(reason, **context)
         else:

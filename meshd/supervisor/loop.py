@@ -30,9 +30,9 @@ from meshd.locks import FileLock, LockBusy
 from meshd.process import EXIT_DB_CORRUPT, bind_socket
 from meshd.recovery import corruption, crash, unreachable
 from meshd.recovery.engine import Engine, Run
-from meshd.recovery.protocols import PROTOCOLS
+from meshd.recovery.protocols import MESH_WIDE, PROTOCOLS
 from meshd.store import postgres
-from meshd.supervisor import alerts, status
+from meshd.supervisor import alerts, leader, status
 from meshd.supervisor import metrics as supervisor_metrics
 from meshd.supervisor.actions import STARTUP_GRACE, ProtocolActions
 from meshd.supervisor.child import WorkerHandle, probe_host
@@ -99,6 +99,8 @@ class Supervisor:
         self.engine = Engine(self.actions, data_dir / "protocols", PROTOCOLS)
         self.maintenance = Maintenance(self)
         self.replication = Replication(self)
+        self.leadership: leader.Leadership | None = None  # made once the port is bound
+        self._lease_wake = asyncio.Event()
 
     def _policy(self) -> Policy:
         s = self.settings
@@ -125,6 +127,8 @@ class Supervisor:
                                   supervisor_metrics.fallback_handler(self),
                                   self.settings.header_timeout)
         self._control = await serve_unix(make_control_app(self), settings.control_socket)
+        self.leadership = leader.for_settings(settings, self.port, self._leadership_changed,
+                                              self._handed_over)
         self._install_signals()
         log.info("supervisor.started", pid=os.getpid(), host=settings.host, port=self.port,
                  data_dir=str(settings.data_dir), systemd=self.notifier.enabled)
@@ -132,6 +136,9 @@ class Supervisor:
         if unclean_pid is not None:
             await self._check_after_unclean_stop(unclean_pid)
         self._spawn_task(self._watchdog_pings())
+        if self.on_postgresql:
+            self._spawn_task(self.leadership.run())
+            self._spawn_task(self._lease_worker())
         self.maintenance.start()
         self.replication.start()
         while not self._stopping:
@@ -595,6 +602,7 @@ class Supervisor:
         self.notifier.stopping()
         log.info("supervisor.stopping")
         self.maintenance.stop()
+        await self.leadership.stop()  # another node is elected while this one drains
         await self.replication.stop()
         await self._fallback.stop()
         await self.retire_standby("stopping", wait=True)
@@ -622,6 +630,45 @@ class Supervisor:
     @property
     def on_postgresql(self) -> bool:
         return postgres.is_url(self.settings.database)
+
+    # -- leadership (several nodes on PostgreSQL; a SQLite node always leads) ---------------
+
+    @property
+    def leads(self) -> bool:
+        """Whether this node runs the once-per-mesh duties now (leader.py)."""
+        return self.leadership is not None and self.leadership.leads
+
+    def _leadership_changed(self, leads: bool) -> None:
+        """Mesh-wide protocol runs follow the leadership; the worker's jobs follow its lease,
+        told at once here and renewed every tick by `_lease_worker`."""
+        mesh_wide = lambda run: run.protocol in MESH_WIDE  # noqa: E731
+        if leads:
+            self.engine.drive_held(mesh_wide)
+        else:
+            self.engine.suspend(mesh_wide, "this node stopped leading")
+        self._lease_wake.set()
+
+    def _handed_over(self, start: dict[str, Any]) -> None:
+        """A mesh-wide protocol a follower met (its worker detected the fault): run here."""
+        self.engine.start(start["protocol"], str(start["reason"] or "handed over"),
+                          start["context"])
+        self._wake.set()
+
+    async def _lease_worker(self) -> None:
+        """Tell the serving worker whether it leads and until when, every tick and at once
+        on a change; a worker not told again stops leading when its lease runs out."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lease_wake.wait(), leader.TICK)
+            self._lease_wake.clear()
+            worker = self.worker
+            if worker is None or worker.healthy_at is None or worker.exited:
+                continue
+            try:
+                await worker.call("POST", "/internal/leader", self.leadership.lease(),
+                                  timeout=leader.TICK)
+            except (control.Unreachable, control.ControlError) as exc:
+                log.info("leader.worker_not_told", pid=worker.pid, error=str(exc))
 
     def start_unreachable_protocol(self, reason: str) -> Run:
         """PostgreSQL could not be reached (joins the run under way, if any)."""

@@ -75,7 +75,9 @@ class Maintenance:
         self.scheduler = scheduler
 
     async def scheduled_backup(self) -> None:
-        if self.sup.idle_for_maintenance():
+        """Scheduled backups and checks are the leader's (once per mesh); an operator's
+        `meshd backup` or `meshd check` runs on whichever node it is asked of."""
+        if self.sup.idle_for_maintenance() and self.sup.leads:
             with contextlib.suppress(backups.BackupError):  # logged and recorded already
                 await self.backup_now("scheduled")
 
@@ -121,7 +123,7 @@ class Maintenance:
                                 "at": time.time()}
 
     async def scheduled_check(self, full: bool) -> None:
-        if self.sup.idle_for_maintenance():
+        if self.sup.idle_for_maintenance() and self.sup.leads:
             await self.check_now(full)
 
     async def check_now(self, full: bool) -> list[str]:

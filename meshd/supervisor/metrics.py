@@ -64,6 +64,9 @@ class SupervisorCollector:
         worker = sup.worker
         yield GaugeMetricFamily("meshd_worker_up", "1 while a worker answers its probes",
                                 value=1 if worker and worker.healthy_at else 0)
+        yield GaugeMetricFamily("meshd_leader",
+                                "1 while this node leads the mesh and runs its once-per-mesh "
+                                "duties (always 1 on SQLite)", value=1 if sup.leads else 0)
         yield GaugeMetricFamily("meshd_supervisor_pending_records",
                                 "Events and run records waiting for a worker to store them",
                                 value=len(sup.outbox))

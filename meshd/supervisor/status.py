@@ -20,6 +20,8 @@ def line(sup: Supervisor) -> str:
         return f"{sup.state}: {sup.reason or ''}".strip()
     ws = sup.worker_status
     text = f"serving {ws.get('mode', 'read-write')}, {ws.get('agents', '?')} agents"
+    if sup.leadership is not None and sup.leadership.url is not None:
+        text += f", {sup.leadership.role}"
     last = last_backup(sup.settings.backup_dir)
     if last:
         text += f", last backup {last['age_s'] // 60:.0f} min ago"
@@ -72,7 +74,16 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
         "data_dir": str(settings.data_dir.resolve()),
         "database": (postgres.redact(settings.database) if postgres.is_url(settings.database)
                      else str(settings.database.resolve())),
+        **leadership(sup),
     }
+
+
+def leadership(sup: Supervisor) -> dict[str, Any]:
+    """This node's role and, on PostgreSQL, every node of the mesh with the one leading (read
+    from the lock's holder each tick, so a dead leader is never shown leading)."""
+    if sup.leadership is None:
+        return {"node": None, "nodes": []}
+    return {"node": sup.leadership.status(), "nodes": sup.leadership.nodes}
 
 
 def standby_status(standby: WorkerHandle | None) -> dict[str, Any] | None:

@@ -20,10 +20,12 @@ from meshd.control import server as control_server
 from meshd.errors import Invalid, MeshError
 from meshd.store import records
 from meshd.store.events import Event, emit_only
+from meshd.worker.leadership import Lease
 
 log = logging.get("meshd.internal")
 routes = web.RouteTableDef()
 STARTED = web.AppKey("started", float)
+LEASE = web.AppKey("lease", Lease)
 
 
 @routes.get("/internal/status")
@@ -38,8 +40,27 @@ async def status(request: web.Request) -> web.Response:
         "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
         "journal_seq": storage.journal_seq,
         "ws_clients": len(request.app[HUB].clients),
+        "leader": request.app[LEASE].leads(),
         **counts,
     })
+
+
+@routes.post("/internal/leader")
+async def set_leader(request: web.Request) -> web.Response:
+    """The supervisor's lease: whether this worker runs the once-per-mesh jobs, and until
+    when (a CLOCK_MONOTONIC deadline)."""
+    body = await read_body(request)
+    leads, until = body.get("leader"), body.get("until_monotonic")
+    if not isinstance(leads, bool):
+        raise Invalid("leader must be true or false")
+    lease = request.app[LEASE]
+    if leads:
+        if not isinstance(until, int | float) or isinstance(until, bool):
+            raise Invalid("until_monotonic must be a number when leader is true")
+        lease.grant(float(until))
+    else:
+        lease.revoke()
+    return json_response({"leader": lease.leads()})
 
 
 @routes.post("/internal/mode")
@@ -103,10 +124,11 @@ async def publish(request: web.Request) -> web.Response:
     return json_response({"published": True})
 
 
-def make_internal_app(public: web.Application) -> web.Application:
+def make_internal_app(public: web.Application, lease: Lease) -> web.Application:
     """The private app, served with the control socket's framing and error convention."""
     app = control_server.make_app(routes)
     for key in (STORAGE, HUB, SETTINGS):
         app[key] = public[key]
     app[STARTED] = time.monotonic()
+    app[LEASE] = lease
     return app

@@ -2,13 +2,16 @@
 offline detection.
 
 Jobs that read files or run checks belong to the supervisor's scheduler instead; these touch
-only the API's own data and run where the writer is.
+only the API's own data and run where the writer is. They act for the whole mesh, so with
+several nodes on PostgreSQL they run only on the leader's worker, while its lease lasts
+(`meshd/worker/leadership.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from meshd.store import event_log
 from meshd.store import health as health_store
 from meshd.store import messages as messages_store
 from meshd.store.base import Storage
+from meshd.worker.leadership import Lease
 from meshd.worker.supervisor_client import SupervisorClient
 
 log = logging.get("meshd.jobs")
@@ -69,12 +73,14 @@ class PartitionDetector:
         return None
 
 
-def start(settings: Settings, storage: Storage,
-          supervisor: SupervisorClient | None = None) -> list[asyncio.Task]:
+def start(settings: Settings, storage: Storage, supervisor: SupervisorClient | None = None,
+          lease: Lease | None = None) -> list[asyncio.Task]:
     """The worker's periodic jobs; the events their writes cause reach the WebSocket through
-    the storage's event path, like any write's."""
+    the storage's event path, like any write's. Each round runs only while `lease` leads."""
+    lease = lease or Lease(always=True)
+
     async def sweep() -> None:
-        if storage.read_only_reason:
+        if storage.read_only_reason or not lease.leads():
             return
         timed_out = await storage.write(
             messages_store.time_out_expired, db_time())
@@ -90,10 +96,17 @@ def start(settings: Settings, storage: Storage,
     # Agents cannot have reached a server that was down: give them one heartbeat_timeout
     # after a start before reporting any of them offline.
     detect_from = loop.time() + settings.heartbeat_timeout
+    # A node that becomes leader starts partition detection afresh, after the same grace: the
+    # agents of a node that just died are reconnecting elsewhere, not cut off together.
+    partition = {"gained": None, "from": 0.0}
 
     async def detect_offline() -> None:
-        if storage.read_only_reason or loop.time() < detect_from:
+        if storage.read_only_reason or loop.time() < detect_from or not lease.leads():
             return
+        if lease.gained_at != partition["gained"]:
+            partition["gained"] = lease.gained_at
+            partition["from"] = (lease.gained_at or 0.0) + settings.heartbeat_timeout
+            detector.recent.clear()
         now = utcnow()
         cutoff = db_time(now - timedelta(seconds=settings.heartbeat_timeout))
         went_offline = await storage.write(health_store.mark_offline, cutoff, db_time(now))
@@ -104,6 +117,8 @@ def start(settings: Settings, storage: Storage,
         # Evidence: a heartbeat within partition_window before the agent's timeout began.
         since = db_time(now - timedelta(seconds=settings.heartbeat_timeout
                                         + settings.partition_window))
+        if time.monotonic() < partition["from"]:
+            return  # marked offline, but not evidence of a partition yet
         fired = detector.observe(loop.time(), heartbeating(went_offline, since), online)
         if fired and supervisor is not None:
             agents = [agent_id for _t, agent_id, _ls in fired]

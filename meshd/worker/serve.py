@@ -34,6 +34,7 @@ from meshd.store.base import Storage
 from meshd.store.sqlite import SqliteStorage, is_corruption
 from meshd.worker import jobs, standby
 from meshd.worker.internal import make_internal_app
+from meshd.worker.leadership import Lease
 from meshd.worker.replica_sync import ReplicaSync
 from meshd.worker.supervisor_client import SupervisorClient
 
@@ -192,6 +193,8 @@ async def serve(
     baseline_event = (await refuse_writes_without_baseline(storage, baseline_problem)
                       if baseline_problem else None)
     hub = Hub()
+    # Several nodes on PostgreSQL: the once-per-mesh jobs wait for the supervisor's lease.
+    lease = Lease(always=not (supervised and postgres.is_url(settings.database)))
     app = make_app(settings, storage, hub, supervisor=supervisor_client)
     runner = GuardedAppRunner(app, header_timeout=settings.header_timeout, access_log=None,
                               handle_signals=False, shutdown_timeout=settings.drain_timeout)
@@ -200,7 +203,7 @@ async def serve(
     await web.SockSite(runner, sock).start()
     internal_runner = None
     if supervised:
-        internal_runner = web.AppRunner(make_internal_app(app), access_log=None,
+        internal_runner = web.AppRunner(make_internal_app(app, lease), access_log=None,
                                         handle_signals=False)
         await internal_runner.setup()
         with contextlib.suppress(FileNotFoundError):
@@ -208,7 +211,7 @@ async def serve(
         await web.UnixSite(internal_runner, str(settings.worker_socket)).start()
         os.chmod(settings.worker_socket, 0o600)
     port = sock.getsockname()[1]
-    background = jobs.start(settings, storage, supervisor_client)
+    background = jobs.start(settings, storage, supervisor_client, lease)
     if baseline_event:
         background.append(asyncio.create_task(_retry_baseline(settings, storage, baseline_event)))
     if supervised:

@@ -5,6 +5,7 @@ and phone sizes, and a forged CSRF token or a foreign Origin is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -12,11 +13,13 @@ import shutil
 import signal
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.process.harness import MeshdProcess
+from tests.process.harness import MeshdProcess, poll
+from tests.process.nodes import pg_cluster, start_nodes  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.process
 
@@ -159,3 +162,41 @@ def test_console_live_in_a_browser(meshd_proc, browser):
     context.close()
     assert (ARTIFACTS / "console-desktop.png").stat().st_size > 10_000
     assert (ARTIFACTS / "console-phone.png").stat().st_size > 10_000
+
+
+def test_console_shows_the_nodes_and_which_one_leads(meshd_proc, browser, pg_cluster):  # noqa: F811
+    """Two nodes on one PostgreSQL: the follower's console lists both, the leader marked."""
+    # In a thread of its own: Playwright's sync API runs an event loop in this one.
+    with ThreadPoolExecutor(1) as pool:
+        nodes = pool.submit(asyncio.run, start_nodes(meshd_proc, pg_cluster.url("mesh"), 2,
+                                                     ["--access-log", "false"])).result()
+
+    def leader_id() -> str | None:
+        named = set()
+        for node in nodes:
+            leaders = [n["node_id"] for n in node.status()["nodes"] if n["leader"]]
+            if len(leaders) != 1:
+                return None
+            named.add(leaders[0])
+        return named.pop() if len(named) == 1 else None
+
+    leader = poll(leader_id, 30, "both nodes naming one leader")
+    follower = next(n for n in nodes if n.status()["node"]["node_id"] != leader)
+    this = follower.status()["node"]["node_id"]
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.goto(follower.url + "/")
+    page.fill("#key", follower.key)
+    page.click("button[type=submit]")
+    page.wait_for_url(follower.url + "/")
+    row = page.locator(f'#panel-service tr[data-node="{leader}"][data-state="leader"]')
+    row.wait_for()
+    assert "leader" in row.inner_text()
+    mine = page.locator(f'#panel-service tr[data-node="{this}"]')
+    assert "(this node)" in mine.inner_text() and "follower" in mine.inner_text()
+    assert f"{this}: follower" in page.locator('[data-fact="node"]').inner_text()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "console-nodes.png"), full_page=True)
+    context.close()

@@ -378,3 +378,38 @@ async def test_a_drill_says_so_in_its_event_and_run(tmp_path):
     assert run.event["title"].startswith("Drill: ")
     assert run.event["description"].startswith("drill (nothing failed)")
     assert host.published[-1]["run"]["drill"] is True
+
+
+async def test_runs_held_at_resume_or_suspended_are_driven_only_when_asked(tmp_path):
+    """A node that does not lead keeps a mesh-wide run waiting (held at start, suspended when
+    it stops leading); `drive_held` takes it up from its state, the interrupted step final."""
+    gate = asyncio.Event()
+    calls: list[str] = []
+
+    async def waits(host, run: Run) -> str:
+        calls.append("wait")
+        await gate.wait()
+        return "back"
+
+    table = {"a": Transition(waits, "b"), "b": Transition(ok("two", calls), "c")}
+    eng = engine(tmp_path, FakeHost(), spec(table))
+    run = eng.start("drill", "testing")
+    await asyncio.sleep(0.01)
+    assert eng.suspend(lambda r: r.protocol == "drill", "not leading") == [run]
+    await asyncio.sleep(0.01)
+    assert run.outcome == "running" and calls == ["wait"]
+
+    # A restarted supervisor that does not lead holds it too.
+    again = engine(tmp_path, FakeHost(), spec(table))
+    assert again.resume_unfinished(hold=lambda r: True) == []
+    await asyncio.sleep(0.01)
+    assert again.runs[run.id].outcome == "running" and calls == ["wait"]
+
+    gate.set()
+    assert eng.drive_held(lambda r: r.protocol == "drill") == [run]
+    done = await eng.wait(run.id)
+    assert (done.outcome, done.state) == ("completed", "c")
+    assert [(s.state, s.outcome) for s in done.steps] == [
+        ("a", "aborted"), ("a", "ok"), ("b", "ok")]
+    assert done.steps[0].detail.startswith("interrupted")
+    assert eng.drive_held(lambda r: True) == []  # nothing left to drive
