@@ -203,8 +203,9 @@ MIGRATIONS: tuple[Callable[[psycopg.Connection], None], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The tables meshd owns, children before parents (the order a restore or a copy deletes in).
-# `meshd_nodes` and `meshd_handovers` are not among them: they describe the running nodes,
-# not the mesh, so a restore or a migration neither copies nor replaces them.
+# `meshd_nodes` and `meshd_handovers` (NODE_TABLES) are not among them: they describe the
+# running nodes, not the mesh, so a restore or a migration neither copies nor replaces them.
+NODE_TABLES = ("meshd_nodes", "meshd_handovers")
 TABLES = (
     "agent_tokens", "file_contents", "agent_files", "agent_group_members", "collective_memory",
     "memory_history", "update_acknowledgments", "system_updates", "agent_health_status",
