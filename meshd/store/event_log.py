@@ -29,9 +29,7 @@ def after(db: Reader, since: int, limit: int) -> list[Encoded]:
     """Events with an id above `since`, oldest first, at most `limit`."""
     rows = db.query("SELECT id, type, data, audience FROM events WHERE id > ? ORDER BY id"
                     " LIMIT ?", (since, limit))
-    return [Encoded(r["type"], r["data"],
-                    frozenset(orjson.loads(r["audience"])) if r["audience"] else None, r["id"])
-            for r in rows]
+    return [_encoded(r) for r in rows]
 
 
 def latest_id(db: Reader) -> int:
@@ -44,3 +42,17 @@ def prune(tx: Tx, keep: int) -> int:
     if newest <= keep:
         return 0
     return tx.execute("DELETE FROM events WHERE id <= ?", (newest - keep,))
+
+
+def between(db: Reader, after: int, upto: int, limit: int) -> list[Encoded]:
+    """Events with `after` < id <= `upto`, oldest first, at most `limit` (what a PostgreSQL
+    node's event pump lacks: `meshd.store.pg_events`)."""
+    rows = db.query("SELECT id, type, data, audience FROM events WHERE id > ? AND id <= ?"
+                    " ORDER BY id LIMIT ?", (after, upto, limit))
+    return [_encoded(r) for r in rows]
+
+
+def _encoded(row: dict) -> Encoded:
+    return Encoded(row["type"], row["data"],
+                   frozenset(orjson.loads(row["audience"])) if row["audience"] else None,
+                   row["id"])
