@@ -1,7 +1,8 @@
 """The events table: every event the hub sends, in commit order, so a WebSocket client that
 lost its connection (or a worker that was not running) misses nothing: it resumes after the
-last id it saw. Rows are written by `Tx.emit` (meshd.store.sqlite) in the write's transaction;
-the newest `event_log_keep` are kept."""
+last id it saw. Rows are written in the write's transaction: by `Tx.emit` on SQLite (one
+writer: ids are in commit order), at pre-commit time under a mesh-wide lock on PostgreSQL
+(`meshd.store.pg_events`); the newest `event_log_keep` are kept."""
 
 from __future__ import annotations
 
