@@ -45,16 +45,34 @@ _INSERT_TAIL = (" RETURNING id) SELECT array_agg(id ORDER BY id) AS ids,"
                 f" pg_notify('{CHANNEL}', max(id)::text) FROM ins")
 
 
-def insert_ordered(conn: psycopg.Connection, events: list[Encoded], now: str) -> list[Encoded]:
-    """Rows for a transaction's events, just before its COMMIT: under EVENTS_LOCK (held until
-    the transaction ends), one INSERT, and one notification carrying the last id. The ids
+def commit_with_events(conn: psycopg.Connection, events: list[Encoded], now: str
+                       ) -> list[Encoded]:
+    """Rows for a transaction's events, then its COMMIT: under EVENTS_LOCK (held until the
+    COMMIT ends), one INSERT that also notifies the last id, then COMMIT; the events with
+    their ids. The three statements go in one pipeline (one round trip), so the lock is
+    held for the server's work alone, never while this thread waits for the CPU. The ids
     are taken in VALUES order, so the sorted ids match the events in order."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,))
     values = ",".join(["(%s, %s, %s, %s)"] * len(events))
     params = [value for event in events for value in event_log.row_values(event, now)]
-    row = conn.execute(f"WITH ins AS ({_INSERT_HEAD}{values}{_INSERT_TAIL}",
-                       params).fetchone()
-    ids = row["ids"]
+    # Never server-side prepared: a pipeline aborted by a failed COMMIT (a serialization
+    # failure, retried) would leave psycopg's cache of prepared statements out of step.
+    # The first error is the one raised (the pipeline's end then reports "aborted").
+    first: psycopg.Error | None = None
+    try:
+        with conn.pipeline():
+            try:
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (EVENTS_LOCK,),
+                             prepare=False)
+                cursor = conn.execute(f"WITH ins AS ({_INSERT_HEAD}{values}{_INSERT_TAIL}",
+                                      params, prepare=False)
+                conn.execute("COMMIT", prepare=False)
+            except psycopg.Error as exc:
+                first = exc
+    except psycopg.Error as exc:
+        first = first or exc
+    if first is not None:
+        raise first
+    ids = cursor.fetchone()["ids"]
     return [event_log.with_id(event, event_id) for event, event_id in zip(events, ids,
                                                                           strict=True)]
 

@@ -21,6 +21,7 @@ acknowledged only after its COMMIT returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -168,9 +169,11 @@ class PostgresStorage:
         self._event_sink: ev.Sink | None = None
         self.event_pump: pg_events.EventPump | None = None
         self._listener: pg_events.Listener | None = None
-        # COMMIT and the hand-over of its events are one step under this lock, so events
-        # reach the sink in commit order although writes run on several connections.
+        # The COMMIT of a write with events and the hand-over of its events are one step
+        # under this lock, so they reach the pump in commit order although writes run on
+        # several connections. A write without events commits without it.
         self._commit_lock = threading.Lock()
+        self._versions_lock = threading.Lock()  # the counters' read-modify-write
         self.versions = TableVersions()
         # Metrics hook (api/metrics.py): called with (1, COMMIT seconds) after each commit.
         self.on_batch: Callable[[int, float], None] | None = None
@@ -357,24 +360,35 @@ class PostgresStorage:
             if trial:
                 conn.execute("ROLLBACK")
                 return result, None
-            if tx.events:  # rows, ids and the notification; the lock is held until COMMIT ends
-                try:
-                    tx.events = pg_events.insert_ordered(conn, tx.events, db_time())
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+            if tx.events:
+                # Rows, ids, notification and COMMIT in one step (`pg_events`); under this
+                # lock, so this node's events reach the pump in commit order.
                 tx.statements.append(event_log.INSERT)
-            with self._commit_lock:
+                with self._commit_lock:
+                    started = time.monotonic()
+                    try:
+                        tx.events = pg_events.commit_with_events(conn, tx.events, db_time())
+                    except BaseException:
+                        with contextlib.suppress(psycopg.Error):
+                            conn.execute("ROLLBACK")  # (a no-op when COMMIT itself failed)
+                        raise
+                    seconds = time.monotonic() - started
+                    self._bump(tx.statements)
+                    if self._loop is not None:
+                        self._loop.call_soon_threadsafe(self._hand_over, tx.events)
+            else:
                 started = time.monotonic()
                 conn.execute("COMMIT")
                 seconds = time.monotonic() - started
-                if tx.statements:
-                    self.versions.bump(tx.statements)
-                if tx.events and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._hand_over, tx.events)
+                self._bump(tx.statements)
             if self.on_batch:
                 self.on_batch(1, seconds)
             return result, (tx.events[-1].id if tx.events else None)
+
+    def _bump(self, statements: list[str]) -> None:
+        if statements:
+            with self._versions_lock:
+                self.versions.bump(statements)
 
     # -- reachability ------------------------------------------------------------------------
     #
