@@ -5,9 +5,9 @@
 
 Run: .venv/bin/python bench/nodes.py [--seconds 10] [--warmup 2] [--clients 32]
                                      [--nodes 1 2 3] [--before DIR] [--rounds 1]
-`--source DIR` runs the node table from another source tree; `--before DIR`: also run 1 node from another source tree (PYTHONPATH=DIR, e.g. `git archive`
-of the commit before the commit-order change), alternating with this tree `--rounds` times, so
-background load on the machine hits both alike.
+`--source DIR` runs the node table from another source tree; `--before DIR`: also run `--ab-nodes` (default 1) from another source tree (PYTHONPATH=DIR,
+e.g. `git archive` of the commit before the commit-order change), alternating with this tree
+`--rounds` times, so background load on the machine hits both alike.
 
 Besides requests/s and latency it prints the CPU time per request of all meshd processes
 (every node's supervisor, worker and standby) and of PostgreSQL's processes: on a shared
@@ -149,11 +149,12 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"  statuses: {result['statuses']}", flush=True)
         if args.before:
             for _ in range(args.rounds):
-                for label, source in (("1 node, before (ids before COMMIT)", args.before),
-                                      ("1 node, this tree", None)):
-                    n += 1
-                    result = await measure(cluster, f"bench{n}", 1, args, source)
-                    print(row(label, result), flush=True)
+                for count in args.ab_nodes:
+                    for label, source in ((f"{count}, before", args.before),
+                                          (f"{count}, this tree", None)):
+                        n += 1
+                        result = await measure(cluster, f"bench{n}", count, args, source)
+                        print(row(label, result), flush=True)
 
 
 if __name__ == "__main__":
@@ -164,6 +165,8 @@ if __name__ == "__main__":
     parser.add_argument("--nodes", type=int, nargs="*", default=[1, 2, 3])
     parser.add_argument("--before", help="another source tree to run 1 node from (A/B)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--ab-nodes", type=int, nargs="+", default=[1],
+                        help="node counts of the --before A/B rounds")
     parser.add_argument("--source", help="run the node table from another source tree")
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

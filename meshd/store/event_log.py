@@ -30,7 +30,7 @@ def after(db: Reader, since: int, limit: int) -> list[Encoded]:
     """Events with an id above `since`, oldest first, at most `limit`."""
     rows = db.query("SELECT id, type, data, audience FROM events WHERE id > ? ORDER BY id"
                     " LIMIT ?", (since, limit))
-    return [_encoded(r) for r in rows]
+    return [from_row(r) for r in rows]
 
 
 def latest_id(db: Reader) -> int:
@@ -45,15 +45,8 @@ def prune(tx: Tx, keep: int) -> int:
     return tx.execute("DELETE FROM events WHERE id <= ?", (newest - keep,))
 
 
-def between(db: Reader, after: int, upto: int, limit: int) -> list[Encoded]:
-    """Events with `after` < id <= `upto`, oldest first, at most `limit` (what a PostgreSQL
-    node's event pump lacks: `meshd.store.pg_events`)."""
-    rows = db.query("SELECT id, type, data, audience FROM events WHERE id > ? AND id <= ?"
-                    " ORDER BY id LIMIT ?", (after, upto, limit))
-    return [_encoded(r) for r in rows]
-
-
-def _encoded(row: dict) -> Encoded:
+def from_row(row: dict) -> Encoded:
+    """An event as its row holds it (id, type, data, audience as JSON text or NULL)."""
     return Encoded(row["type"], row["data"],
                    frozenset(orjson.loads(row["audience"])) if row["audience"] else None,
                    row["id"])

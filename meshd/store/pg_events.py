@@ -25,6 +25,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 import psycopg
+from psycopg.rows import dict_row
 
 from meshd import log as logging
 from meshd.store import event_log
@@ -79,12 +80,57 @@ def commit_with_events(conn: psycopg.Connection, events: list[Encoded], now: str
 
 ReadRange = Callable[[int, int, int], Awaitable[list[Encoded]]]
 
+_BETWEEN = ("SELECT id, type, data, audience FROM events WHERE id > %s AND id <= %s"
+            " ORDER BY id LIMIT %s")
+
+
+class TableReader:
+    """The pump's reads, on a connection of its own on the event loop: one autocommit SELECT
+    each (its own snapshot, taken after the notification or hand-over that asked for it),
+    with no thread hand-off and no BEGIN/ROLLBACK round trips. The pump reads for every
+    other node's commit, so this is on every write's path when nodes interleave. A broken
+    connection is dropped and made again on the next read."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.AsyncConnection | None = None
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                row_factory=dict_row)
+        return self._conn
+
+    async def between(self, after: int, upto: int, limit: int) -> list[Encoded]:
+        try:
+            conn = await self._connection()
+            cursor = await conn.execute(_BETWEEN, (after, upto, limit))
+            rows = await cursor.fetchall()
+        except psycopg.Error:
+            self._conn = await _closed(self._conn)
+            raise
+        return [event_log.from_row(row) for row in rows]
+
+    async def latest(self) -> int:
+        try:
+            conn = await self._connection()
+            cursor = await conn.execute("SELECT MAX(id) AS id FROM events")
+            row = await cursor.fetchone()
+        except psycopg.Error:
+            self._conn = await _closed(self._conn)
+            raise
+        return row["id"] or 0
+
+    async def close(self) -> None:
+        self._conn = await _closed(self._conn)
+
 
 class EventPump:
     """Hands events to `deliver` strictly in id order, each once.
 
     Three inputs, all on the event loop: `local(events)` (this node's commit), `notified(id)`
-    (any node's commit, own included), `catch_up()` (the LISTEN connection came back, or the
+    (another node's commit; an own one is harmless too), `catch_up()` (the LISTEN connection came back, or the
     safety poll: every committed id up to MAX(id)). One task (`run`) does the reads, so the
     inputs never interleave out of order. A local batch that follows `last_id` directly, with
     nothing pending, is handed on at once without any read (a lone node's usual case)."""
@@ -209,6 +255,12 @@ class Listener:
         self.poll_interval = poll_interval
         self.connected = asyncio.Event()
         self.connections = 0
+        # Backend pids of this worker's write connections (added by the storage before each
+        # commit with events). Their notifications are skipped: the hand-over after COMMIT
+        # brings the same ids, and reading the rows first would only cost a read. A pid a
+        # later connection of another node reuses costs that node's notification only; its
+        # next one, or the poll, covers it.
+        self.own_backends: set[int] = set()
         self._tasks: list[asyncio.Task] = []
 
     async def start(self, initial_id: Callable[[], Awaitable[int]]) -> None:
@@ -266,6 +318,8 @@ class Listener:
                 delay = 0.1
                 try:
                     async for notify in conn.notifies():
+                        if notify.pid in self.own_backends:
+                            continue  # this node's commit: its hand-over carries the same
                         with contextlib.suppress(ValueError):
                             self.pump.notified(int(notify.payload))
                 except (psycopg.Error, OSError) as exc:

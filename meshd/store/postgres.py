@@ -169,10 +169,7 @@ class PostgresStorage:
         self._event_sink: ev.Sink | None = None
         self.event_pump: pg_events.EventPump | None = None
         self._listener: pg_events.Listener | None = None
-        # The COMMIT of a write with events and the hand-over of its events are one step
-        # under this lock, so they reach the pump in commit order although writes run on
-        # several connections. A write without events commits without it.
-        self._commit_lock = threading.Lock()
+        self._events_reader: pg_events.TableReader | None = None
         self._versions_lock = threading.Lock()  # the counters' read-modify-write
         self.versions = TableVersions()
         # Metrics hook (api/metrics.py): called with (1, COMMIT seconds) after each commit.
@@ -192,16 +189,10 @@ class PostgresStorage:
         """The ordered event stream of this worker (`store.pg_events`): LISTEN first, then
         the newest id, so every commit from then on is either at or below that id or
         notified; this returns before the first write can commit."""
-        self.event_pump = pg_events.EventPump(self._read_between, self._read_latest,
-                                              self._deliver)
+        self._events_reader = reader = pg_events.TableReader(self.url)
+        self.event_pump = pg_events.EventPump(reader.between, reader.latest, self._deliver)
         self._listener = pg_events.Listener(self.url, self.event_pump)
-        await self._listener.start(self._read_latest)
-
-    async def _read_between(self, after: int, upto: int, limit: int) -> list[ev.Encoded]:
-        return await self.read(event_log.between, after, upto, limit)
-
-    async def _read_latest(self) -> int:
-        return await self.read(event_log.latest_id)
+        await self._listener.start(reader.latest)
 
     def _open(self) -> None:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT),
@@ -228,6 +219,7 @@ class PostgresStorage:
             self._probe.cancel()
         if self._listener is not None:
             await self._listener.stop()
+            await self._events_reader.close()
             self._listener = None
         if self._pool is not None:
             await self._loop.run_in_executor(self._exec, self._pool.close)
@@ -361,21 +353,22 @@ class PostgresStorage:
                 conn.execute("ROLLBACK")
                 return result, None
             if tx.events:
-                # Rows, ids, notification and COMMIT in one step (`pg_events`); under this
-                # lock, so this node's events reach the pump in commit order.
+                # Rows, ids, notification and COMMIT in one step (`pg_events`). Threads may
+                # hand their events over out of commit order: the pump orders them by id.
                 tx.statements.append(event_log.INSERT)
-                with self._commit_lock:
-                    started = time.monotonic()
-                    try:
-                        tx.events = pg_events.commit_with_events(conn, tx.events, db_time())
-                    except BaseException:
-                        with contextlib.suppress(psycopg.Error):
-                            conn.execute("ROLLBACK")  # (a no-op when COMMIT itself failed)
-                        raise
-                    seconds = time.monotonic() - started
-                    self._bump(tx.statements)
-                    if self._loop is not None:
-                        self._loop.call_soon_threadsafe(self._hand_over, tx.events)
+                if self._listener is not None:
+                    self._listener.own_backends.add(conn.info.backend_pid)
+                started = time.monotonic()
+                try:
+                    tx.events = pg_events.commit_with_events(conn, tx.events, db_time())
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")  # (a no-op when COMMIT itself failed)
+                    raise
+                seconds = time.monotonic() - started
+                self._bump(tx.statements)
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._hand_over, tx.events)
             else:
                 started = time.monotonic()
                 conn.execute("COMMIT")
