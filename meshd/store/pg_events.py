@@ -15,7 +15,8 @@ gapless, duplicate-free sequence for the hub: it keeps `last_id`, the highest id
 whatever arrives is handed on only once everything below it has been, reading what it lacks
 from the events table. A notification or a MAX(id) seen in a snapshot proves that every lower
 id has committed or aborted, so a read up to it is complete. The payload is only the id
-(NOTIFY payloads are capped at 8000 bytes).
+(NOTIFY payloads are capped at 8000 bytes). A node skips the notifications of its own write
+connections (by backend pid): the hand-over after COMMIT carries the same ids.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ EVENTS_LOCK = 0x6D6573686576  # "meshev": serializes event ids and their commits
 READ_PAGE = 1000
 POLL_INTERVAL = 3.0  # the safety poll: one indexed MAX(id) query
 RETRY_DELAY = 0.5  # after a failed read, before the pump tries again
+READ_TIMEOUT = 10.0
 RECONNECT_MAX = 5.0
 CONNECT_TIMEOUT = 5
 
@@ -103,24 +105,24 @@ class TableReader:
         return self._conn
 
     async def between(self, after: int, upto: int, limit: int) -> list[Encoded]:
-        try:
-            conn = await self._connection()
-            cursor = await conn.execute(_BETWEEN, (after, upto, limit))
-            rows = await cursor.fetchall()
-        except psycopg.Error:
-            self._conn = await _closed(self._conn)
-            raise
+        rows = await self._query(_BETWEEN, (after, upto, limit))
         return [event_log.from_row(row) for row in rows]
 
     async def latest(self) -> int:
+        rows = await self._query("SELECT MAX(id) AS id FROM events", ())
+        return rows[0]["id"] or 0
+
+    async def _query(self, sql: str, params: tuple) -> list[dict]:
+        """Bounded by READ_TIMEOUT: a connection that hangs (a network partition) is dropped
+        instead of holding the pump, which retries on a new one."""
         try:
-            conn = await self._connection()
-            cursor = await conn.execute("SELECT MAX(id) AS id FROM events")
-            row = await cursor.fetchone()
-        except psycopg.Error:
+            async with asyncio.timeout(READ_TIMEOUT):
+                conn = await self._connection()
+                cursor = await conn.execute(sql, params)
+                return await cursor.fetchall()
+        except (psycopg.Error, TimeoutError):
             self._conn = await _closed(self._conn)
             raise
-        return row["id"] or 0
 
     async def close(self) -> None:
         self._conn = await _closed(self._conn)
@@ -129,11 +131,12 @@ class TableReader:
 class EventPump:
     """Hands events to `deliver` strictly in id order, each once.
 
-    Three inputs, all on the event loop: `local(events)` (this node's commit), `notified(id)`
-    (another node's commit; an own one is harmless too), `catch_up()` (the LISTEN connection came back, or the
-    safety poll: every committed id up to MAX(id)). One task (`run`) does the reads, so the
-    inputs never interleave out of order. A local batch that follows `last_id` directly, with
-    nothing pending, is handed on at once without any read (a lone node's usual case)."""
+    Three inputs, all on the event loop: `local(events)` (a commit of this node, handed over
+    in any order), `notified(id)` (another node's commit; an own one would be harmless too),
+    `catch_up()` (the LISTEN connection came back, or the safety poll: every committed id up
+    to MAX(id)). One task (`run`) does the reads, so the inputs never interleave out of
+    order. A local batch that follows `last_id` directly, with no read in flight, is handed
+    on at once without any read (a lone node's usual case)."""
 
     def __init__(self, read_range: ReadRange, read_latest: Callable[[], Awaitable[int]],
                  deliver: Callable[[list[Encoded]], None], last_id: int = 0) -> None:
