@@ -4,7 +4,8 @@
 (tests/pgcluster.py: initdb, loopback, default settings, fsync on).
 
 Run: .venv/bin/python bench/nodes.py [--seconds 10] [--warmup 2] [--clients 32]
-                                     [--nodes 1 2 3] [--before DIR] [--rounds 1]
+                                     [--nodes 1 2 3] [--before DIR] [--ab-nodes 1]
+                                     [--rounds 1] [--source DIR] [--keep]
 `--source DIR` runs the node table from another source tree; `--before DIR`: also run `--ab-nodes` (default 1) from another source tree (PYTHONPATH=DIR,
 e.g. `git archive` of the commit before the commit-order change), alternating with this tree
 `--rounds` times, so background load on the machine hits both alike.
@@ -38,7 +39,8 @@ AGENTS = 20
 class Node:
     """One `meshd run` (supervisor, worker, standby) in a temp dir of its own."""
 
-    def __init__(self, database: str, source: str | None) -> None:
+    def __init__(self, database: str, source: str | None, keep: bool = False) -> None:
+        self.keep = keep
         self.root = Path(tempfile.mkdtemp(prefix="mnodes"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -58,11 +60,6 @@ class Node:
         return [self.proc.pid, *child_pids(self.proc.pid)]
 
     def stop(self) -> None:
-        if os.environ.get("MESHD_BENCH_KEEP"):
-            print(f"  kept {self.root}")
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
-            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
@@ -70,7 +67,10 @@ class Node:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if self.keep:
+            print(f"  kept {self.root} (its log: meshd.log)")
+        else:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def postgres_pids(cluster) -> list[int]:
@@ -82,10 +82,10 @@ async def measure(cluster, name: str, count: int, args: argparse.Namespace,
                   source: str | None = None) -> dict:
     """`count` nodes on a fresh database, agents registered, then the message load."""
     database = cluster.create_database(name)
-    nodes = [Node(database, source)]
+    nodes = [Node(database, source, args.keep)]
     try:
         await wait_healthy(nodes[0].url)  # the first migrates the schema alone
-        nodes += [Node(database, source) for _ in range(count - 1)]
+        nodes += [Node(database, source, args.keep) for _ in range(count - 1)]
         for node in nodes:
             await wait_healthy(node.url)
         ids = []
@@ -168,5 +168,6 @@ if __name__ == "__main__":
     parser.add_argument("--ab-nodes", type=int, nargs="+", default=[1],
                         help="node counts of the --before A/B rounds")
     parser.add_argument("--source", help="run the node table from another source tree")
+    parser.add_argument("--keep", action="store_true", help="keep each node's dir and log")
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

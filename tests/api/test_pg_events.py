@@ -105,3 +105,31 @@ async def test_ids_wait_for_the_events_lock_and_writes_without_events_do_not(two
     await waiting
     await async_poll(lambda: len(got_a) >= 2, 10, "the event after the lock")
     assert ids(got_a) == ids(await a.read(event_log.after, 0, 100))
+
+
+async def test_a_reader_resuming_after_its_last_id_never_skips_one(two_nodes):
+    """The `?since=` bug this fixes: with ids taken before COMMIT, a higher id could commit
+    first, a reader resuming after it would never see the lower one. Concurrent writers on
+    both nodes; a reader polls "after the last id I saw" as fast as it can."""
+    _url, [(a, _got_a), (b, _got_b)] = two_nodes
+    done = asyncio.Event()
+    seen: list[int] = []
+
+    async def writer(store, n: int) -> None:
+        for i in range(30):
+            await store.write(emit_only, Event("broadcast", {"w": n, "i": i}))
+
+    async def reader() -> None:
+        while True:
+            finished = done.is_set()
+            batch = await b.read(event_log.after, seen[-1] if seen else 0, 10_000)
+            seen.extend(e.id for e in batch)
+            if finished:
+                return
+
+    polling = asyncio.create_task(reader())
+    await asyncio.gather(*(writer(store, n) for n in range(8) for store in (a, b)))
+    done.set()
+    await polling
+    assert seen == ids(await a.read(event_log.after, 0, 10_000))
+    assert len(seen) == 480
