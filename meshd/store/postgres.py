@@ -110,7 +110,7 @@ class _Tx(_Reader):
 
     def emit(self, event: ev.Event) -> None:
         """Encoded now (an unencodable event fails this write); its row and id come at
-        pre-commit time, in commit order (`store.pg_events.insert_ordered`)."""
+        pre-commit time, in commit order (`store.pg_events.commit_with_events`)."""
         self.events.append(ev.encode(event))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
