@@ -30,6 +30,7 @@ ARGS: dict[str, tuple[list[str], list[str]]] = {
     "scenarios": ([], ["--seconds", "1", "--warmup", "0.5", "--scale-agents", "2000",
                        "--scale-messages", "50000", "--ws-clients", "200", "--ws-events", "20"]),
     "failover": (["--kills", "5"], ["--kills", "2", "--mode", "standby"]),
+    "nodes": ([], ["--seconds", "2", "--warmup", "1"]),
 }
 ORDER = list(ARGS)
 

@@ -65,19 +65,23 @@ def percentile(sorted_values: list[float], share: float) -> float:
     return sorted_values[index]
 
 
-async def closed_loop(url: str, make_request, *, seconds: float, clients: int,
+async def closed_loop(url: str | list[str], make_request, *, seconds: float, clients: int,
                       warmup: float = 0.0, headers: dict[str, str] | None = None,
-                      ok=(200,), cpu_of: int | None = None) -> dict:
+                      ok=(200,), cpu_of: int | list[int] | None = None) -> dict:
     """A closed-loop load generator: `clients` keep-alive connections, each sending its next
     request as soon as the previous answer is read. `make_request(client, i)` gives
     (method, path, body bytes or None, extra headers or None). Requests answered during the
     first `warmup` seconds are not counted; then `seconds` are measured. With `cpu_of` (a
     pid), also the CPU time that process used per measured request (`cpu_us`): on a shared
-    machine a steadier figure than requests/s, which moves with everyone else's load."""
+    machine a steadier figure than requests/s, which moves with everyone else's load.
+    With a list of URLs (several meshd nodes), client n sends to `url[n % len(url)]`; with a
+    list of pids, `cpu_us` is their CPU time together."""
     import asyncio
 
     import aiohttp
 
+    urls = [url] if isinstance(url, str) else url
+    pids = [cpu_of] if isinstance(cpu_of, int) else (cpu_of or [])
     latencies: list[float] = []
     errors = 0
     statuses: dict[int, int] = {}
@@ -95,7 +99,7 @@ async def closed_loop(url: str, make_request, *, seconds: float, clients: int,
                 i += 1
                 method, path, body, extra = make_request(n, i)
                 sent = time.perf_counter()
-                async with session.request(method, url + path, data=body,
+                async with session.request(method, urls[n % len(urls)] + path, data=body,
                                            headers=extra) as resp:
                     await resp.read()
                     status = resp.status
@@ -107,12 +111,12 @@ async def closed_loop(url: str, make_request, *, seconds: float, clients: int,
                         errors += 1
 
         cpu_marks: list[float] = []
-        if cpu_of is not None:
+        if pids:
             asyncio.get_running_loop().call_later(
-                warmup, lambda: cpu_marks.append(cpu_seconds(cpu_of)))
+                warmup, lambda: cpu_marks.append(sum(cpu_seconds(p) for p in pids)))
         await asyncio.gather(*(client(n) for n in range(clients)))
         if cpu_marks:
-            cpu_marks.append(cpu_seconds(cpu_of))
+            cpu_marks.append(sum(cpu_seconds(p) for p in pids))
     measured = max(time.monotonic() - measure_from, 1e-9)
     latencies.sort()
     return {

@@ -1,7 +1,8 @@
 """The events table: every event the hub sends, in commit order, so a WebSocket client that
 lost its connection (or a worker that was not running) misses nothing: it resumes after the
-last id it saw. Rows are written by `Tx.emit` (meshd.store.sqlite) in the write's transaction;
-the newest `event_log_keep` are kept."""
+last id it saw. Rows are written in the write's transaction: by `Tx.emit` on SQLite (one
+writer: ids are in commit order), at pre-commit time under a mesh-wide lock on PostgreSQL
+(`meshd.store.pg_events`); the newest `event_log_keep` are kept."""
 
 from __future__ import annotations
 
@@ -29,9 +30,7 @@ def after(db: Reader, since: int, limit: int) -> list[Encoded]:
     """Events with an id above `since`, oldest first, at most `limit`."""
     rows = db.query("SELECT id, type, data, audience FROM events WHERE id > ? ORDER BY id"
                     " LIMIT ?", (since, limit))
-    return [Encoded(r["type"], r["data"],
-                    frozenset(orjson.loads(r["audience"])) if r["audience"] else None, r["id"])
-            for r in rows]
+    return [from_row(r) for r in rows]
 
 
 def latest_id(db: Reader) -> int:
@@ -44,3 +43,10 @@ def prune(tx: Tx, keep: int) -> int:
     if newest <= keep:
         return 0
     return tx.execute("DELETE FROM events WHERE id <= ?", (newest - keep,))
+
+
+def from_row(row: dict) -> Encoded:
+    """An event as its row holds it (id, type, data, audience as JSON text or NULL)."""
+    return Encoded(row["type"], row["data"],
+                   frozenset(orjson.loads(row["audience"])) if row["audience"] else None,
+                   row["id"])

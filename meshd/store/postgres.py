@@ -21,6 +21,7 @@ acknowledged only after its COMMIT returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -36,7 +37,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from meshd import log as logging
 from meshd.clock import db_time
 from meshd.errors import Conflict, Invalid, MeshError, Unavailable
-from meshd.store import dialect, event_log, pg_backups, pg_schema
+from meshd.store import dialect, event_log, pg_backups, pg_events, pg_schema
 from meshd.store import events as ev
 from meshd.store.base import Row
 from meshd.store.versions import TableVersions
@@ -50,6 +51,7 @@ CONNECT_TIMEOUT = 5.0
 UNREACHABLE_RETRY_AFTER = 5
 PROBE_INTERVAL = 0.5
 SIZE_TTL = 30.0
+EVENTS_WAIT = 2.0  # a write's answer waits at most this long for its events to be handed on
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 
@@ -107,11 +109,9 @@ class _Tx(_Reader):
         self.events: list[ev.Encoded] = []
 
     def emit(self, event: ev.Event) -> None:
-        encoded = ev.encode(event)  # an unencodable event fails this write
-        cursor, _strip = self._run(event_log.INSERT + " RETURNING id",
-                                   event_log.row_values(encoded, db_time()))
-        self.statements.append(event_log.INSERT)
-        self.events.append(event_log.with_id(encoded, cursor.fetchone()["id"]))
+        """Encoded now (an unencodable event fails this write); its row and id come at
+        pre-commit time, in commit order (`store.pg_events.commit_with_events`)."""
+        self.events.append(ev.encode(event))
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         self.statements.append(sql)
@@ -167,9 +167,10 @@ class PostgresStorage:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe: asyncio.Task | None = None
         self._event_sink: ev.Sink | None = None
-        # COMMIT and the hand-over of its events are one step under this lock, so events
-        # reach the sink in commit order although writes run on several connections.
-        self._commit_lock = threading.Lock()
+        self.event_pump: pg_events.EventPump | None = None
+        self._listener: pg_events.Listener | None = None
+        self._events_reader: pg_events.TableReader | None = None
+        self._versions_lock = threading.Lock()  # the counters' read-modify-write
         self.versions = TableVersions()
         # Metrics hook (api/metrics.py): called with (1, COMMIT seconds) after each commit.
         self.on_batch: Callable[[int, float], None] | None = None
@@ -182,6 +183,16 @@ class PostgresStorage:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._loop.run_in_executor(self._exec, self._open)
+        await self._start_events()
+
+    async def _start_events(self) -> None:
+        """The ordered event stream of this worker (`store.pg_events`): LISTEN first, then
+        the newest id, so every commit from then on is either at or below that id or
+        notified; this returns before the first write can commit."""
+        self._events_reader = reader = pg_events.TableReader(self.url)
+        self.event_pump = pg_events.EventPump(reader.between, reader.latest, self._deliver)
+        self._listener = pg_events.Listener(self.url, self.event_pump)
+        await self._listener.start(reader.latest)
 
     def _open(self) -> None:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT),
@@ -206,6 +217,10 @@ class PostgresStorage:
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
+        if self._listener is not None:
+            await self._listener.stop()
+            await self._events_reader.close()
+            self._listener = None
         if self._pool is not None:
             await self._loop.run_in_executor(self._exec, self._pool.close)
             self._pool = None
@@ -245,8 +260,16 @@ class PostgresStorage:
     def set_event_sink(self, sink: ev.Sink | None) -> None:
         self._event_sink = sink
 
+    def _hand_over(self, events: list[ev.Encoded]) -> None:
+        """On the event loop: this node's committed events, to the pump that orders them
+        with the other nodes' (or straight to the sink before the pump runs)."""
+        if self.event_pump is not None:
+            self.event_pump.local(events)
+        else:
+            self._deliver(events)
+
     def _deliver(self, events: list[ev.Encoded]) -> None:
-        """On the event loop: the committed write's events to the sink (the WebSocket hub)."""
+        """On the event loop: events, in id order, to the sink (the WebSocket hub)."""
         if events and self._event_sink is not None:
             try:
                 self._event_sink(events)
@@ -261,20 +284,31 @@ class PostgresStorage:
     async def write_internal(self, fn: Callable[..., T], *args: Any) -> T:
         if self._pool is None:
             raise Unavailable("the store is not open")
-        return await self._loop.run_in_executor(self._exec, self._run_write, fn, args, False)
+        result, last_event = await self._loop.run_in_executor(self._exec, self._run_write, fn,
+                                                              args, False)
+        if last_event is not None and self.event_pump is not None:
+            # Acknowledged once its events reached the hub (as on SQLite): a client that
+            # connects after the answer does not get them live, the writer's own socket has
+            # them first. Usually at once; after a read of other nodes' events otherwise.
+            await self.event_pump.handed_on(last_event, EVENTS_WAIT)
+        return result
 
     async def trial(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a write function and roll it back (the self-test in read-only mode)."""
         if self._pool is None:
             raise Unavailable("the store is not open")
-        return await self._loop.run_in_executor(self._exec, self._run_write, fn, args, True)
+        result, _none = await self._loop.run_in_executor(self._exec, self._run_write, fn, args,
+                                                         True)
+        return result
 
-    def _run_write(self, fn: Callable[..., T], args: tuple, trial: bool) -> T:
+    def _run_write(self, fn: Callable[..., T], args: tuple, trial: bool
+                   ) -> tuple[T, int | None]:
+        """(the write function's result, the id of the last event it committed or None)."""
         self._fail_fast()
         unique_retries = 0
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                result = self._attempt(fn, args, trial)
+                outcome = self._attempt(fn, args, trial)
             except _RETRY as exc:
                 if attempt == MAX_ATTEMPTS:
                     raise Unavailable(f"the write kept conflicting with others: {exc}",
@@ -297,11 +331,12 @@ class PostgresStorage:
                 raise RuntimeError(f"write function raised StopIteration: {exc}") from exc
             else:
                 self._reachable()
-                return result
+                return outcome
             time.sleep(random.uniform(0, 0.002 * attempt))  # let the winner finish
         raise AssertionError("unreachable")
 
-    def _attempt(self, fn: Callable[..., T], args: tuple, trial: bool) -> T:
+    def _attempt(self, fn: Callable[..., T], args: tuple, trial: bool
+                 ) -> tuple[T, int | None]:
         """One attempt in a transaction of its own. Its events and statements live in its
         `_Tx`, so a retried or rolled-back attempt hands nothing on; after COMMIT the table
         counters move and the events are scheduled on the loop (before the writer's answer,
@@ -316,18 +351,37 @@ class PostgresStorage:
                 raise
             if trial:
                 conn.execute("ROLLBACK")
-                return result
-            with self._commit_lock:
+                return result, None
+            if tx.events:
+                # Rows, ids, notification and COMMIT in one step (`pg_events`). Threads may
+                # hand their events over out of commit order: the pump orders them by id.
+                tx.statements.append(event_log.INSERT)
+                if self._listener is not None:
+                    self._listener.own_backends.add(conn.info.backend_pid)
+                started = time.monotonic()
+                try:
+                    tx.events = pg_events.commit_with_events(conn, tx.events, db_time())
+                except BaseException:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")  # (a no-op when COMMIT itself failed)
+                    raise
+                seconds = time.monotonic() - started
+                self._bump(tx.statements)
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._hand_over, tx.events)
+            else:
                 started = time.monotonic()
                 conn.execute("COMMIT")
                 seconds = time.monotonic() - started
-                if tx.statements:
-                    self.versions.bump(tx.statements)
-                if tx.events and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self._deliver, tx.events)
+                self._bump(tx.statements)
             if self.on_batch:
                 self.on_batch(1, seconds)
-            return result
+            return result, (tx.events[-1].id if tx.events else None)
+
+    def _bump(self, statements: list[str]) -> None:
+        if statements:
+            with self._versions_lock:
+                self.versions.bump(statements)
 
     # -- reachability ------------------------------------------------------------------------
     #
