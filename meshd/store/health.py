@@ -12,7 +12,7 @@ from typing import Any
 from meshd.errors import NotFound
 from meshd.store import agents as agents_store
 from meshd.store import catastrophe as catastrophe_store
-from meshd.store.base import Reader, Row, Tx
+from meshd.store.base import Reader, Row, Tx, small_read
 from meshd.store.events import Event
 
 STATUSES = ("healthy", "degraded", "unhealthy", "offline")
@@ -34,6 +34,7 @@ _UPSERT = (
 )
 
 
+@small_read
 def get(db: Reader, agent_id: str) -> Row | None:
     return db.one(f"SELECT {HEALTH_COLUMNS} FROM agent_health_status WHERE agent_id = ?",
                   (agent_id,))
