@@ -5,8 +5,6 @@ the newest `event_log_keep` are kept."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import orjson
 
 from meshd.store.base import Reader, Tx
@@ -22,7 +20,9 @@ def row_values(event: Encoded, now: str) -> tuple:
 
 
 def with_id(event: Encoded, event_id: int) -> Encoded:
-    return dataclasses.replace(event, id=event_id)
+    # Built directly: dataclasses.replace introspects the fields on every call (once per event
+    # on the writer thread).
+    return Encoded(event.type, event.data, event.audience, event_id)
 
 
 def after(db: Reader, since: int, limit: int) -> list[Encoded]:
