@@ -5,13 +5,16 @@ SQLite and answered from the pool; every other read goes to the pool."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import pytest
 
+from meshd.errors import CorruptDatabase
 from meshd.store import agents, messages
 from meshd.store.base import runs_inline, small_read
 from meshd.store.sqlite import SqliteStorage
+from tests.support import async_poll
 
 NOW = "2026-01-01 00:00:00"
 
@@ -83,3 +86,39 @@ def test_the_store_declares_its_one_row_and_one_page_reads_small():
     assert not runs_inline(messages.inbox, ("id", None, False, -1, 0))  # a whole inbox
     assert not runs_inline(messages.inbox, ("id", None, False, messages.INLINE_PAGE + 1, 0))
     assert not runs_inline(agents.list_all, ())
+
+
+async def test_corruption_met_by_an_inline_read_is_reported(tmp_path):
+    reported: list[str] = []
+    storage = SqliteStorage(tmp_path / "mesh.db", tmp_path / "journal", readers=1,
+                            on_corruption=reported.append)
+    await storage.start()
+    try:
+        ids = [(await storage.write(agents.register, f"a{i}", None, None, NOW))[0]
+               for i in range(50)]
+        damage_pages_of(tmp_path / "mesh.db", "agents")
+        assert runs_inline(agents.get, (ids[0],))
+        with pytest.raises(CorruptDatabase):
+            await storage.read(agents.get, ids[0])
+        assert storage._reader_conns == []  # met on the loop's connection, not the pool's
+        await async_poll(lambda: reported, 10, "the corruption callback")
+        assert "malformed" in reported[0]
+    finally:
+        await storage.close()
+
+
+def damage_pages_of(path, table: str) -> None:
+    """Overwrite the root pages of a table and its indexes with garbage, after moving the WAL
+    into the database file (so the damaged pages are the ones SQLite reads)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        roots = [r[0] for r in conn.execute(
+            "SELECT rootpage FROM sqlite_master WHERE tbl_name = ? AND rootpage > 1", (table,))]
+    finally:
+        conn.close()
+    with path.open("r+b") as fh:
+        for root in roots:
+            fh.seek((root - 1) * page_size)
+            fh.write(b"\xa5" * page_size)
