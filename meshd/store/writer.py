@@ -79,6 +79,9 @@ class WriterThread:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopped = self._loop.create_future()
+        # A daemon thread: a process that exits without closing the store is not held up by a
+        # thread waiting for work. A batch cut short that way is safe: its journal frame is
+        # fsync'd before COMMIT (replayed on the next open) or torn (cut, never acknowledged).
         self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
