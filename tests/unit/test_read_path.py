@@ -69,8 +69,12 @@ async def test_a_small_read_past_its_budget_is_answered_from_the_pool(store):
     assert name.startswith("meshd-reader")
     assert total == 2_000_000
     assert store.inline_overruns == 1
-    # The loop's connection is usable again at once.
+    # The loop's connection is usable again at once, and the interrupted read left no snapshot
+    # open behind it: a write committed now is seen.
     assert (await store.read(small_where))[0] == threading.current_thread().name
+    agent_id, _ = await store.write(agents.register, "after", None, None, NOW)
+    assert runs_inline(agents.get, (agent_id,))
+    assert (await store.read(agents.get, agent_id))["name"] == "after"
 
 
 async def test_an_inline_read_sees_committed_writes_at_once(store):
