@@ -7,8 +7,8 @@ acknowledged write is durable.
 
 Reads run on their own connections (WAL: they never wait on the writer). A read function
 declared small (`store.base.small_read`: one row, one bounded page) runs on the event loop's
-own connection, with no thread hand-off, under a time budget; anything else, and a small read
-that overruns its budget, runs on the reader pool.
+own connection, with no thread hand-off, within a budget of SQLite steps; anything else, and a
+small read that overruns its budget, runs on the reader pool.
 """
 
 from __future__ import annotations
@@ -40,13 +40,17 @@ T = TypeVar("T")
 log = logging.get("meshd.store")
 
 MAX_BATCH = 512
-# How much of the loop thread's CPU a small read may take before SQLite interrupts it and it runs
-# on the reader pool instead, checked every INLINE_CHECK_STEPS virtual machine steps (a step is
-# about 40 ns here, a 50-message inbox page about 1,300 steps; a check costs 0.6 us). CPU time,
-# not wall time: on a loaded machine a read preempted mid-way overran a 5 ms wall-clock budget
-# in 1 to 4 % of inbox reads (load average 7 to 8), each then run twice; CPU time: none.
-INLINE_READ_BUDGET = 0.002
-INLINE_CHECK_STEPS = 200
+# How much work a small read may do on the event loop before SQLite interrupts it and it runs on
+# the reader pool instead, in SQLite virtual machine steps (a step took 40 ns on the loaded
+# development machine: about 2 ms; a 50-message inbox page is about 1,300 steps), counted by a
+# progress handler called every INLINE_CHECK_STEPS steps. Steps, not a clock: a wall-clock
+# budget sent 1 to 4 % of inbox reads to the pool a second time on the loaded machine (read
+# preempted mid-way), and reading the thread's CPU clock is a system call: 13 % of the worker's
+# profile samples for the inbox, against 20 % for the read itself. What a step cannot bound,
+# copying a large value, is bounded by the read being declared small: one row, or a page of at
+# most 100 rows, which the response then encodes on the loop anyway.
+INLINE_READ_STEPS = 50_000
+INLINE_CHECK_STEPS = 1000
 LARGE_CHUNK = 1 << 20
 REPLAY_CHUNK = 1000
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -215,7 +219,7 @@ class SqliteStorage:
         self._reader_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._inline: _Reader | None = None  # the event loop's own read connection
-        self._inline_deadline = 0.0
+        self._inline_checks = 0  # progress handler calls left for the current inline read
         self._inline_overran = False
         # Small reads that overran the budget and went to the pool (the bench reports it).
         self.inline_overruns = 0
@@ -257,7 +261,8 @@ class SqliteStorage:
         return _Reader(conn)
 
     def _inline_over_budget(self) -> int:
-        if time.thread_time() > self._inline_deadline:
+        self._inline_checks -= 1
+        if self._inline_checks < 0:
             self._inline_overran = True
             return 1  # SQLite interrupts the statement
         return 0
@@ -374,11 +379,11 @@ class SqliteStorage:
 
     def _read_inline(self, fn: Callable[..., T], args: tuple) -> tuple[bool, T | None]:
         """A small read on the loop's connection: (True, its result), or (False, None) when it
-        must go to the pool instead: it overran INLINE_READ_BUDGET (interrupted by the
+        must go to the pool instead: it overran INLINE_READ_STEPS (interrupted by the
         progress handler, so the loop is held at most about that long) or met a busy
         database. Read functions have no side effects, so running one again is safe."""
         self._inline_overran = False
-        self._inline_deadline = time.thread_time() + INLINE_READ_BUDGET
+        self._inline_checks = INLINE_READ_STEPS // INLINE_CHECK_STEPS
         try:
             return True, fn(self._inline, *args)
         except sqlite3.DatabaseError as exc:

@@ -2,11 +2,12 @@
 
 Why not an executor round trip per batch: the profile (docs/performance.md) put the event
 loop's hand-off to the writer (`ThreadPoolExecutor.submit`, its futures wrapped for asyncio,
-the writer task waking to set the results) at a third and more of a write's Python CPU. Here a
-write is one `SimpleQueue.put` from the loop (nothing else on the loop until its answer), the
-thread takes everything queued while the previous batch ran as the next batch (group commit,
-so the batch grows with the load instead of with a timer), and each batch is answered with a
-single `loop.call_soon_threadsafe`: one wake-up of the loop per batch, not per write.
+the writer task waking to set the results) at a third and more of a write's Python CPU. Here
+the writes submitted during one pass of the event loop are handed to the thread together, as
+one `SimpleQueue.put` (one wake-up of the thread at most, however many requests that pass
+ran); the thread takes everything queued while the previous batch ran as the next batch (group
+commit, so the batch grows with the load instead of with a timer), and each batch is answered
+with a single `loop.call_soon_threadsafe`: one wake-up of the loop per batch, not per write.
 
 Order: the thread runs batches one after another and schedules their completions in that order;
 the loop runs callbacks first-in first-out, so completions (and the events they deliver) arrive
@@ -69,6 +70,7 @@ class WriterThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped: asyncio.Future | None = None
+        self._gathered: list[Write] = []  # submitted during this pass of the loop, not yet put
         self.batches = 0  # batches run (tests check that writes were grouped)
 
     @property
@@ -86,21 +88,32 @@ class WriterThread:
         self._thread.start()
 
     def submit(self, fn: Callable[..., Any], args: tuple) -> asyncio.Future:
-        """Queue a write; its future is answered after its batch (on the loop)."""
+        """Queue a write; its future is answered after its batch (on the loop). Writes
+        submitted in the same pass of the loop reach the thread together (`_hand_over`)."""
         future = self._loop.create_future()
-        self._queue.put(Write(fn, args, future))
+        if not self._gathered:
+            self._loop.call_soon(self._hand_over)
+        self._gathered.append(Write(fn, args, future))
         return future
 
+    def _hand_over(self) -> None:
+        if self._gathered:
+            self._queue.put(self._gathered)
+            self._gathered = []
+
     async def call(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the writer thread after every write queued so far, outside a batch."""
+        """Run `fn` on the writer thread after every write submitted so far, outside a
+        batch."""
         future = self._loop.create_future()
+        self._hand_over()
         self._queue.put(_Call(fn, future))
         return await future
 
     async def stop(self) -> None:
-        """Run and answer everything queued so far, then end the thread."""
+        """Run and answer everything submitted so far, then end the thread."""
         if self._thread is None:
             return
+        self._hand_over()
         self._queue.put(_STOP)
         await self._stopped
         await asyncio.to_thread(self._thread.join)
@@ -119,17 +132,18 @@ class WriterThread:
             if isinstance(item, _Call):
                 self._run_call(item)
                 continue
-            batch = [item]
+            batch = list(item)  # writes handed over together
             while len(batch) < self._max_batch:
                 try:
                     nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if not isinstance(nxt, Write):
+                if not isinstance(nxt, list):
                     pending = nxt  # a call or the sentinel: after this batch
                     break
-                batch.append(nxt)
-            self._run_writes(batch)
+                batch.extend(nxt)
+            for start in range(0, len(batch), self._max_batch):
+                self._run_writes(batch[start:start + self._max_batch])
 
     def _run_writes(self, batch: list[Write]) -> None:
         try:
