@@ -24,7 +24,7 @@ from pathlib import Path
 # only between parts that could match the same frame.
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("journal append + fsync", ("meshd/store/journal.py",)),
-    ("writer batch (SQLite, commit)", ("meshd/store/sqlite.py",)),
+    ("writer batch (SQLite, commit)", ("meshd/store/sqlite.py", "meshd/store/writer.py")),
     ("store functions (SQL)", ("meshd/store/",)),
     ("logging (structlog)", ("structlog/", "meshd/log.py", "/logging/")),
     ("WebSocket hub", ("meshd/api/ws.py", "aiohttp/web_ws.py", "aiohttp/_websocket")),
@@ -89,10 +89,12 @@ def summarize(path: Path) -> dict[str, float]:
 
 def _thread(stack: str) -> str:
     """Which thread a stack ran on: the event loop, the writer or a reader."""
-    if "_run_batch" in stack or "_writer_loop" not in stack and "meshd-writer" in stack:
+    if "_run_batch" in stack or "WriterThread._run" in stack:
         return "writer"
     if "_run_read" in stack:
         return "readers"
+    if "_read_inline" in stack:
+        return "event loop (small reads)"
     if "Thread._bootstrap" in stack:
         return "other threads"
     return "event loop"

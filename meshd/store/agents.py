@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from meshd.clock import new_id
-from meshd.store.base import Reader, Row, Tx
+from meshd.store.base import Reader, Row, Tx, small_read
 
 AGENT_COLUMNS = "id, name, endpoint, capabilities, last_seen, created_at"
 
@@ -41,10 +41,12 @@ def list_all(db: Reader, limit: int = -1, offset: int = 0) -> list[Row]:
     )
 
 
+@small_read
 def get(db: Reader, agent_id: str) -> Row | None:
     return db.one(f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?", (agent_id,))
 
 
+@small_read
 def exists(db: Reader, agent_id: str) -> bool:
     return db.one("SELECT 1 AS x FROM agents WHERE id = ?", (agent_id,)) is not None
 

@@ -41,6 +41,32 @@ class Tx(Reader, Protocol):
                      text: str) -> None: ...
 
 
+# Read functions declared small, with the rule on their arguments (None: always small).
+_SMALL: dict[Callable[..., Any], Callable[..., bool] | None] = {}
+
+
+def small_read(fn: Callable[..., T] | None = None, *,
+               when: Callable[..., bool] | None = None) -> Any:
+    """Declare a read function small: one indexed row, or one page of bounded size (`when`,
+    given the read's arguments after the reader, says which calls are). A backend may run
+    such a read without a thread hand-off (the SQLite backend runs it on the event loop's own
+    connection, under a time budget); any other read goes to the backend's reader pool."""
+
+    def mark(read: Callable[..., T]) -> Callable[..., T]:
+        _SMALL[read] = when
+        return read
+
+    return mark(fn) if fn is not None else mark
+
+
+def runs_inline(fn: Callable[..., Any], args: Sequence[Any]) -> bool:
+    """Whether `fn(reader, *args)` was declared small."""
+    if fn not in _SMALL:
+        return False
+    when = _SMALL[fn]
+    return when is None or bool(when(*args))
+
+
 class ReadStorage(Protocol):
     async def read(self, fn: Callable[..., T], *args: Any) -> T: ...
     async def check(self, full: bool = False) -> list[str]:

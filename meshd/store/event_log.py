@@ -6,8 +6,6 @@ writer: ids are in commit order), at pre-commit time under a mesh-wide lock on P
 
 from __future__ import annotations
 
-import dataclasses
-
 import orjson
 
 from meshd.store.base import Reader, Tx
@@ -23,7 +21,9 @@ def row_values(event: Encoded, now: str) -> tuple:
 
 
 def with_id(event: Encoded, event_id: int) -> Encoded:
-    return dataclasses.replace(event, id=event_id)
+    # Built directly: dataclasses.replace introspects the fields on every call (once per event
+    # on the writer thread).
+    return Encoded(event.type, event.data, event.audience, event_id)
 
 
 def after(db: Reader, since: int, limit: int) -> list[Encoded]:

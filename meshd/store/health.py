@@ -7,12 +7,13 @@ timeout, else its health row's status, else `unknown` (it never reported any).
 from __future__ import annotations
 
 from collections import Counter
+from functools import lru_cache
 from typing import Any
 
 from meshd.errors import NotFound
 from meshd.store import agents as agents_store
 from meshd.store import catastrophe as catastrophe_store
-from meshd.store.base import Reader, Row, Tx
+from meshd.store.base import Reader, Row, Tx, small_read
 from meshd.store.events import Event
 
 STATUSES = ("healthy", "degraded", "unhealthy", "offline")
@@ -34,6 +35,42 @@ _UPSERT = (
 )
 
 
+# What `record` returns as (old, new) when the status stayed what it was without being read.
+KEPT = "kept"
+_SETTABLE = frozenset(("status", *METRIC_COLUMNS.values()))
+
+
+@lru_cache(maxsize=64)
+def _refresh_sql(columns: tuple[str, ...], status_given: bool) -> str:
+    """The one-statement heartbeat: an UPDATE of a row whose status it will not change,
+    setting the heartbeat time and the given metric columns (and then last_updated)."""
+    sets = ["last_heartbeat = ?", *(f"{c} = ?" for c in columns)]
+    if columns:
+        sets.append("last_updated = ?")
+    unchanged = "status = ?" if status_given else "status <> 'offline'"
+    return f"UPDATE agent_health_status SET {', '.join(sets)} WHERE agent_id = ? AND {unchanged}"
+
+
+def _refresh(tx: Tx, agent_id: str, fields: dict[str, Any], now: str, create: bool) -> bool:
+    """The common case in one statement, no read: the agent's row exists and its status stays
+    (the given status is the stored one; or, with none given, a heartbeat of an agent not
+    offline). True when it applied; False leaves the row untouched for the general path."""
+    status = fields.get("status")
+    if status is None and create:
+        return False  # a health post without a status reports the stored one: it is read
+    columns = tuple(c for c in fields if c != "status")
+    if not _SETTABLE.issuperset(columns):
+        raise ValueError(f"not a health column: {columns}")
+    params: list[Any] = [now, *(fields[c] for c in columns)]
+    if columns:
+        params.append(now)
+    params.append(agent_id)
+    if status is not None:
+        params.append(status)
+    return tx.execute(_refresh_sql(columns, status is not None), params) > 0
+
+
+@small_read
 def get(db: Reader, agent_id: str) -> Row | None:
     return db.one(f"SELECT {HEALTH_COLUMNS} FROM agent_health_status WHERE agent_id = ?",
                   (agent_id,))
@@ -50,9 +87,16 @@ def record(
     `custom_metrics` as JSON text) to validated values; a column left out keeps its stored
     value. Without `status`, a new row is `healthy` and an `offline` one comes back `healthy`
     (the agent is evidently alive); any other stored status is kept. With `create` False and
-    no fields (a bare heartbeat) no row is created, but an existing one is still revived."""
+    no fields (a bare heartbeat) no row is created, but an existing one is still revived.
+
+    Two statements in the common case (the touch, then `_refresh`); the status unchanged and
+    not read then comes back as (KEPT, KEPT), or as the given status twice. Otherwise the row
+    is read and merged, as the first report or a revival needs."""
     if not agents_store.touch(tx, agent_id, now, version):
         raise NotFound("Agent not found")
+    if _refresh(tx, agent_id, fields, now, create):
+        status = fields.get("status", KEPT)
+        return status, status
     row = get(tx, agent_id)
     if row is None and not fields and not create:
         return None, None

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from meshd.clock import new_id, parse_time
 from meshd.errors import Invalid, NotFound
-from meshd.store.base import Reader, Row, Tx
+from meshd.store.base import Reader, Row, Tx, small_read
 from meshd.store.events import Event
 
 MESSAGE_COLUMNS = (
@@ -14,6 +14,13 @@ MESSAGE_COLUMNS = (
     " client_id"
 )
 RETRYABLE = ("failed", "timeout")
+# A page of at most this many messages is a small read (served on the event loop's connection);
+# a larger page, or a whole inbox (no limit), goes to the reader pool.
+INLINE_PAGE = 100
+
+
+def _small_page(limit: int) -> bool:
+    return 0 <= limit <= INLINE_PAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +52,12 @@ def send(tx: Tx, message: Outgoing, now: str) -> tuple[Row, bool]:
     return get(tx, message_id), False
 
 
+@small_read
 def get(db: Reader, message_id: str) -> Row | None:
     return db.one(f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?", (message_id,))
 
 
+@small_read
 def by_client_id(db: Reader, from_agent: str, client_id: str) -> Row | None:
     return db.one(
         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE from_agent = ? AND client_id = ?",
@@ -56,6 +65,7 @@ def by_client_id(db: Reader, from_agent: str, client_id: str) -> Row | None:
     )
 
 
+@small_read(when=lambda _agent, _since, _unread, limit=-1, _offset=0: _small_page(limit))
 def inbox(
     db: Reader, agent_id: str, since: str | None, unread_only: bool,
     limit: int = -1, offset: int = 0,
@@ -72,6 +82,7 @@ def inbox(
     return db.query(sql, (*params, limit, offset))
 
 
+@small_read(when=lambda _agent, limit, _offset=0: _small_page(limit))
 def failed(db: Reader, agent_id: str, limit: int, offset: int = 0) -> list[Row]:
     return db.query(
         f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE to_agent = ?"

@@ -1,8 +1,14 @@
-"""SQLite backend: one writer thread with group commit and journal, a pool of reader threads.
+"""SQLite backend: one writer thread with group commit and journal, reads beside it.
 
-Every write is a function run on the writer thread inside one transaction shared by a batch of
-queued writes (each in its own savepoint). The batch's statements are appended to the journal and
-fsync'd before COMMIT, and futures resolve only after COMMIT: an acknowledged write is durable.
+Every write is a function run on the writer thread (`store.writer`) inside one transaction
+shared by a batch of queued writes (each in its own savepoint). The batch's statements are
+appended to the journal and fsync'd before COMMIT, and futures resolve only after COMMIT: an
+acknowledged write is durable.
+
+Reads run on their own connections (WAL: they never wait on the writer). A read function
+declared small (`store.base.small_read`: one row, one bounded page) runs on the event loop's
+own connection, with no thread hand-off, within a budget of SQLite steps; anything else, and a
+small read that overruns its budget, runs on the reader pool.
 """
 
 from __future__ import annotations
@@ -26,13 +32,25 @@ from meshd.errors import Conflict, CorruptDatabase, InsufficientStorage, MeshErr
 from meshd.store import backups, event_log, schema
 from meshd.store import events as ev
 from meshd.store import journal as jr
-from meshd.store.base import Row
+from meshd.store.base import Row, runs_inline
 from meshd.store.versions import TableVersions
+from meshd.store.writer import Outcome, Write, WriterThread, settle
 
 T = TypeVar("T")
 log = logging.get("meshd.store")
 
 MAX_BATCH = 512
+# How much work a small read may do on the event loop before SQLite interrupts it and it runs on
+# the reader pool instead, in SQLite virtual machine steps (a step took 40 ns on the loaded
+# development machine: about 2 ms; a 50-message inbox page is about 1,300 steps), counted by a
+# progress handler called every INLINE_CHECK_STEPS steps. Steps, not a clock: a wall-clock
+# budget sent 1 to 4 % of inbox reads to the pool a second time on the loaded machine (read
+# preempted mid-way), and reading the thread's CPU clock is a system call: 13 % of the worker's
+# profile samples for the inbox, against 20 % for the read itself. What a step cannot bound,
+# copying a large value, is bounded by the read being declared small: one row, or a page of at
+# most 100 rows, which the response then encodes on the loop anyway.
+INLINE_READ_STEPS = 50_000
+INLINE_CHECK_STEPS = 1000
 LARGE_CHUNK = 1 << 20
 REPLAY_CHUNK = 1000
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -192,13 +210,19 @@ class SqliteStorage:
         self._on_corruption = on_corruption
         self._on_disk = on_disk  # called with the error when writes start failing, None after
         self._disk_refused = False
-        self._wexec = ThreadPoolExecutor(1, thread_name_prefix="meshd-writer")
+        # The batch function is looked up at each batch, not bound here: a bench wraps it.
+        self._writer = WriterThread(lambda batch: self._run_batch(batch), self._complete,
+                                    max_batch=MAX_BATCH)
+        self._accepting = False  # writes are queued only between start and close
         self._rexec = ThreadPoolExecutor(readers, thread_name_prefix="meshd-reader")
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
-        self._queue: asyncio.Queue | None = None
-        self._writer_task: asyncio.Task | None = None
+        self._inline: _Reader | None = None  # the event loop's own read connection
+        self._inline_checks = 0  # progress handler calls left for the current inline read
+        self._inline_overran = False
+        # Small reads that overran the budget and went to the pool (the bench reports it).
+        self.inline_overruns = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None
         self._journal: jr.Journal | None = None
@@ -218,9 +242,30 @@ class SqliteStorage:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await self._loop.run_in_executor(self._wexec, self._open)
-        self._queue = asyncio.Queue()
-        self._writer_task = asyncio.create_task(self._writer_loop(), name="meshd-writer")
+        self._writer.start()
+        try:
+            await self._writer.call(self._open)
+        except BaseException:
+            await self._writer.stop()
+            raise
+        self._inline = self._open_inline_reader()
+        self._accepting = True
+
+    def _open_inline_reader(self) -> _Reader:
+        """The loop thread's read connection. It never waits: no busy timeout (a busy
+        database sends the read to the pool, whose connections wait), and a progress handler
+        interrupts a read past its budget."""
+        conn = connect(self.path, query_only=True)
+        conn.execute("PRAGMA busy_timeout = 0")
+        conn.set_progress_handler(self._inline_over_budget, INLINE_CHECK_STEPS)
+        return _Reader(conn)
+
+    def _inline_over_budget(self) -> int:
+        self._inline_checks -= 1
+        if self._inline_checks < 0:
+            self._inline_overran = True
+            return 1  # SQLite interrupts the statement
+        return 0
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,19 +343,21 @@ class SqliteStorage:
         return count
 
     async def close(self) -> None:
-        if self._writer_task:
-            await self._queue.put(None)
-            await self._writer_task
-            self._writer_task = None
-        loop = asyncio.get_running_loop()
-        if self._conn is not None:
-            await loop.run_in_executor(self._wexec, self._close_writer)
+        # New writes are refused from here on; those already queued run and are answered
+        # before the writer's connection closes.
+        self._accepting = False
+        if self._writer.running:
+            if self._conn is not None:
+                await self._writer.call(self._close_writer)
+            await self._writer.stop()
+        if self._inline is not None:
+            self._inline.conn.close()
+            self._inline = None
         with self._conns_lock:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
         self._rexec.shutdown(wait=True)
-        self._wexec.shutdown(wait=True)
 
     def _close_writer(self) -> None:
         try:
@@ -324,7 +371,27 @@ class SqliteStorage:
     # -- reads -------------------------------------------------------------------------------
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._inline is not None and runs_inline(fn, args):
+            done, value = self._read_inline(fn, args)
+            if done:
+                return value
         return await self._loop.run_in_executor(self._rexec, self._run_read, fn, args)
+
+    def _read_inline(self, fn: Callable[..., T], args: tuple) -> tuple[bool, T | None]:
+        """A small read on the loop's connection: (True, its result), or (False, None) when it
+        must go to the pool instead: it overran INLINE_READ_STEPS (interrupted by the
+        progress handler, so the loop is held at most about that long) or met a busy
+        database. Read functions have no side effects, so running one again is safe."""
+        self._inline_overran = False
+        self._inline_checks = INLINE_READ_STEPS // INLINE_CHECK_STEPS
+        try:
+            return True, fn(self._inline, *args)
+        except sqlite3.DatabaseError as exc:
+            if is_corruption(exc):
+                raise self._storage_error(exc) from exc
+            if self._inline_overran:
+                self.inline_overruns += 1
+            return False, None  # interrupted, busy, or any other error: the pool decides
 
     def _reader(self) -> _Reader:
         reader = getattr(self._local, "reader", None)
@@ -371,11 +438,9 @@ class SqliteStorage:
     async def write_internal(self, fn: Callable[..., T], *args: Any) -> T:
         """A write that read-only mode does not refuse: meshd's own records (catastrophe
         events, protocol steps) must be kept while the API refuses writes."""
-        if self._writer_task is None:
+        if not self._accepting:
             raise Unavailable("the store is not open")
-        future = self._loop.create_future()
-        self._queue.put_nowait((fn, args, future))
-        return await future
+        return await self._writer.submit(fn, args)
 
     async def trial(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a write function on the writer and roll it back: nothing is committed or
@@ -390,31 +455,11 @@ class SqliteStorage:
             return done.result
         raise RuntimeError("trial write was not rolled back")
 
-    async def _writer_loop(self) -> None:
-        queue = self._queue
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            batch = [item]
-            stop = False
-            while len(batch) < MAX_BATCH and not queue.empty():
-                nxt = queue.get_nowait()
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            outcomes = await self._loop.run_in_executor(self._wexec, self._run_batch, batch)
-            self._deliver([e for ok, _value, events in outcomes if ok for e in events])
-            for (_fn, _args, future), (ok, value, _events) in zip(batch, outcomes, strict=True):
-                if future.done():
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
-            if stop:
-                return
+    def _complete(self, batch: list[Write], outcomes: list[Outcome]) -> None:
+        """On the loop, once per batch: its events to the hub, then each writer answered."""
+        self._deliver([e for ok, _value, events in outcomes if ok for e in events])
+        for write, (ok, value, _events) in zip(batch, outcomes, strict=True):
+            settle(write, ok, value)
 
     def _deliver(self, events: list[ev.Encoded]) -> None:
         """The one path from a committed write to the WebSocket: in commit order, before any
@@ -425,7 +470,7 @@ class SqliteStorage:
             except Exception:  # noqa: BLE001 - a committed write stays committed
                 log.exception("store.event_delivery_failed", events=len(events))
 
-    def _run_batch(self, batch: list) -> list[tuple[bool, Any, list[ev.Encoded]]]:
+    def _run_batch(self, batch: list[Write]) -> list[Outcome]:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -435,11 +480,11 @@ class SqliteStorage:
         outcomes: list[tuple[bool, Any, list[ev.Encoded]]] = []
         records: list[jr.Record] = []
         now = db_time()
-        for fn, args, _future in batch:
+        for write in batch:
             tx = _Tx(conn)
             try:
                 conn.execute("SAVEPOINT op")
-                result = fn(tx, *args)
+                result = write.fn(tx, *write.args)
                 conn.execute("RELEASE op")
             except sqlite3.DatabaseError as exc:
                 if is_corruption(exc) or self._disk_full(exc):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshd.store import agents
-from meshd.store.base import Reader, Tx
+from meshd.store.base import Reader, Tx, small_read
 
 PREFIX = "mat_"
 ACTIVE = "active"
@@ -41,6 +41,7 @@ class Registration:
     token_issued: bool
 
 
+@small_read
 def agent_for(db: Reader, token_hash: str) -> str | None:
     """The agent an active token belongs to, or None (unknown or revoked)."""
     row = db.one("SELECT agent_id FROM agent_tokens WHERE token_hash = ? AND revoked_at IS NULL",
@@ -48,6 +49,7 @@ def agent_for(db: Reader, token_hash: str) -> str | None:
     return row["agent_id"] if row else None
 
 
+@small_read
 def state(db: Reader, agent_id: str) -> str | None:
     """ACTIVE, REVOKED, or None for an agent that never had a token."""
     row = db.one("SELECT revoked_at FROM agent_tokens WHERE agent_id = ?", (agent_id,))
