@@ -167,7 +167,8 @@ def allow_cors(request: web.Request, response: web.StreamResponse) -> None:
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
     if origin != "*":
-        response.headers["Vary"] = "Origin"
+        vary = response.headers.get("Vary")  # a snapshot varies by Accept-Encoding too
+        response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
 
 
 def error_response(exc: MeshError) -> web.Response:
