@@ -1,7 +1,9 @@
 """The ceiling: a bare aiohttp server with one catch-all handler, the fastest any aiohttp server
 can answer on this machine with this client. It reads the whole request body (so an upload's
 ceiling includes moving its bytes) and answers a small JSON object, or `X-Ceiling-Bytes` bytes
-when the bench asks for a response as large as meshd's (downloads, inboxes, dashboards).
+when the bench asks for a response as large as meshd's (downloads, inboxes, dashboards), or,
+with `X-Ceiling-Gzip-File`, that file's bytes as a gzip-encoded body: the very bytes meshd sends
+for a gzipped snapshot, so the client decompresses the same body from both.
 
 Run: python bench/_ceiling.py PORT [uvloop|asyncio]   (the scenarios bench starts it itself,
 with the event loop meshd's worker uses)
@@ -14,10 +16,18 @@ import sys
 from aiohttp import web
 
 SMALL = b'{"success":true}'
+_files: dict[str, bytes] = {}
 
 
 async def answer(request: web.Request) -> web.Response:
     await request.read()
+    gzipped = request.headers.get("X-Ceiling-Gzip-File")
+    if gzipped:
+        if gzipped not in _files:
+            with open(gzipped, "rb") as f:
+                _files[gzipped] = f.read()
+        return web.Response(body=_files[gzipped], content_type="application/json",
+                            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
     size = request.headers.get("X-Ceiling-Bytes")
     body = b"x" * int(size) if size else SMALL
     return web.Response(body=body, content_type="application/json")
