@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from meshd.api import files as files_api
+from meshd.errors import MeshError
 from meshd.store import files as files_store
 from tests.conftest import call, next_event, register, ws_connect
 
@@ -323,3 +324,23 @@ async def test_size_limit_is_a_json_413(small_limit_client):
 
     assert await call(client, "POST", "/api/files/upload", data=chunked(),
                       headers=JSON) == too_large
+
+
+@pytest.mark.parametrize("text", [
+    "QUJD", "QUJDRA==", "QUJDRA=", "QQ==QQ==", "Q===", "QQ", "@@@@", "QUJD\nRA==", " QUJD",
+    "QUJDRA==\n", "QUJ=RA==", base64.b64encode(bytes(range(256)) * 40).decode(),
+    "\t".join(base64.b64encode(bytes(range(256)) * 40).decode()[i:i + 76]
+              for i in range(0, 13656, 76)),
+])
+def test_the_one_slice_fast_path_agrees_with_the_slices(monkeypatch, text):
+    """A body of one slice is decoded by binascii at once; forced through 4-character slices,
+    the same text gives the same content (canonical text, size, hash) or the same refusal."""
+    def outcome():
+        try:
+            found = files_api.scan_base64(text, 1 << 20)
+        except MeshError as exc:
+            return type(exc).__name__, exc.message
+        return found.base64, found.size, found.sha256
+    fast = outcome()
+    monkeypatch.setattr(files_api, "SCAN_SLICE", 4)
+    assert outcome() == fast
