@@ -11,8 +11,11 @@ with the event loop meshd's worker uses)
 
 from __future__ import annotations
 
+import asyncio
+import struct
 import sys
 
+import orjson
 from aiohttp import web
 
 SMALL = b'{"success":true}'
@@ -37,6 +40,42 @@ async def health(request: web.Request) -> web.Response:
     return web.Response(body=SMALL, content_type="application/json")
 
 
+# WebSocket fan-out: the fastest an aiohttp server can hand one event to every listener
+# (the frame built once, written to each transport), for the bench's fan-out scenario.
+LISTENERS: dict[web.WebSocketResponse, asyncio.Transport] = {}
+
+
+async def listen(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=20.0)
+    await ws.prepare(request)
+    LISTENERS[ws] = request.transport
+    try:
+        async for _ in ws:
+            pass
+    finally:
+        LISTENERS.pop(ws, None)
+    return ws
+
+
+async def register(request: web.Request) -> web.Response:
+    """Announce the name to every listener, as meshd announces a registration."""
+    name = (await request.json())["name"]
+    frame = text_frame(orjson.dumps({"type": "agent_joined", "agent": {"name": name}}))
+    for transport in list(LISTENERS.values()):
+        if transport is not None and not transport.is_closing():
+            transport.write(frame)
+    return web.Response(body=SMALL, content_type="application/json")
+
+
+def text_frame(payload: bytes) -> bytes:
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x81, n) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[2] == "uvloop":
         import asyncio
@@ -46,6 +85,8 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = web.Application(client_max_size=64 << 20)
     app.router.add_get("/health", health)
+    app.router.add_get("/ws", listen)
+    app.router.add_post("/api/agents/register", register)
     app.router.add_route("*", "/{tail:.*}", answer)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 

@@ -422,10 +422,12 @@ def stalled_client(port: int) -> socket.socket:
     return sock
 
 
-async def fan_out(args, meshd: Meshd, stalled: bool) -> dict:
+async def fan_out(args, meshd: Meshd | Ceiling, stalled: bool) -> dict:
     """`--ws-events` events (agent registrations, one every `--ws-interval` seconds) to
     `--ws-clients` listeners; latency from the POST being sent to each listener receiving
-    the event."""
+    the event. Against the ceiling (same listeners, same POSTs, the frame written to every
+    transport at once): the floor this client and machine put under the figure."""
+    server = "ceiling" if isinstance(meshd, Ceiling) else "meshd"
     sent: dict[str, float] = {}
     latencies: list[float] = []
     expected = args.ws_events * args.ws_clients
@@ -456,7 +458,7 @@ async def fan_out(args, meshd: Meshd, stalled: bool) -> dict:
             listeners.append(asyncio.create_task(listen(ws)))
         failed = 0
         profile = None
-        if args.profile and (pid := meshd.worker_pid()):
+        if args.profile and server == "meshd" and (pid := meshd.worker_pid()):
             profile = _profile.start(pid, args.ws_events * args.ws_interval + 1,
                                      RESULTS / f"profile-fan_out-{'stalled' if stalled else 'all'}.txt")
         async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as poster:
@@ -483,7 +485,8 @@ async def fan_out(args, meshd: Meshd, stalled: bool) -> dict:
             RESULTS / f"profile-fan_out-{'stalled' if stalled else 'all'}.txt")
         print(f"    profile: {_profile.render(summary)}", flush=True)
     latencies.sort()
-    return {"clients": args.ws_clients, "events": args.ws_events, "stalled": stalled,
+    return {"server": server, "clients": args.ws_clients, "events": args.ws_events,
+            "stalled": stalled,
             "failed_posts": failed, "open_at_end": open_at_end, "profile": summary,
             "interval_ms": args.ws_interval * 1000,
             "delivered": len(latencies), "expected": expected,
@@ -555,7 +558,8 @@ def table(results: dict, args) -> str:
         for r in fan:
             ok = r["delivered"] == r["expected"] and r["p99_ms"] < 30
             lines.append(
-                f"| {r['clients']} clients, {r['events']} events{_apart(r)}"
+                f"| {r.get('server', 'meshd')}: {r['clients']} clients, {r['events']} events"
+                f"{_apart(r)}"
                 f"{', one stalled client' if r['stalled'] else ''} | "
                 f"{r['delivered']}/{r['expected']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                 f"{r['max_ms']:.1f} | {'met' if ok else 'MISS'} |")
@@ -598,9 +602,11 @@ async def main(args) -> dict:
         if "fan_out" in wanted:
             print(f"WebSocket fan-out to {args.ws_clients} clients", flush=True)
             results["fan_out"] = []
-            for stalled in (False, True):
-                r = await fan_out(args, meshd, stalled)
-                print(f"  stalled={stalled}: {r['delivered']}/{r['expected']} delivered, "
+            for server, stalled in ((meshd, False), (meshd, True), (ceiling, False),
+                                    (ceiling, True)):
+                r = await fan_out(args, server, stalled)
+                print(f"  {r['server']}, stalled={stalled}: {r['delivered']}/{r['expected']} "
+                      f"delivered, p50 {r['p50_ms']:.1f} ms, "
                       f"p99 {r['p99_ms']:.1f} ms, posts failed {r['failed_posts']}, "
                       f"listeners open at the end {r['open_at_end']}", flush=True)
                 results["fan_out"].append(r)
