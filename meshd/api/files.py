@@ -329,6 +329,13 @@ async def get_file(request: web.Request) -> web.StreamResponse:
     }
 
     async def pieces() -> AsyncIterator[bytes]:
+        if length <= READ_SLICE:
+            # One read of the stored text, sent twice: a larger file is read twice instead,
+            # so that only a slice of it is ever held here.
+            text = [t.encode("ascii") async for t in base64_slices(request, meta)]
+            for part in (head, *text, middle, *text, tail):
+                yield part
+            return
         for part in (head, middle):
             yield part
             async for text_ in base64_slices(request, meta):

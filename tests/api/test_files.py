@@ -344,3 +344,27 @@ def test_the_one_slice_fast_path_agrees_with_the_slices(monkeypatch, text):
     fast = outcome()
     monkeypatch.setattr(files_api, "SCAN_SLICE", 4)
     assert outcome() == fast
+
+
+@pytest.mark.parametrize(("read_slice", "reads"), [(None, 1), (8, 2 * 4)])
+async def test_the_json_download_reads_a_small_file_once(client, monkeypatch, read_slice, reads):
+    """The JSON form carries the text twice (`file_data`, `fileData`): a file within one read
+    slice is read from the database once; a larger one is read again for the second copy, so
+    that only a slice is held."""
+    if read_slice:
+        monkeypatch.setattr(files_api, "READ_SLICE", read_slice)
+    owner = await register(client, "Owner")
+    data = random.Random(7).randbytes(24)  # 32 characters of base64: 4 slices of 8
+    file_id = (await upload(client, owner, data))["fileId"]
+    calls = []
+    read = files_store.read_slice
+
+    def counted(db, *args):
+        calls.append(args)
+        return read(db, *args)
+
+    monkeypatch.setattr(files_store, "read_slice", counted)
+    resp = await client.get(f"/api/files/{file_id}")
+    row = orjson.loads(await resp.read())
+    assert row["file_data"] == row["fileData"] == b64(data)
+    assert len(calls) == reads
