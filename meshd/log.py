@@ -34,14 +34,9 @@ SECRET_PATTERNS = (
     # Per-agent tokens.
     (re.compile(r"\bmat_[A-Za-z0-9_\-]+"), f"mat_{REDACTED}"),
 )
-# Every text a pattern above can match contains one of these words once lowercased (or a
-# dotted/dotless i, which the patterns' IGNORECASE matches to `i` and lower() does not): a
-# text with none (nearly every log value: paths, ids, event names) skips the four
-# substitutions, which cost several microseconds per value even when nothing matches.
-# tests/unit/test_log_redaction.py checks the gate against the patterns.
 _secrets: set[str] = set()
-
-
+# True when a configured key holds a character JSON escapes: the rendered line cannot be
+# searched for it, so `info_line` redacts value by value.
 _secret_needs_escaping = False
 
 
@@ -53,7 +48,13 @@ def add_secrets(*values: str | None) -> None:
 
 
 def maybe_secret(text: str) -> bool:
-    """False only when no redaction pattern can match `text` (configured keys aside)."""
+    """False only when no redaction pattern can match `text` (configured keys aside).
+
+    Every text a pattern can match holds one of these words once lowercased, or a dotted or
+    dotless i (the patterns' IGNORECASE matches them to `i`; lower() does not). A text with
+    none (nearly every log value: paths, ids, event names) skips the four substitutions,
+    which cost tens of microseconds per value even when nothing matches.
+    tests/unit/test_log_redaction.py checks the gate against the patterns."""
     lowered = text.lower()
     return ("key" in lowered or "token" in lowered or "authorization" in lowered
             or "bearer" in lowered or "mat_" in lowered or "\u0130" in text
@@ -94,10 +95,6 @@ def _redact_dict(value: dict) -> dict:
         else:
             out[k] = _redact_value(v)
     return out
-
-
-def _is_secret_field(name: Any) -> bool:
-    return isinstance(name, str) and _secret_field_name(name)
 
 
 @functools.lru_cache(maxsize=4096)
