@@ -7,10 +7,10 @@ the encoded body, filed under the write counter of the tables it read
 dashboard, while no agent has crossed the heartbeat timeout since (the one change that comes
 from the clock, not from a write). Concurrent requests for a stale snapshot share one rebuild.
 
-A large snapshot is also kept gzipped, compressed once (off the event loop) when a client
-first asks for it with `Accept-Encoding: gzip`: sending 2.7 MB to each reader of a 10,000-agent
-dashboard, not building it, bounded its latency. Clients that do not ask get the identity
-body, as from the Node server; both carry `Vary: Accept-Encoding`.
+A snapshot of at least `gzip_min_size` bytes is also kept gzipped, compressed once (off the
+event loop) when a client first asks for it with `Accept-Encoding: gzip`: a 10,000-agent
+dashboard is 2.7 MB, 0.6 MB gzipped. Clients that do not ask get the identity body, as from
+the Node server; both carry `Vary: Accept-Encoding`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from meshd.api.http import JSON_TYPE
+from meshd.api.keys import SETTINGS
 
 # A time condition besides the tables: True while the snapshot is still what a fresh build
 # would give.
@@ -30,9 +31,6 @@ StillValid = Callable[[], bool]
 Build = Callable[[], Awaitable[tuple[bytes, StillValid | None]]]
 
 
-# Bodies below this size are sent as they are: compressing them saves little time on the
-# wire and costs a compression per change. The dashboard of 200 agents is about 55 KB.
-GZIP_MIN_BYTES = 32 << 10
 # zlib level 4: about a sixth of the dashboard's JSON, in a third of level 6's time (the
 # compression runs once per snapshot, but snapshots change with every agent write).
 GZIP_LEVEL = 4
@@ -79,7 +77,10 @@ class Snapshots:
                       build: Build) -> web.Response:
         """The snapshot as a response: gzipped when large and the client accepts gzip."""
         body = await self.body(versions, key, build)
-        if len(body) < GZIP_MIN_BYTES:
+        # The setting gzip_min_size: on loopback a client decompressing costs more than the
+        # bytes it saves (docs/performance.md), so only bodies worth it over a network.
+        least = request.app[SETTINGS].gzip_min_size
+        if least <= 0 or len(body) < least:
             return encoded_response(body)
         if accepts_gzip(request.headers.get("Accept-Encoding")):
             response = encoded_response(await self._gzipped(key, body))

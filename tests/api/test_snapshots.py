@@ -16,6 +16,7 @@ import pytest
 from meshd import config
 from meshd.api import snapshots as snapshot_module
 from meshd.api.app import make_app
+from meshd.api.keys import SETTINGS
 from meshd.api.snapshots import SNAPSHOTS
 from meshd.store import health as health_store
 from meshd.worker.serve import open_storage
@@ -143,8 +144,8 @@ async def raw_get(client, path: str, accept: str | None) -> tuple[dict, bytes]:
 
 
 @pytest.mark.parametrize("path", [DASHBOARD, "/api/agents"])
-async def test_a_large_snapshot_is_gzipped_once_for_clients_that_ask(client, monkeypatch, path):
-    monkeypatch.setattr(snapshot_module, "GZIP_MIN_BYTES", 0)  # every body counts as large
+async def test_a_large_snapshot_is_gzipped_once_for_clients_that_ask(make_client, path):
+    client = await make_client(gzip_min_size="1")  # every body counts as large
     for i in range(3):
         await register(client, f"Z{i}")
     kind = snapshots(client).dashboard if path == DASHBOARD else snapshots(client).agents
@@ -172,16 +173,20 @@ async def test_a_large_snapshot_is_gzipped_once_for_clients_that_ask(client, mon
     assert kind.compressions == compressions + 2
 
 
-async def test_a_small_snapshot_is_sent_as_it_is(client):
-    await register(client, "Small")
-    headers, body = await raw_get(client, DASHBOARD, "gzip")
-    assert "Content-Encoding" not in headers and "Vary" not in headers
-    assert orjson.loads(body)["totalAgents"] == 1
+async def test_a_snapshot_below_gzip_min_size_is_sent_as_it_is(make_client):
+    default = await make_client()
+    assert default.server.app[SETTINGS].gzip_min_size == 1 << 20
+    off = await make_client(gzip_min_size="0")  # 0: never, however large
+    for mesh in (default, off):
+        await register(mesh, "Small")
+        headers, body = await raw_get(mesh, DASHBOARD, "gzip")
+        assert "Content-Encoding" not in headers and "Vary" not in headers
+        assert orjson.loads(body)["totalAgents"] == 1
+    assert snapshots(off).dashboard.compressions == 0
 
 
-async def test_vary_names_both_encoding_and_origin(make_client, monkeypatch):
-    monkeypatch.setattr(snapshot_module, "GZIP_MIN_BYTES", 0)
-    mesh = await make_client(cors_origins="https://ui.example")
+async def test_vary_names_both_encoding_and_origin(make_client):
+    mesh = await make_client(cors_origins="https://ui.example", gzip_min_size="1")
     await register(mesh, "V")
     headers, _ = await raw_get(mesh, DASHBOARD, "gzip")
     assert headers["Vary"] == "Accept-Encoding, Origin"
