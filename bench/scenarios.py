@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import gzip
 import json
 import os
 import random
@@ -222,29 +223,64 @@ def scenario_requests(name: str, fx: Fixture, run_id: str):
     raise ValueError(name)
 
 
-def for_ceiling(make, size: int | None):
-    """The same requests, asking the ceiling for a response as large as meshd's."""
-    if not size:
-        return make
-
+def identity(make):
+    """The same requests from a client that asks for no content coding (as the Node
+    server's clients got): meshd answers them with the identity body."""
     def wrapped(n: int, i: int):
         method, path, body, headers = make(n, i)
-        return method, path, body, {**(headers or {}), "X-Ceiling-Bytes": str(size)}
+        return method, path, body, {**(headers or {}), "Accept-Encoding": "identity"}
     return wrapped
 
 
-async def response_size(url: str, make) -> int:
+def for_ceiling(make, size: int | None, gzip_file: Path | None = None):
+    """The same requests, asking the ceiling for a response as large as meshd's (or for the
+    very gzipped bytes meshd sent, when it sent gzip)."""
+    if not size:
+        return make
+    extra = ({"X-Ceiling-Gzip-File": str(gzip_file)} if gzip_file
+             else {"X-Ceiling-Bytes": str(size)})
+
+    def wrapped(n: int, i: int):
+        method, path, body, headers = make(n, i)
+        return method, path, body, {**(headers or {}), **extra}
+    return wrapped
+
+
+@dataclass
+class Shape:
+    """What meshd answers a scenario's request with: decoded size and content coding (the
+    load generator's client sends aiohttp's default `Accept-Encoding: gzip, deflate`)."""
+
+    size: int
+    encoding: str = "identity"
+    wire_bytes: int = 0
+    gzip_file: Path | None = None  # meshd's gzipped body, for the ceiling to send
+
+
+async def response_shape(url: str, make, label: str = "") -> Shape:
     method, path, body, headers = make(0, 0)
-    async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as session, \
+    async with aiohttp.ClientSession(headers={"X-API-Key": KEY},
+                                     auto_decompress=False) as session, \
             session.request(method, url + path, data=body, headers=headers) as resp:
-        return len(await resp.read())
+        raw = await resp.read()
+        encoding = resp.headers.get("Content-Encoding", "identity")
+    if encoding != "gzip":
+        return Shape(len(raw), encoding, len(raw))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    saved = RESULTS / f"ceiling-body-{label or 'response'}.gz"
+    saved.write_bytes(raw)
+    return Shape(len(gzip.decompress(raw)), "gzip", len(raw), saved)
+
+
+async def response_size(url: str, make) -> int:
+    return (await response_shape(url, make)).size
 
 
 # -- one measured scenario --------------------------------------------------------------------
 
 
 async def measure(args, label: str, meshd: Meshd, ceiling: Ceiling | None, make,
-                  size: int | None = None) -> dict:
+                  size: int | None = None, shape: Shape | None = None) -> dict:
     profile = None
     if args.profile and (pid := meshd.worker_pid()):
         profile = _profile.start(pid, args.warmup + args.seconds,
@@ -256,13 +292,21 @@ async def measure(args, label: str, meshd: Meshd, ceiling: Ceiling | None, make,
         profile.wait(timeout=60)
         mine["profile"] = _profile.summarize(RESULTS / f"profile-{label}.txt")
     if ceiling is not None:
-        ceil = await closed_loop(ceiling.url, for_ceiling(make, size), seconds=args.seconds,
+        gzip_file = shape.gzip_file if shape else None
+        ceil = await closed_loop(ceiling.url, for_ceiling(make, size, gzip_file),
+                                 seconds=args.seconds,
                                  clients=args.clients, warmup=args.warmup,
                                  cpu_of=ceiling.proc.pid)
         mine["ceiling_rps"] = ceil["rps"]
         mine["ceiling_p99_ms"] = ceil["p99_ms"]
         mine["ceiling_cpu_us"] = ceil["cpu_us"]
     mine["response_bytes"] = size
+    if shape is not None:
+        mine["encoding"] = shape.encoding
+        mine["wire_bytes"] = shape.wire_bytes
+        print(f"  {label}: response {shape.size:,} bytes, sent as {shape.encoding}"
+              + (f" ({shape.wire_bytes:,} bytes on the wire, the ceiling sends the same)"
+                 if shape.encoding != "identity" else ""), flush=True)
     print(f"  {label:<22} {mine['rps']:8.0f} req/s  p99 {mine['p99_ms']:7.1f} ms"
           f"  errors {mine['errors']}  worker CPU {_us(mine['cpu_us'])}/req"
           + (f"  ceiling {mine['ceiling_rps']:.0f} req/s, {_us(mine['ceiling_cpu_us'])}/req"
@@ -348,9 +392,11 @@ async def scale_phase(args, label: str, messages: int, ceiling: Ceiling | None) 
         await meshd.start()
         dash = scenario_requests("dashboard", None, "")
         inbox = lambda n, i: ("GET", f"/api/messages/{target}?limit=50", None, None)  # noqa: E731
-        for name, make in (("dashboard", dash), ("inbox", inbox)):
-            size = await response_size(meshd.url, make)
-            results[name] = await measure(args, f"{name}_{label}", meshd, ceiling, make, size)
+        for name, make in (("dashboard", dash), ("dashboard_identity", identity(dash)),
+                           ("inbox", inbox)):
+            shape = await response_shape(meshd.url, make, f"{name}_{label}")
+            results[name] = await measure(args, f"{name}_{label}", meshd, ceiling, make,
+                                          shape.size, shape)
     finally:
         meshd.stop()
         shutil.rmtree(home, ignore_errors=True)
@@ -376,10 +422,12 @@ def stalled_client(port: int) -> socket.socket:
     return sock
 
 
-async def fan_out(args, meshd: Meshd, stalled: bool) -> dict:
+async def fan_out(args, meshd: Meshd | Ceiling, stalled: bool) -> dict:
     """`--ws-events` events (agent registrations, one every `--ws-interval` seconds) to
     `--ws-clients` listeners; latency from the POST being sent to each listener receiving
-    the event."""
+    the event. Against the ceiling (same listeners, same POSTs, the frame written to every
+    transport at once): the floor this client and machine put under the figure."""
+    server = "ceiling" if isinstance(meshd, Ceiling) else "meshd"
     sent: dict[str, float] = {}
     latencies: list[float] = []
     expected = args.ws_events * args.ws_clients
@@ -410,7 +458,7 @@ async def fan_out(args, meshd: Meshd, stalled: bool) -> dict:
             listeners.append(asyncio.create_task(listen(ws)))
         failed = 0
         profile = None
-        if args.profile and (pid := meshd.worker_pid()):
+        if args.profile and server == "meshd" and (pid := meshd.worker_pid()):
             profile = _profile.start(pid, args.ws_events * args.ws_interval + 1,
                                      RESULTS / f"profile-fan_out-{'stalled' if stalled else 'all'}.txt")
         async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as poster:
@@ -437,7 +485,8 @@ async def fan_out(args, meshd: Meshd, stalled: bool) -> dict:
             RESULTS / f"profile-fan_out-{'stalled' if stalled else 'all'}.txt")
         print(f"    profile: {_profile.render(summary)}", flush=True)
     latencies.sort()
-    return {"clients": args.ws_clients, "events": args.ws_events, "stalled": stalled,
+    return {"server": server, "clients": args.ws_clients, "events": args.ws_events,
+            "stalled": stalled,
             "failed_posts": failed, "open_at_end": open_at_end, "profile": summary,
             "interval_ms": args.ws_interval * 1000,
             "delivered": len(latencies), "expected": expected,
@@ -475,7 +524,10 @@ def table(results: dict, args) -> str:
                    f"{_us(r.get('ceiling_cpu_us'))} | {share:.0%}"
                    if share is not None else "- | - | - | -")
         node = (f"{node_rps:,} | {vs_node:.2f}x | {node_p99}" if node_rps else "- | - | -")
-        lines.append(f"| {TITLES.get(name, name)} | {r['rps']:,.0f} | {r['p99_ms']:.1f} | "
+        title = TITLES.get(name, name)
+        if r.get("encoding", "identity") != "identity":
+            title += f" ({r['encoding']}, {r['wire_bytes']:,} bytes sent)"
+        lines.append(f"| {title} | {r['rps']:,.0f} | {r['p99_ms']:.1f} | "
                      f"{_us(r.get('cpu_us'))} | {ceiling} | {node} | {target} |")
     scale = results.get("scale", {})
     if scale:
@@ -484,13 +536,18 @@ def table(results: dict, args) -> str:
                   "| scenario | empty req/s | empty p99 ms | full req/s | full p99 ms "
                   "| full/empty req/s | ceiling req/s | ceiling p99 ms | target |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for name in ("dashboard", "inbox"):
+        for name in ("dashboard", "dashboard_identity", "inbox"):
+            if name not in scale["empty"]:  # a results file from before the identity row
+                continue
             empty, full = scale["empty"][name], scale["full"][name]
             ratio = full["rps"] / empty["rps"]
             target = "met" if ratio >= 0.8 else "MISS (> 20 % slower)"
-            if name == "dashboard" and max(empty["p99_ms"], full["p99_ms"]) >= 50:
+            if name.startswith("dashboard") and max(empty["p99_ms"], full["p99_ms"]) >= 50:
                 target += "; p99 >= 50 ms: MISS"
-            lines.append(f"| {name} | {empty['rps']:,.0f} | {empty['p99_ms']:.1f} | "
+            coding = full.get("encoding")
+            shown = (f"{name} ({coding}, {full['wire_bytes']:,} bytes sent)"
+                     if coding else name)
+            lines.append(f"| {shown} | {empty['rps']:,.0f} | {empty['p99_ms']:.1f} | "
                          f"{full['rps']:,.0f} | {full['p99_ms']:.1f} | {ratio:.2f} | "
                          f"{full.get('ceiling_rps', 0):,.0f} | "
                          f"{full.get('ceiling_p99_ms', 0):.1f} | {target} |")
@@ -501,7 +558,8 @@ def table(results: dict, args) -> str:
         for r in fan:
             ok = r["delivered"] == r["expected"] and r["p99_ms"] < 30
             lines.append(
-                f"| {r['clients']} clients, {r['events']} events{_apart(r)}"
+                f"| {r.get('server', 'meshd')}: {r['clients']} clients, {r['events']} events"
+                f"{_apart(r)}"
                 f"{', one stalled client' if r['stalled'] else ''} | "
                 f"{r['delivered']}/{r['expected']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                 f"{r['max_ms']:.1f} | {'met' if ok else 'MISS'} |")
@@ -544,9 +602,11 @@ async def main(args) -> dict:
         if "fan_out" in wanted:
             print(f"WebSocket fan-out to {args.ws_clients} clients", flush=True)
             results["fan_out"] = []
-            for stalled in (False, True):
-                r = await fan_out(args, meshd, stalled)
-                print(f"  stalled={stalled}: {r['delivered']}/{r['expected']} delivered, "
+            for server, stalled in ((meshd, False), (meshd, True), (ceiling, False),
+                                    (ceiling, True)):
+                r = await fan_out(args, server, stalled)
+                print(f"  {r['server']}, stalled={stalled}: {r['delivered']}/{r['expected']} "
+                      f"delivered, p50 {r['p50_ms']:.1f} ms, "
                       f"p99 {r['p99_ms']:.1f} ms, posts failed {r['failed_posts']}, "
                       f"listeners open at the end {r['open_at_end']}", flush=True)
                 results["fan_out"].append(r)
@@ -580,8 +640,8 @@ async def dashboard_phase(args, names: list[str], ceiling: Ceiling, into: dict) 
             total = int(name.split("_")[1])
             have = await agent_count(meshd.url)
             await register_many(meshd.url, [f"fleet-{k:05d}" for k in range(have, total)])
-            size = await response_size(meshd.url, make)
-            into[name] = await measure(args, name, meshd, ceiling, make, size)
+            shape = await response_shape(meshd.url, make, name)
+            into[name] = await measure(args, name, meshd, ceiling, make, shape.size, shape)
     finally:
         meshd.stop()
         shutil.rmtree(home, ignore_errors=True)

@@ -18,7 +18,7 @@ from meshd.api.http import (
     truthy,
 )
 from meshd.api.keys import AGENT_ID, settings, storage
-from meshd.api.snapshots import SNAPSHOTS, encoded_response
+from meshd.api.snapshots import SNAPSHOTS
 from meshd.clock import db_time
 from meshd.errors import Invalid, NotFound
 from meshd.store import agents as store
@@ -89,8 +89,8 @@ async def list_agents(request: web.Request) -> web.Response:
         rows = await db.read(store.list_all, limit, offset)
         return dumps([public_agent(r) for r in rows]), None
 
-    body = await request.app[SNAPSHOTS].agents.body(db.versions, (limit, offset), build)
-    return encoded_response(body)
+    return await request.app[SNAPSHOTS].agents.respond(request, db.versions, (limit, offset),
+                                                       build)
 
 
 @routes.get("/api/agents/{id}")

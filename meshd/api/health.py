@@ -10,7 +10,7 @@ from aiohttp import web
 from meshd import semver
 from meshd.api.http import dumps, json_response, paging, parse_json_column, read_body
 from meshd.api.keys import SETTINGS, storage
-from meshd.api.snapshots import SNAPSHOTS, encoded_response
+from meshd.api.snapshots import SNAPSHOTS
 from meshd.clock import db_time, db_time_ago
 from meshd.errors import Invalid, NotFound
 from meshd.store import health as store
@@ -123,8 +123,8 @@ async def dashboard(request: web.Request) -> web.Response:
             lambda: db_time_ago(timeout) <= next_offline)
         return dumps(dashboard_body(data)), still_valid
 
-    body = await request.app[SNAPSHOTS].dashboard.body(db.versions, (limit, offset), build)
-    return encoded_response(body)
+    return await request.app[SNAPSHOTS].dashboard.respond(request, db.versions,
+                                                          (limit, offset), build)
 
 
 def dashboard_body(data: dict[str, Any]) -> dict[str, Any]:

@@ -197,8 +197,13 @@ async def body_chunks(request: web.Request, idle_timeout: float):
     content = request.content
     while True:
         try:
-            async with asyncio.timeout(idle_timeout):
+            if content.is_eof():
+                # All of it has arrived (a small body comes with its head): reading cannot
+                # wait, so no deadline is armed (a timer per chunk on every request).
                 chunk = await content.readany()
+            else:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await content.readany()
         except TimeoutError:
             raise RequestTimeout("the request body stopped arriving") from None
         except (web.RequestPayloadError, HttpProcessingError):  # bad gzip, bad chunking

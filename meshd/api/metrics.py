@@ -60,8 +60,22 @@ class WorkerMetrics:
         self.fsync = Histogram("meshd_journal_fsync_seconds", "Journal fsync latency",
                                buckets=FSYNC_BUCKETS, registry=self.registry)
         ProcessCollector(registry=self.registry)
+        # The labelled children by (route, method, status): `labels()` takes a lock and
+        # builds a key on every call, once per request; these are looked up in one dict.
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.figures: dict[str, Any] = {}
         self.registry.register(_ScrapeCollector(self))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and its latency (on the event loop)."""
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, writes: int, fsync_seconds: float) -> None:
         """Called on the writer thread (prometheus-client instruments are thread-safe)."""
@@ -148,10 +162,8 @@ async def observe(request: web.Request, handler):
     finally:
         route = route_label(request)
         if route != "/ws":
-            metrics = request.app[METRICS]
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.latency.labels(route, request.method).observe(
-                time.perf_counter() - started)
+            request.app[METRICS].observe_request(route, request.method, status,
+                                                 time.perf_counter() - started)
 
 
 def setup(app: web.Application) -> None:

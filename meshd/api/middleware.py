@@ -132,11 +132,13 @@ def access_log(request: web.Request, response: web.StreamResponse, started: floa
     client-supplied text is repaired first, and a failure is logged instead of raised."""
     try:
         agent_id = _agent_id(request)
-        log.info("http.request", method=safe_text(request.method),
-                 path=safe_text(request.path), status=response.status,
-                 agent_id=safe_text(agent_id) if isinstance(agent_id, str) else None,
-                 credential=request.get(CREDENTIAL),
-                 duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        # logging.info_line: the same line as log.info(...) at a fraction of its cost.
+        logging.info_line("http.request", {
+            "method": safe_text(request.method), "path": safe_text(request.path),
+            "status": response.status,
+            "agent_id": safe_text(agent_id) if isinstance(agent_id, str) else None,
+            "credential": request.get(CREDENTIAL),
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
     except Exception as exc:  # noqa: BLE001 - the response is already decided
         log.warning("http.access_log_failed", error=type(exc).__name__)
 
@@ -165,7 +167,8 @@ def allow_cors(request: web.Request, response: web.StreamResponse) -> None:
     if origin is not None:
         response.headers["Access-Control-Allow-Origin"] = origin
     if origin != "*":
-        response.headers["Vary"] = "Origin"
+        vary = response.headers.get("Vary")  # a snapshot varies by Accept-Encoding too
+        response.headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
 
 
 def error_response(exc: MeshError) -> web.Response:

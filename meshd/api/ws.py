@@ -1,13 +1,24 @@
 """WebSocket hub at /ws: fan-out that never blocks the request that caused an event.
 
-Each client has a bounded send queue drained by its own task; a client whose queue fills (slow
-or dead) is dropped instead of waited for. Protocol pings detect dead peers.
+An event's frame is built once (once more with its `eventId` for the clients that asked for
+ids) and written straight to each client's transport when that client has nothing waiting:
+no queue, no task wake-up and no frame build per client. A client that is behind (events in
+its queue, or bytes its peer has not taken yet still in the transport's buffer) gets the event
+queued instead, drained by its own sender task; a client whose queue fills (slow or dead) is
+dropped instead of waited for. A client that negotiated permessage-deflate always goes through
+its queue (aiohttp compresses per client). Protocol pings detect dead peers.
+
+Writing frames to the transport bypasses aiohttp's WebSocketWriter, which is sound while that
+writer keeps no state between uncompressed frames and writes each one synchronously:
+tests/api/test_ws_fanout.py fails if an aiohttp upgrade changes either (aiohttp is pinned to a
+minor version, docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -63,6 +74,18 @@ class Client:
     remote: str | None = None
     transport: asyncio.BaseTransport | None = None
     sender: asyncio.Task | None = None
+    # Frames may be written to the transport directly (set once its sender runs, when no
+    # compression was negotiated).
+    direct: bool = False
+
+    def can_take_now(self) -> bool:
+        """True when a frame written to the transport now goes out after everything sent
+        before it: nothing queued (an item leaves the queue only when the sender writes it,
+        synchronously), nothing left in the transport's buffer, the socket open."""
+        transport = self.transport
+        return (self.direct and self.queue.empty() and not self.ws.closed
+                and transport is not None and not transport.is_closing()
+                and transport.get_write_buffer_size() == 0)
 
     def wants(self, event_type: str | None, audience: frozenset[str] | None) -> bool:
         if self.view is View.MESH:
@@ -80,10 +103,43 @@ class Client:
                 (None, orjson.dumps({"type": "error", "error": message}).decode()))
 
 
+def text_frame(text: str) -> bytes:
+    """A final, unmasked, uncompressed WebSocket text frame (RFC 6455 5.2), as a server sends
+    it: what aiohttp's writer would write for `send_str(text)` without compression."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", 0x81, n) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+class _Frames:
+    """One event's frames, each built on first use: plain and with its eventId."""
+
+    __slots__ = ("event", "_plain", "_with_id")
+
+    def __init__(self, event: Encoded) -> None:
+        self.event = event
+        self._plain: bytes | None = None
+        self._with_id: bytes | None = None
+
+    def get(self, with_id: bool) -> bytes:
+        if with_id and self.event.id is not None:
+            if self._with_id is None:
+                self._with_id = text_frame(self.event.with_id())
+            return self._with_id
+        if self._plain is None:
+            self._plain = text_frame(self.event.data)
+        return self._plain
+
+
 class Hub:
     def __init__(self) -> None:
         self.clients: set[Client] = set()
         self.dropped = 0
+        self.direct_writes = 0  # frames written straight to a transport (tests read it)
 
     def publish(self, event: dict, audience: Iterable[str] | None = None) -> None:
         """An event no write caused (a protocol transition the supervisor announces, a
@@ -104,8 +160,14 @@ class Hub:
         if not self.clients:
             return
         for event in events:
+            frames = _Frames(event)
             for client in list(self.clients):
                 if not client.wants(event.type, event.audience):
+                    continue
+                if client.can_take_now():
+                    if event.id is None or event.id > client.sent_up_to:
+                        client.transport.write(frames.get(client.with_ids))
+                        self.direct_writes += 1
                     continue
                 try:
                     client.queue.put_nowait(
@@ -234,6 +296,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         if since is not None:
             await _replay(request, client, since)
         sender = client.sender = asyncio.create_task(_sender(client))
+        # From now on the queue is drained by the sender: events may skip it when it is empty.
+        client.direct = not ws.compress
         log.info("ws.connected", client_id=client.client_id, agent_id=client.agent_id,
                  view=client.view, credential=identity.kind)
         async for msg in ws:

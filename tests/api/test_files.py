@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from meshd.api import files as files_api
+from meshd.errors import MeshError
 from meshd.store import files as files_store
 from tests.conftest import call, next_event, register, ws_connect
 
@@ -323,3 +324,47 @@ async def test_size_limit_is_a_json_413(small_limit_client):
 
     assert await call(client, "POST", "/api/files/upload", data=chunked(),
                       headers=JSON) == too_large
+
+
+@pytest.mark.parametrize("text", [
+    "QUJD", "QUJDRA==", "QUJDRA=", "QQ==QQ==", "Q===", "QQ", "@@@@", "QUJD\nRA==", " QUJD",
+    "QUJDRA==\n", "QUJ=RA==", base64.b64encode(bytes(range(256)) * 40).decode(),
+    "\t".join(base64.b64encode(bytes(range(256)) * 40).decode()[i:i + 76]
+              for i in range(0, 13656, 76)),
+])
+def test_the_one_slice_fast_path_agrees_with_the_slices(monkeypatch, text):
+    """A body of one slice is decoded by binascii at once; forced through 4-character slices,
+    the same text gives the same content (canonical text, size, hash) or the same refusal."""
+    def outcome():
+        try:
+            found = files_api.scan_base64(text, 1 << 20)
+        except MeshError as exc:
+            return type(exc).__name__, exc.message
+        return found.base64, found.size, found.sha256
+    fast = outcome()
+    monkeypatch.setattr(files_api, "SCAN_SLICE", 4)
+    assert outcome() == fast
+
+
+@pytest.mark.parametrize(("read_slice", "reads"), [(None, 1), (8, 2 * 4)])
+async def test_the_json_download_reads_a_small_file_once(client, monkeypatch, read_slice, reads):
+    """The JSON form carries the text twice (`file_data`, `fileData`): a file within one read
+    slice is read from the database once; a larger one is read again for the second copy, so
+    that only a slice is held."""
+    if read_slice:
+        monkeypatch.setattr(files_api, "READ_SLICE", read_slice)
+    owner = await register(client, "Owner")
+    data = random.Random(7).randbytes(24)  # 32 characters of base64: 4 slices of 8
+    file_id = (await upload(client, owner, data))["fileId"]
+    calls = []
+    read = files_store.read_slice
+
+    def counted(db, *args):
+        calls.append(args)
+        return read(db, *args)
+
+    monkeypatch.setattr(files_store, "read_slice", counted)
+    resp = await client.get(f"/api/files/{file_id}")
+    row = orjson.loads(await resp.read())
+    assert row["file_data"] == row["fileData"] == b64(data)
+    assert len(calls) == reads

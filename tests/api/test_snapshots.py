@@ -5,11 +5,18 @@ for the dashboard, when an agent crosses the heartbeat timeout with no write at 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from pathlib import Path
 
+import aiohttp
+import orjson
+import pytest
+
 from meshd import config
+from meshd.api import snapshots as snapshot_module
 from meshd.api.app import make_app
+from meshd.api.keys import SETTINGS
 from meshd.api.snapshots import SNAPSHOTS
 from meshd.store import health as health_store
 from meshd.worker.serve import open_storage
@@ -120,3 +127,76 @@ async def test_agent_list_is_built_once_per_change(client):
     assert snapshots(client).agents.builds == builds + 2
     _, page = await call(client, "GET", "/api/agents?limit=1")
     assert len(page) == 1
+
+
+# -- large snapshots gzipped for the clients that ask --------------------------------------
+
+
+async def raw_get(client, path: str, accept: str | None) -> tuple[dict, bytes]:
+    """Headers and undecoded body bytes, with exactly the Accept-Encoding given (None: no
+    such header at all; aiohttp would otherwise add its own)."""
+    headers = {**AUTH, **({"Accept-Encoding": accept} if accept is not None else {})}
+    async with aiohttp.ClientSession(auto_decompress=False) as session, session.get(
+            client.make_url(path), headers=headers,
+            skip_auto_headers=() if accept is not None else ("Accept-Encoding",)) as resp:
+        assert resp.status == 200
+        return dict(resp.headers), await resp.read()
+
+
+@pytest.mark.parametrize("path", [DASHBOARD, "/api/agents"])
+async def test_a_large_snapshot_is_gzipped_once_for_clients_that_ask(make_client, path):
+    client = await make_client(gzip_min_size="1")  # every body counts as large
+    for i in range(3):
+        await register(client, f"Z{i}")
+    kind = snapshots(client).dashboard if path == DASHBOARD else snapshots(client).agents
+    plain_headers, plain = await raw_get(client, path, None)
+    assert "Content-Encoding" not in plain_headers
+    assert plain_headers["Vary"] == "Accept-Encoding"
+    assert int(plain_headers["Content-Length"]) == len(plain)
+    compressions = kind.compressions
+    for accept in ("gzip, deflate", "br;q=1, gzip;q=0.5", "*", "x-gzip"):
+        headers, body = await raw_get(client, path, accept)
+        assert headers["Content-Encoding"] == "gzip", accept
+        assert headers["Vary"] == "Accept-Encoding"
+        assert int(headers["Content-Length"]) == len(body) < len(plain)
+        assert orjson.loads(gzip.decompress(body)) == orjson.loads(plain)
+    assert kind.compressions == compressions + 1  # compressed once for all four
+    for accept in ("identity", "gzip;q=0", "deflate", "*;q=0", "gzip;q=0, *"):
+        headers, body = await raw_get(client, path, accept)
+        assert "Content-Encoding" not in headers, accept
+        assert body == plain
+    # A write makes a new snapshot, compressed again when asked.
+    await register(client, "Z3")
+    headers, body = await raw_get(client, path, "gzip")
+    fresh = orjson.loads(gzip.decompress(body))
+    assert len(fresh["agentList"] if path == DASHBOARD else fresh) == 4
+    assert kind.compressions == compressions + 2
+
+
+async def test_a_snapshot_below_gzip_min_size_is_sent_as_it_is(make_client):
+    default = await make_client()
+    assert default.server.app[SETTINGS].gzip_min_size == 1 << 20
+    off = await make_client(gzip_min_size="0")  # 0: never, however large
+    for mesh in (default, off):
+        await register(mesh, "Small")
+        headers, body = await raw_get(mesh, DASHBOARD, "gzip")
+        assert "Content-Encoding" not in headers and "Vary" not in headers
+        assert orjson.loads(body)["totalAgents"] == 1
+    assert snapshots(off).dashboard.compressions == 0
+
+
+async def test_vary_names_both_encoding_and_origin(make_client):
+    mesh = await make_client(cors_origins="https://ui.example", gzip_min_size="1")
+    await register(mesh, "V")
+    headers, _ = await raw_get(mesh, DASHBOARD, "gzip")
+    assert headers["Vary"] == "Accept-Encoding, Origin"
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (None, False), ("", False), ("gzip", True), ("GZIP", True), ("deflate, gzip;q=0.1", True),
+    ("gzip;q=0", False), ("gzip; q=0.0", False), ("*", True), ("*;q=0", False),
+    ("identity", False), ("gzip;q=0, *;q=1", False), ("br, *;q=0.2", True),
+    ("gzip;q=bogus", False),
+])
+def test_accept_encoding(header, expected):
+    assert snapshot_module.accepts_gzip(header) is expected

@@ -1,0 +1,142 @@
+"""WebSocket fan-out writes each event's frame, built once, straight to the transports of the
+clients that have nothing waiting, and queues it for the others: order kept per client, views
+and eventIds kept, compressed clients on their queue. The first test guards the aiohttp
+internals this relies on (aiohttp is pinned to a minor version)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import WSMsgType
+from aiohttp._websocket.writer import WebSocketWriter
+
+from meshd.api.keys import HUB
+from meshd.api.ws import text_frame
+from tests.conftest import register, ws_connect
+from tests.support import async_poll
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.chunks.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Protocol:
+    _paused = False
+
+
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 1000, 65535, 65536, 70000])
+def test_text_frame_is_what_aiohttps_writer_writes_synchronously(size):
+    """The direct path is sound only while (1) the frame is the one aiohttp's writer builds
+    for an uncompressed text message and (2) the writer writes it before its first await
+    (so a frame taken from a client's queue is on the transport before the next event
+    looks at the queue). Both are checked here against the installed aiohttp."""
+    text = "é" * (size // 2) + "x" * (size % 2)
+    transport = _Transport()
+    writer = WebSocketWriter(_Protocol(), transport, compress=0)
+    step = writer.send_frame(text.encode(), WSMsgType.TEXT)
+    with pytest.raises(StopIteration):
+        step.send(None)  # ran to its end without suspending
+    assert b"".join(transport.chunks) == text_frame(text)
+
+
+async def connected_client(hub, before: set):
+    """The hub's Client object of the socket just opened, once its sender runs."""
+    def fresh():
+        new = [c for c in hub.clients if c not in before and c.sender is not None]
+        return new[0] if new else None
+    return await async_poll(fresh, timeout=5, what="client joined with its sender")
+
+
+async def test_events_go_straight_to_idle_clients_in_order(client):
+    hub = client.server.app[HUB]
+    sockets = []
+    for _ in range(3):
+        before = set(hub.clients)
+        sockets.append(await ws_connect(client))
+        await connected_client(hub, before)
+    before_writes = hub.direct_writes
+    for k in range(200):
+        hub.publish({"type": "broadcast", "seq": k})
+    for ws in sockets:
+        seen = [(await ws.receive_json(timeout=5))["seq"] for _ in range(200)]
+        assert seen == list(range(200))
+    assert hub.direct_writes > before_writes  # at least the first of each went directly
+    for ws in sockets:
+        await ws.close()
+
+
+async def test_a_client_with_queued_frames_gets_the_event_behind_them(client):
+    hub = client.server.app[HUB]
+    ws = await ws_connect(client)
+    member = await connected_client(hub, set())
+    writes = hub.direct_writes
+    member.queue_error("queued first")  # in its queue, not yet written by its sender
+    hub.publish({"type": "broadcast", "seq": 1})  # the same loop step: must queue behind
+    assert hub.direct_writes == writes
+    assert (await ws.receive_json(timeout=5)) == {"type": "error", "error": "queued first"}
+    assert (await ws.receive_json(timeout=5))["seq"] == 1
+    # Its queue drained, the next event is written directly again.
+    await async_poll(member.queue.empty, timeout=5, what="queue drained")
+    hub.publish({"type": "broadcast", "seq": 2})
+    assert hub.direct_writes == writes + 1
+    assert (await ws.receive_json(timeout=5))["seq"] == 2
+    await ws.close()
+
+
+async def test_ids_and_views_survive_the_direct_path(client):
+    """A resuming client (?since=) gets eventId on live frames, others do not; an agent's
+    onlyMine socket gets only its own events."""
+    hub = client.server.app[HUB]
+    alice = await register(client, "Alice")
+    bob = await register(client, "Bob")
+    before = set(hub.clients)
+    plain = await ws_connect(client)
+    await connected_client(hub, before)
+    before = set(hub.clients)
+    resuming = await ws_connect(client, "/ws?since=999999")
+    await connected_client(hub, before)
+    before = set(hub.clients)
+    mine = await ws_connect(client, f"/ws?agentId={bob}&onlyMine=true")
+    await connected_client(hub, before)
+    writes = hub.direct_writes
+    status = (await client.post("/api/messages",
+                                json={"from": alice, "to": alice, "content": "self"})).status
+    assert status == 200
+    status = (await client.post("/api/messages",
+                                json={"from": alice, "to": bob, "content": "hi"})).status
+    assert status == 200
+    first, second = ([await plain.receive_json(timeout=5) for _ in range(2)])
+    assert "eventId" not in first and "eventId" not in second
+    with_ids = [await resuming.receive_json(timeout=5) for _ in range(2)]
+    assert [f["eventId"] for f in with_ids] == sorted(f["eventId"] for f in with_ids)
+    assert {k: v for k, v in with_ids[1].items() if k != "eventId"} == second
+    only = await mine.receive_json(timeout=5)
+    assert only == second  # not the message Alice sent herself
+    assert hub.direct_writes >= writes + 5
+    for ws in (plain, resuming, mine):
+        await ws.close()
+
+
+async def test_a_compressed_client_gets_its_events_through_its_queue(client):
+    hub = client.server.app[HUB]
+    before = set(hub.clients)
+    ws = await client.ws_connect("/ws", compress=15)
+    assert (await ws.receive_json(timeout=5))["type"] == "connected"
+    member = await connected_client(hub, before)
+    assert member.ws.compress and not member.direct
+    writes = hub.direct_writes
+    for k in range(20):
+        hub.publish({"type": "broadcast", "seq": k, "pad": "z" * 500})
+    seen = [(await ws.receive_json(timeout=5))["seq"] for _ in range(20)]
+    assert seen == list(range(20))
+    assert hub.direct_writes == writes
+    await ws.close()
+    await asyncio.sleep(0)
