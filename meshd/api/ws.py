@@ -4,8 +4,15 @@ An event's frame is built once (once more with its `eventId` for the clients tha
 ids) and written straight to each client's transport when that client has nothing waiting:
 no queue, no task wake-up and no frame build per client. A client that is behind (events in
 its queue, or bytes its peer has not taken yet still in the transport's buffer) gets the event
-queued instead, drained by its own sender task; a client whose queue fills (slow or dead) is
-dropped instead of waited for. A client that negotiated permessage-deflate always goes through
+queued instead, drained by its own sender task; a client whose backlog outgrows its budget
+(slow or dead) is dropped instead of waited for.
+
+The budget is counted in bytes (SEND_BUFFER_BYTES) with a cap on the number of events
+(SEND_BUFFER_EVENTS), not in events alone: a burst of thousands of small events (every agent
+of a partitioned network going offline at once, one `agent_health_change` each) must not
+drop every healthy listener, while a peer that stopped reading large events is cut off as
+soon as before. A queued event is the shared `Encoded` object (one pointer per client), and
+its frame text is built when the sender writes it. A client that negotiated permessage-deflate always goes through
 its queue (aiohttp compresses per client). Protocol pings detect dead peers.
 
 Writing frames to the transport bypasses aiohttp's WebSocketWriter, which is sound while that
@@ -42,7 +49,8 @@ from meshd.store.events import Encoded, Event, emitting, encode
 
 log = logging.get("meshd.ws")
 
-SEND_BUFFER = 256
+SEND_BUFFER_BYTES = 16 * 2**20  # a client's queued frame text before it is dropped
+SEND_BUFFER_EVENTS = 65_536  # and its queued events (a pointer each: 512 KiB at most)
 REPLAY_BATCH = 500
 PING_INTERVAL = 20.0
 CLOSE_BOUND = 5.0  # a dropped client's close handshake gets this long, then the TCP is cut
@@ -67,8 +75,10 @@ class Client:
     agent_id: str | None = None
     only_mine: bool = False
     view: View = View.FULL
-    # (event id or None, frame); ids let a resuming client skip what its backlog already sent
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(SEND_BUFFER))
+    # Encoded events not yet written, oldest first (their ids let a resuming client skip what
+    # its backlog already sent); bounded by `admit`, not by the queue.
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0
     with_ids: bool = False  # connected with ?since=: every frame carries its eventId
     sent_up_to: int = 0  # the newest event id sent from the backlog
     remote: str | None = None
@@ -95,12 +105,22 @@ class Client:
                                                and self.agent_id in audience)
         return audience is None or not self.only_mine or self.agent_id in audience
 
+    def admit(self, event: Encoded) -> bool:
+        """Queue `event` for the sender; False (nothing queued) when the backlog would
+        exceed its budget: the client is too far behind to be waited for."""
+        size = len(event.data)
+        if (self.queued_bytes + size > SEND_BUFFER_BYTES
+                or self.queue.qsize() >= SEND_BUFFER_EVENTS):
+            return False
+        self.queued_bytes += size
+        self.queue.put_nowait(event)
+        return True
+
     def queue_error(self, message: str) -> None:
         """Answer a refused frame in order with the events (the Node server never answered
         frames; only the new modes refuse any)."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(
-                (None, orjson.dumps({"type": "error", "error": message}).decode()))
+        self.admit(Encoded("error", orjson.dumps({"type": "error", "error": message}).decode(),
+                           None))
 
 
 def text_frame(text: str) -> bytes:
@@ -169,10 +189,7 @@ class Hub:
                         client.transport.write(frames.get(client.with_ids))
                         self.direct_writes += 1
                     continue
-                try:
-                    client.queue.put_nowait(
-                        (event.id, event.with_id() if client.with_ids else event.data))
-                except asyncio.QueueFull:
+                if not client.admit(event):
                     self._drop(client, "send buffer full")
 
     def _drop(self, client: Client, reason: str) -> None:
@@ -218,10 +235,11 @@ async def close_within(client: Client, code: int, reason: str,
 async def _sender(client: Client) -> None:
     try:
         while True:
-            event_id, data = await client.queue.get()
-            if event_id is not None and event_id <= client.sent_up_to:
+            event = await client.queue.get()
+            client.queued_bytes -= len(event.data)
+            if event.id is not None and event.id <= client.sent_up_to:
                 continue  # already sent from the backlog of a resuming client
-            await client.ws.send_str(data)
+            await client.ws.send_str(event.with_id() if client.with_ids else event.data)
     except (ConnectionError, RuntimeError):  # peer gone; the handler logs the disconnect
         return
 

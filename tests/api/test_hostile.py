@@ -435,7 +435,7 @@ async def test_a_slow_websocket_client_is_dropped_and_its_tcp_closed(live):
         await asyncio.sleep(0)
     await wait_for(transport.is_closing, timeout=10, what="transport closed")
     await wait_for(lambda: live.app[HUB].clients == set(), what="hub empty")
-    # Its send queue (up to SEND_BUFFER events) is freed once the handler has ended.
+    # Its send queue (up to SEND_BUFFER_BYTES of frames) is freed once the handler has ended.
     await wait_for(lambda: gc.collect() is not None and queue() is None, what="queue freed")
     sock.close()
     assert "Traceback" not in live.log_text()

@@ -140,3 +140,39 @@ async def test_a_compressed_client_gets_its_events_through_its_queue(client):
     assert hub.direct_writes == writes
     await ws.close()
     await asyncio.sleep(0)
+
+
+async def test_a_burst_of_small_events_does_not_drop_a_listener_that_is_behind(client):
+    """Thousands of agents going offline at once are thousands of small events in one loop
+    step. A listener whose events are queued (a compressed one always is) gets them all, in
+    order: its backlog is bounded in bytes, not at a few hundred events."""
+    hub = client.server.app[HUB]
+    before = set(hub.clients)
+    ws = await client.ws_connect("/ws", compress=15)
+    assert (await ws.receive_json(timeout=5))["type"] == "connected"
+    member = await connected_client(hub, before)
+    dropped = hub.dropped
+    burst = 5000
+    for k in range(burst):
+        hub.publish({"type": "agent_health_change", "seq": k})
+    assert member.queue.qsize() >= burst - 1 and hub.dropped == dropped
+    seen = [(await ws.receive_json(timeout=10))["seq"] for _ in range(burst)]
+    assert seen == list(range(burst))
+    await async_poll(lambda: member.queued_bytes == 0, timeout=5, what="backlog drained")
+    await ws.close()
+
+
+async def test_a_backlog_past_its_byte_budget_drops_the_client(client, monkeypatch):
+    from meshd.api import ws as ws_module
+
+    monkeypatch.setattr(ws_module, "SEND_BUFFER_BYTES", 64 * 1024)
+    hub = client.server.app[HUB]
+    before = set(hub.clients)
+    ws = await client.ws_connect("/ws", compress=15)
+    assert (await ws.receive_json(timeout=5))["type"] == "connected"
+    member = await connected_client(hub, before)
+    dropped = hub.dropped
+    for k in range(20):  # 20 x 8 KiB queued in one step: past 64 KiB
+        hub.publish({"type": "broadcast", "seq": k, "pad": "z" * 8192})
+    assert hub.dropped == dropped + 1 and member not in hub.clients
+    await ws.close()
