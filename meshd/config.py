@@ -171,7 +171,7 @@ OPTIONS: tuple[Option, ...] = (
            "require the API key (or a console session) on GET /metrics"),
     Option("max_body_size", parse_size, 1 << 20, "largest JSON body of a non-upload request"),
     Option("max_file_size", parse_size, 25 << 20, "largest uploaded file (decoded bytes)"),
-    Option("gzip_min_size", parse_size, 1 << 20,
+    Option("gzip_min_size", parse_size, 0,
            "agent list and dashboard bodies at least this large are sent gzipped to clients "
            "that accept gzip (0: never)"),
     Option("sweep_interval", parse_duration, 60.0, "how often messages past their timeoutMs are timed out"),

@@ -174,10 +174,11 @@ async def test_a_large_snapshot_is_gzipped_once_for_clients_that_ask(make_client
 
 
 async def test_a_snapshot_below_gzip_min_size_is_sent_as_it_is(make_client):
-    default = await make_client()
-    assert default.server.app[SETTINGS].gzip_min_size == 1 << 20
+    default = await make_client()  # 0 by default: the Node server's identity bodies
+    assert default.server.app[SETTINGS].gzip_min_size == 0
+    above = await make_client(gzip_min_size="1MiB")  # a small body stays as it is
     off = await make_client(gzip_min_size="0")  # 0: never, however large
-    for mesh in (default, off):
+    for mesh in (default, above, off):
         await register(mesh, "Small")
         headers, body = await raw_get(mesh, DASHBOARD, "gzip")
         assert "Content-Encoding" not in headers and "Vary" not in headers
