@@ -221,7 +221,7 @@ class SqliteStorage:
         self._inline: _Reader | None = None  # the event loop's own read connection
         self._inline_checks = 0  # progress handler calls left for the current inline read
         self._inline_overran = False
-        # Small reads that overran the budget and went to the pool (the bench reports it).
+        # Small reads that overran the budget and went to the pool again (tests read it).
         self.inline_overruns = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: sqlite3.Connection | None = None

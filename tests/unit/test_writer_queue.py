@@ -177,3 +177,30 @@ async def test_a_store_that_failed_to_open_leaves_no_writer_thread(tmp_path):
     assert "meshd-writer" not in {t.name for t in threading.enumerate()} - threads_before
     with pytest.raises(Unavailable):
         await storage.write(named("never"))
+
+
+async def test_writes_submitted_in_one_pass_of_the_loop_reach_the_writer_together(store):
+    """One hand-over (one `put`, one wake-up of the thread at most) for all the writes that
+    one pass of the loop submits, and they run as one batch."""
+    batches: list[int] = []
+    store.on_batch = lambda records, _fsync: batches.append(records)
+    queue = store._writer._queue
+    puts = []
+
+    class Counting:  # the writer's queue, counting what is put on it
+        def put(self, item) -> None:
+            puts.append(item)
+            queue.put(item)
+
+        def __getattr__(self, name):
+            return getattr(queue, name)
+
+    store._writer._queue = Counting()
+    before = store._writer.batches
+    names = [f"together-{i}" for i in range(12)]
+    # gather starts every write in the same pass of the loop.
+    assert await asyncio.gather(*(store.write(named(n)) for n in names)) == names
+    assert len(puts) == 1 and len(puts[0]) == 12
+    assert store._writer.batches == before + 1
+    assert batches == [12]
+    assert names_in_rowid_order(store.path) == names
