@@ -22,8 +22,8 @@ import orjson
 from meshd import log as logging
 from meshd import progress
 from meshd.locks import fsync_path, write_atomic
+from meshd.store import dburl
 from meshd.store import journal as jr
-from meshd.store import postgres
 
 log = logging.get("meshd.backups")
 
@@ -89,7 +89,9 @@ def header_problems(path: Path) -> list[str]:
 
 def integrity(path: Path, full: bool = True) -> list[str]:
     """integrity_check (or quick_check) of a file: the problems, empty when sound."""
-    if postgres.is_url(path):  # a connection check: page integrity is PostgreSQL's own
+    if dburl.is_url(path):  # a connection check: page integrity is PostgreSQL's own
+        from meshd.store import postgres  # only on PostgreSQL: the worker on SQLite skips it
+
         return postgres.connection_check(str(path), full)
     pragma = "integrity_check" if full else "quick_check"
     problems = header_problems(path)

@@ -40,6 +40,7 @@ from meshd.errors import Conflict, Invalid, MeshError, Unavailable
 from meshd.store import dialect, event_log, pg_backups, pg_events, pg_schema
 from meshd.store import events as ev
 from meshd.store.base import Row
+from meshd.store.dburl import is_url  # noqa: F401 - callers use postgres.is_url too
 from meshd.store.versions import TableVersions
 
 T = TypeVar("T")
@@ -53,10 +54,6 @@ PROBE_INTERVAL = 0.5
 SIZE_TTL = 30.0
 EVENTS_WAIT = 2.0  # a write's answer waits at most this long for its events to be handed on
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
-
-
-def is_url(database: object) -> bool:
-    return str(database).startswith(("postgresql://", "postgres://"))
 
 
 def redact(url: str) -> str:

@@ -29,7 +29,7 @@ from meshd.control import client as control
 from meshd.http_server import GuardedAppRunner
 from meshd.locks import FileLock
 from meshd.process import EXIT_DB_CORRUPT, bind_socket
-from meshd.store import backups, postgres, records
+from meshd.store import backups, dburl, records
 from meshd.store.base import Storage
 from meshd.store.sqlite import SqliteStorage, is_corruption
 from meshd.worker import jobs, standby
@@ -51,7 +51,9 @@ def open_storage(settings: Settings, on_corruption: Callable[[str], None] | None
                  on_disk: Callable[[str | None], None] | None = None,
                  on_unreachable: Callable[[str | None], None] | None = None) -> Storage:
     """The backend the `database` setting names: a postgresql:// URL or a SQLite file."""
-    if postgres.is_url(settings.database):
+    if dburl.is_url(settings.database):
+        from meshd.store import postgres  # only on PostgreSQL: psycopg is 12 MB
+
         return postgres.PostgresStorage(str(settings.database), readers=settings.readers,
                                         writers=settings.readers, on_unreachable=on_unreachable)
     return SqliteStorage(settings.database, settings.data_dir / "journal",
@@ -100,7 +102,7 @@ async def take_baseline_backup(settings: Settings, storage: Storage) -> str | No
     """Before the first write is accepted (and after a migration), make sure a verified
     backup of this journal epoch exists, so the journal always has a base to replay onto.
     The error when none could be written, else None."""
-    if postgres.is_url(settings.database):
+    if dburl.is_url(settings.database):
         return None  # no meshd journal to replay onto a base: PostgreSQL's WAL is the durability
     epoch = storage.journal_epoch
     try:
@@ -194,7 +196,7 @@ async def serve(
                       if baseline_problem else None)
     hub = Hub()
     # Several nodes on PostgreSQL: the once-per-mesh jobs wait for the supervisor's lease.
-    lease = Lease(always=not (supervised and postgres.is_url(settings.database)))
+    lease = Lease(always=not (supervised and dburl.is_url(settings.database)))
     app = make_app(settings, storage, hub, supervisor=supervisor_client)
     runner = GuardedAppRunner(app, header_timeout=settings.header_timeout, access_log=None,
                               handle_signals=False, shutdown_timeout=settings.drain_timeout)
