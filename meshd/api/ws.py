@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -53,6 +54,11 @@ SEND_BUFFER_BYTES = 16 * 2**20  # a client's queued frame text before it is drop
 SEND_BUFFER_EVENTS = 65_536  # and its queued events (a pointer each: 512 KiB at most)
 REPLAY_BATCH = 500
 PING_INTERVAL = 20.0
+# Client deliveries (an event offered to one client) per step of the event loop. A write that
+# emits thousands of events (every agent of a partitioned network marked offline at once) to
+# a thousand listeners is millions of deliveries: done in one go they held the loop for
+# seconds, long enough for the supervisor's probes to fail and the worker to be killed.
+DELIVER_STEP = 20_000
 CLOSE_BOUND = 5.0  # a dropped client's close handshake gets this long, then the TCP is cut
 
 
@@ -160,6 +166,11 @@ class Hub:
         self.clients: set[Client] = set()
         self.dropped = 0
         self.direct_writes = 0  # frames written straight to a transport (tests read it)
+        # Events waiting for the drain task, oldest first: while any wait, later events queue
+        # behind them, so every client still gets every event in order.
+        self.backlog: deque[Encoded] = deque()
+        self._drain: asyncio.Task | None = None
+        self.deferred_steps = 0  # loop steps the drain task yielded (tests read it)
 
     def publish(self, event: dict, audience: Iterable[str] | None = None) -> None:
         """An event no write caused (a protocol transition the supervisor announces, a
@@ -179,6 +190,28 @@ class Hub:
         asked for only their own events get it only when they are in it."""
         if not self.clients:
             return
+        if self.backlog or len(events) * len(self.clients) > DELIVER_STEP:
+            # Too much for one loop step: a task delivers it in steps, in order. Small writes
+            # (the usual case) still reach every client before their answer is sent.
+            self.backlog.extend(events)
+            if self._drain is None or self._drain.done():
+                self._drain = asyncio.get_running_loop().create_task(self._drain_backlog())
+            return
+        self._offer(events)
+
+    async def _drain_backlog(self) -> None:
+        while self.backlog:
+            budget = DELIVER_STEP
+            batch = []
+            while self.backlog and budget > 0:
+                batch.append(self.backlog.popleft())
+                budget -= max(1, len(self.clients))
+            self._offer(batch)
+            if self.backlog:
+                self.deferred_steps += 1
+                await asyncio.sleep(0)  # let requests, probes and senders run
+
+    def _offer(self, events: list[Encoded]) -> None:
         for event in events:
             frames = _Frames(event)
             for client in list(self.clients):
@@ -208,7 +241,7 @@ class Hub:
         """Shutdown: give every client's queue a bounded time to empty (the events of writes
         already acknowledged), then close with 1001 Going Away."""
         deadline = asyncio.get_running_loop().time() + flush_timeout
-        while (any(not c.queue.empty() for c in self.clients)
+        while ((self.backlog or any(not c.queue.empty() for c in self.clients))
                and asyncio.get_running_loop().time() < deadline):
             await asyncio.sleep(0.01)
         for client in list(self.clients):

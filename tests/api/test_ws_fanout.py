@@ -176,3 +176,37 @@ async def test_a_backlog_past_its_byte_budget_drops_the_client(client, monkeypat
         hub.publish({"type": "broadcast", "seq": k, "pad": "z" * 8192})
     assert hub.dropped == dropped + 1 and member not in hub.clients
     await ws.close()
+
+
+async def test_a_huge_burst_is_delivered_in_steps_that_leave_the_loop_free(client, monkeypatch):
+    """Thousands of events to many listeners are delivered a step at a time: other tasks
+    (requests, the supervisor's probes) run between steps, and every client still gets every
+    event in order, a later small event included."""
+    from meshd.api import ws as ws_module
+    from meshd.store.events import Encoded
+
+    monkeypatch.setattr(ws_module, "DELIVER_STEP", 100)
+    hub = client.server.app[HUB]
+    sockets = []
+    for _ in range(3):
+        before = set(hub.clients)
+        sockets.append(await ws_connect(client))
+        await connected_client(hub, before)
+    burst = [Encoded("broadcast", f'{{"type":"broadcast","seq":{k}}}', None)
+             for k in range(1000)]
+    seen_mid_drain: list[int] = []
+
+    async def bystander() -> None:  # stands for a request served while the burst drains
+        seen_mid_drain.append(len(hub.backlog))
+
+    hub.deliver(burst)
+    assert len(hub.backlog) == 1000  # nothing delivered in the caller's step
+    asyncio.get_running_loop().create_task(bystander())
+    hub.publish({"type": "broadcast", "seq": 1000})  # behind the burst, not before it
+    for ws in sockets:
+        seen = [(await ws.receive_json(timeout=10))["seq"] for _ in range(1001)]
+        assert seen == list(range(1001))
+    assert seen_mid_drain and seen_mid_drain[0] > 0
+    assert hub.deferred_steps > 0 and not hub.backlog
+    for ws in sockets:
+        await ws.close()
