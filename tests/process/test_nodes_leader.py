@@ -66,12 +66,18 @@ def events(node: MeshdProcess, name: str) -> list[dict]:
     return [e for e in node.log_events() if e["event"] == name]
 
 
+async def nodes_with_a_leader(meshd_proc, url: str, count: int) -> tuple[list[MeshdProcess], str]:
+    """`count` nodes on one database, once every one of them agrees on the leader's id."""
+    nodes = await start_nodes(meshd_proc, url, count, NODE_ARGS)
+    leader_id = await asyncio.to_thread(poll, lambda: agreed_leader(nodes), 30,
+                                        "every node agreeing on one leader")
+    return nodes, leader_id
+
+
 async def test_two_nodes_have_one_leader_and_a_follower_refuses_mesh_wide_protocols(
         meshd_proc, pg_cluster):  # noqa: F811
     url = pg_cluster.url("mesh")
-    nodes = await start_nodes(meshd_proc, url, 2, NODE_ARGS)
-    leader_id = await asyncio.to_thread(poll, lambda: agreed_leader(nodes), 30,
-                                        "every node agreeing on one leader")
+    nodes, leader_id = await nodes_with_a_leader(meshd_proc, url, 2)
     ids = by_id(nodes)
     leader = ids[leader_id]
     follower = next(n for i, n in ids.items() if i != leader_id)
@@ -152,9 +158,7 @@ async def test_two_nodes_have_one_leader_and_a_follower_refuses_mesh_wide_protoc
 async def test_a_leader_whose_lock_connection_fails_stops_before_another_takes_over(
         meshd_proc, pg_cluster):  # noqa: F811
     url = pg_cluster.url("mesh")
-    nodes = await start_nodes(meshd_proc, url, 2, NODE_ARGS)
-    leader_id = await asyncio.to_thread(poll, lambda: agreed_leader(nodes), 30,
-                                        "every node agreeing on one leader")
+    nodes, leader_id = await nodes_with_a_leader(meshd_proc, url, 2)
     leader = by_id(nodes)[leader_id]
     with psycopg.connect(url, autocommit=True) as conn:
         ended = conn.execute(
@@ -198,9 +202,7 @@ async def _heartbeat(session: aiohttp.ClientSession, node: MeshdProcess, agent_i
 async def test_kill_9_of_the_leaders_tree_moves_the_duties_and_loses_no_acknowledged_write(
         meshd_proc, pg_cluster):  # noqa: F811
     url = pg_cluster.url("mesh")
-    nodes = await start_nodes(meshd_proc, url, 3, NODE_ARGS)
-    leader_id = await asyncio.to_thread(poll, lambda: agreed_leader(nodes), 30,
-                                        "every node agreeing on one leader")
+    nodes, leader_id = await nodes_with_a_leader(meshd_proc, url, 3)
     ids = by_id(nodes)
     leader = ids[leader_id]
     survivors = [n for i, n in ids.items() if i != leader_id]
