@@ -4,10 +4,12 @@ sleep), and a random generator pinned to the ends of its ranges."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -49,3 +51,16 @@ class Extreme(random.Random):
 
     def uniform(self, a: float, b: float) -> float:
         return b if self.high else a
+
+
+@contextlib.asynccontextmanager
+async def sqlite_store(tmp_path: Path, readers: int = 2) -> AsyncIterator[Any]:
+    """A started SqliteStorage on a fresh file and journal under `tmp_path`, closed after."""
+    from meshd.store.sqlite import SqliteStorage
+
+    storage = SqliteStorage(tmp_path / "mesh.db", tmp_path / "journal", readers=readers)
+    await storage.start()
+    try:
+        yield storage
+    finally:
+        await storage.close()

@@ -55,13 +55,19 @@ async def connected_client(hub, before: set):
     return await async_poll(fresh, timeout=5, what="client joined with its sender")
 
 
-async def test_events_go_straight_to_idle_clients_in_order(client):
-    hub = client.server.app[HUB]
+async def listeners(client, hub, count: int) -> list:
+    """`count` plain WebSocket clients, each returned once its sender runs in the hub."""
     sockets = []
-    for _ in range(3):
+    for _ in range(count):
         before = set(hub.clients)
         sockets.append(await ws_connect(client))
         await connected_client(hub, before)
+    return sockets
+
+
+async def test_events_go_straight_to_idle_clients_in_order(client):
+    hub = client.server.app[HUB]
+    sockets = await listeners(client, hub, 3)
     before_writes = hub.direct_writes
     for k in range(200):
         hub.publish({"type": "broadcast", "seq": k})
@@ -187,11 +193,7 @@ async def test_a_huge_burst_is_delivered_in_steps_that_leave_the_loop_free(clien
 
     monkeypatch.setattr(ws_module, "DELIVER_STEP", 100)
     hub = client.server.app[HUB]
-    sockets = []
-    for _ in range(3):
-        before = set(hub.clients)
-        sockets.append(await ws_connect(client))
-        await connected_client(hub, before)
+    sockets = await listeners(client, hub, 3)
     burst = [Encoded("broadcast", f'{{"type":"broadcast","seq":{k}}}', None)
              for k in range(1000)]
     seen_mid_drain: list[int] = []

@@ -14,17 +14,15 @@ from meshd.errors import CorruptDatabase
 from meshd.store import agents, messages
 from meshd.store.base import runs_inline, small_read
 from meshd.store.sqlite import SqliteStorage
-from tests.support import async_poll
+from tests.support import async_poll, sqlite_store
 
 NOW = "2026-01-01 00:00:00"
 
 
 @pytest.fixture
 async def store(tmp_path):
-    storage = SqliteStorage(tmp_path / "mesh.db", tmp_path / "journal", readers=2)
-    await storage.start()
-    yield storage
-    await storage.close()
+    async with sqlite_store(tmp_path) as storage:
+        yield storage
 
 
 def where(db) -> str:

@@ -15,16 +15,15 @@ from meshd.store import agents
 from meshd.store import journal as jr
 from meshd.store.events import Event
 from meshd.store.sqlite import SqliteStorage
+from tests.support import sqlite_store
 
 NOW = "2026-01-01 00:00:00"
 
 
 @pytest.fixture
 async def store(tmp_path):
-    storage = SqliteStorage(tmp_path / "mesh.db", tmp_path / "journal", readers=2)
-    await storage.start()
-    yield storage
-    await storage.close()
+    async with sqlite_store(tmp_path) as storage:
+        yield storage
 
 
 class Parked:
