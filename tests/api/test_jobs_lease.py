@@ -124,3 +124,33 @@ async def test_a_new_leader_starts_partition_detection_afresh(aiohttp_client, tm
     finally:
         await jobs.stop(tasks)
         await storage.close()
+
+
+async def test_the_internal_lease_route_takes_a_lease_and_refuses_bad_ones(aiohttp_client, tmp_path):
+    """POST /internal/leader (the supervisor's private socket): a JSON 400 for anything but a
+    boolean `leader` and, when leading, a numeric `until_monotonic`; the lease unchanged."""
+    from meshd.worker.internal import make_internal_app
+
+    settings = settings_for(tmp_path)
+    storage = open_storage(settings)
+    await storage.start()
+    try:
+        lease = Lease(always=False)
+        internal = await aiohttp_client(make_internal_app(make_app(settings, storage), lease))
+        bad = [{}, {"leader": "yes"}, {"leader": 1}, {"leader": True},
+               {"leader": True, "until_monotonic": "soon"},
+               {"leader": True, "until_monotonic": True}]
+        for body in bad:
+            resp = await internal.post("/internal/leader", json=body)
+            assert resp.status == 400, body
+            assert "error" in await resp.json()
+            assert not lease.leads()
+        resp = await internal.post("/internal/leader", data=b"{not json")
+        assert resp.status == 400 and not lease.leads()
+        resp = await internal.post("/internal/leader",
+                                   json={"leader": True, "until_monotonic": time.monotonic() + 60})
+        assert resp.status == 200 and (await resp.json()) == {"leader": True}
+        resp = await internal.post("/internal/leader", json={"leader": False})
+        assert (await resp.json()) == {"leader": False} and not lease.leads()
+    finally:
+        await storage.close()
