@@ -17,6 +17,7 @@ import pytest
 
 from meshd import config
 from meshd.api.app import make_app
+from meshd.api.keys import HUB
 from meshd.worker.serve import open_storage
 from tests import pgcluster
 
@@ -169,11 +170,20 @@ async def register(client, name: str, **fields) -> str:
 
 
 async def ws_connect(client, path: str = "/ws"):
-    """A WebSocket client, past its `connected` frame."""
+    """A WebSocket client, past its `connected` frame and past the server's whole connect
+    sequence (the open events it sends after `connected`, a replay): an event a test makes
+    next arrives live, never first as one of the open events read at connect."""
     ws = await client.ws_connect(path)
     first = await ws.receive_json(timeout=5)
     assert first["type"] == "connected"
-    return ws
+    hub = client.server.app[HUB]
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        mine = [c for c in hub.clients if c.client_id == first["clientId"]]
+        if not mine or mine[0].sender is not None:  # refused and gone, or serving
+            return ws
+        assert asyncio.get_running_loop().time() < deadline, "the connect sequence never ended"
+        await asyncio.sleep(0.005)
 
 
 async def next_event(ws, event_type: str, timeout: float = 5.0) -> dict:
