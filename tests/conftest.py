@@ -33,6 +33,13 @@ def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "sqlite_only: the test is about SQLite itself")
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Process tests first (a stable sort): under pytest-xdist (`make test` runs three
+    workers) the long ones start at once and the many short in-process tests fill the gaps,
+    instead of one slow daemon test running alone at the end."""
+    items.sort(key=lambda item: 0 if "process" in item.path.parts else 1)
+
+
 def pytest_generate_tests(metafunc) -> None:
     if ("backend" in metafunc.fixturenames
             and Path(metafunc.definition.path).is_relative_to(BOTH_BACKENDS_UNDER)
