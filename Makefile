@@ -50,7 +50,7 @@ test-tools:
 	fi
 
 test: $(TEST_STAMP) test-tools
-	$(BIN)/python -m pytest -q -rs --durations=25 -n 3
+	$(BIN)/python -m pytest -q -rs --durations=25 -n 3 --maxschedchunk 1
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench

@@ -35,7 +35,8 @@ def pytest_configure(config) -> None:
 
 def pytest_collection_modifyitems(config, items) -> None:
     """Process tests first (a stable sort): under pytest-xdist (`make test` runs three
-    workers) the long ones start at once and the many short in-process tests fill the gaps,
+    workers, handing each worker one test at a time with `--maxschedchunk 1`) the long ones
+    start at once, spread over the workers, and the many short in-process tests fill the gaps,
     instead of one slow daemon test running alone at the end."""
     items.sort(key=lambda item: 0 if "process" in item.path.parts else 1)
 
