@@ -658,17 +658,8 @@ class Supervisor:
         return self.leadership.node.node_id if takeover.mesh_wide(run) else None
 
     def _handed_over(self, start: dict[str, Any]) -> None:
-        """A mesh-wide protocol a follower met (its worker detected the fault): run here, with
-        the id the hand-over names, or joined to the run already under way. Either way the
-        run lists the hand-over, and its row, once written, closes it (store/pg_runs.py)."""
-        handover = start["id"]
-        run = self.engine.start(start["protocol"], str(start["reason"] or "handed over"),
-                                {**start["context"], "handovers": [handover]},
-                                run_id=start.get("run_id"))
-        answered = run.context.setdefault("handovers", [])
-        if handover not in answered:
-            answered.append(handover)
-            self.engine.save(run)
+        """A mesh-wide protocol a follower met (its worker detected the fault): run here."""
+        takeover.start_handed_over(self.engine, start)
         self._wake.set()
 
     async def _lease_worker(self) -> None:

@@ -31,6 +31,20 @@ def mesh_wide(run: Run) -> bool:
     return run.protocol in MESH_WIDE
 
 
+def start_handed_over(engine: Engine, start: dict[str, Any]) -> Run:
+    """Run a start handed over (`pg_nodes.take_handovers`) with the id it names, or join the
+    run already under way. Either way the run lists the hand-over, and its row, once written,
+    closes it (store/pg_runs.py): one run per hand-over, however often it is taken."""
+    handover = start["id"]
+    run = engine.start(start["protocol"], str(start["reason"] or "handed over"),
+                       {**start["context"], "handovers": [handover]}, run_id=start["run_id"])
+    answered = run.context.setdefault("handovers", [])
+    if handover not in answered:
+        answered.append(handover)
+        engine.save(run)
+    return run
+
+
 class RunTakeover:
     def __init__(self, engine: Engine, node_id: str) -> None:
         self.engine = engine
