@@ -255,3 +255,52 @@ async def test_a_handover_met_while_a_run_is_under_way_is_closed_by_that_run(
     assert closed == {"run_id": running.id}
     gate.set()
     await b.engine.wait(running.id)
+
+
+async def test_a_node_whose_lease_ran_out_takes_no_further_step(tmp_path):
+    """A stalled leader (its loop frozen past the lease) that thaws before it hears of the
+    loss: the step under way may end, the next one is not started; the run stays running for
+    whoever drives it now. No database here: the engine's own check."""
+    gate, leads = asyncio.Event(), [True]
+    a = Node(tmp_path, "node-a", gate)
+    a.engine.may_drive = lambda run: leads[0]
+    run = a.engine.start(MESH_WIDE_NAME, "partition")
+    await async_poll(lambda: run.state == "recorded", 5, "the run waiting")
+    leads[0] = False
+    gate.set()
+    await a.engine.wait(run.id)
+    assert (run.outcome, run.state) == ("running", "agents_back")
+    assert [s.state for s in run.steps] == ["detected", "recorded"]
+    assert a.engine.held(lambda r: True) == [run]
+
+
+async def test_a_run_the_database_never_saw_is_adopted_once_its_late_records_land(
+        tmp_path, storage, lock_conns):
+    """The leader died before any record of its run was written: the new leader cannot know
+    it. When the old node is back as a follower its queued records land, naming it the driver;
+    the leader then adopts the run and the old node drops its copy."""
+    gate = asyncio.Event()
+    a, b = Node(tmp_path, "node-a", gate), Node(tmp_path, "node-b", gate)
+    a_conn, b_conn = await lock_conns("node-a"), await lock_conns("node-b")
+    run = a.engine.start(MESH_WIDE_NAME, "partition")
+    await async_poll(lambda: run.state == "recorded", 5, "node A's run waiting")
+    a.engine.suspend(lambda r: True, "died")
+    queued = a.take_records()
+
+    leader_b = RunTakeover(b.engine, "node-b")
+    await leader_b.tick(b_conn, leads=True)
+    assert b.engine.runs == {}  # nothing to adopt yet
+
+    restarted = a.new_engine()
+    restarted.resume_unfinished(hold=lambda r: True)
+    follower_a = RunTakeover(restarted, "node-a")
+    await a.flush(storage, queued)  # its outbox, sent once its worker serves again
+    await follower_a.tick(a_conn, leads=False)
+    assert run.id in restarted.runs  # still its own: nobody else drives it
+
+    await leader_b.tick(b_conn, leads=True)
+    assert b.engine.runs[run.id].steps[-1].detail.startswith("adopted from node node-a")
+    await follower_a.tick(a_conn, leads=False)
+    assert run.id not in restarted.runs
+    gate.set()
+    assert (await b.engine.wait(run.id)).outcome == "completed"
