@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import psycopg
 import pytest
 
 from meshd import config
 from meshd.recovery.engine import Engine, Run, Transition
-from meshd.store import pg_nodes, pg_runs, records
+from meshd.store import pg_nodes, pg_runs, pg_schema, records
 from meshd.supervisor import leader
 from meshd.supervisor.takeover import RunTakeover, start_handed_over
 from meshd.worker.serve import open_storage
@@ -304,3 +305,29 @@ async def test_a_run_the_database_never_saw_is_adopted_once_its_late_records_lan
     assert run.id not in restarted.runs
     gate.set()
     assert (await b.engine.wait(run.id)).outcome == "completed"
+
+
+def test_migrating_to_v5_closes_the_handovers_taken_before_and_keeps_the_new_ones_open(
+        pg_cluster):
+    """Version 4 marked a hand-over taken and nothing more: whether its run started cannot be
+    known, so the migration closes it (taking it again could run it twice)."""
+    name = f"v4to5_{next(_names)}"
+    pg_cluster.create_database(name)
+    try:
+        with psycopg.connect(pg_cluster.url(name), autocommit=True) as conn:
+            for number, migration in enumerate(pg_schema.MIGRATIONS[:4], start=1):
+                with conn.transaction():
+                    migration(conn)
+                    conn.execute("INSERT INTO meshd_meta (key, value) VALUES"
+                                 " ('schema_version', %s) ON CONFLICT (key) DO UPDATE"
+                                 " SET value = excluded.value", (str(number),))
+            conn.execute("INSERT INTO meshd_handovers (protocol, context, from_node, taken_by,"
+                         " taken_at) VALUES ('breaking_api_update', '{}', 'f', 'l', now()),"
+                         " ('breaking_api_update', '{}', 'f', NULL, NULL)")
+            report = pg_schema.migrate(conn)
+            assert (report.from_version, report.to_version) == (4, 5)
+            rows = conn.execute("SELECT taken_by, closed_at IS NOT NULL FROM meshd_handovers"
+                                " ORDER BY id").fetchall()
+            assert rows == [("l", True), (None, False)]
+    finally:
+        pg_cluster.drop_database(name)
