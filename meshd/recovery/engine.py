@@ -15,6 +15,11 @@ Rules every run follows (tests/unit/test_engine.py):
 - while an `exclusive` run (the database restore) is under way, other runs pause before their
   next step; a step that failed because the database was unavailable is retried after it,
   without using up the step's attempts.
+
+Several nodes on PostgreSQL: a mesh-wide run is driven by the leader. `driver` names the node
+whose records a run's rows are fenced with (the database keeps the run only from its driver,
+`meshd/store/pg_runs.py`), `may_drive` is asked before each step (a node whose lease ran out
+starts none), and a new leader `adopt`s a run another node drove, from the database's copy.
 """
 
 from __future__ import annotations
@@ -137,6 +142,10 @@ class Engine:
         self.protocols = protocols
         self.runs: dict[str, Run] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        # The node whose records fence a run's rows (None: no fence; SQLite, node-local runs),
+        # and whether this node may take the run's next step now (a mesh-wide run: it leads).
+        self.driver: Callable[[Run], str | None] = lambda run: None
+        self.may_drive: Callable[[Run], bool] = lambda run: True
 
     # -- starting, resuming, aborting --------------------------------------------------------
 
@@ -146,12 +155,15 @@ class Engine:
 
     def start(self, protocol: str, reason: str, context: dict[str, Any] | None = None,
               description: str | None = None, severity: str | None = None,
-              title: str | None = None, drill: bool = False) -> Run:
+              title: str | None = None, drill: bool = False,
+              run_id: str | None = None) -> Run:
         """Open the protocol's event and drive a new run; joins a run already under way.
         A drill's event title starts with "Drill:" and its context has `drill` set, so the
-        steps state no fault that did not happen."""
+        steps state no fault that did not happen. `run_id` (a hand-over's: whoever starts
+        it, the run has that id) joins the run of that id when this node has it already."""
         spec = self.protocols[protocol]
-        existing = self.active(protocol)
+        existing = self.runs.get(run_id) if run_id else None
+        existing = existing or self.active(protocol)
         if existing:
             log.info("protocol.joined", run_id=existing.id, protocol=protocol, reason=reason)
             return existing
@@ -164,7 +176,7 @@ class Engine:
         event = incidents.event_record(spec.event_type, severity or spec.severity,
                                        title, description,
                                        recovery_protocol=protocol, occurred_at=now)
-        run = Run(new_id(), protocol, event["id"], spec.initial, now, now, reason=reason,
+        run = Run(run_id or new_id(), protocol, event["id"], spec.initial, now, now, reason=reason,
                   drill=drill, context=context, event=event)
         self.runs[run.id] = run
         log.warning("protocol.started", run_id=run.id, protocol=protocol, reason=reason)
@@ -235,6 +247,49 @@ class Engine:
             driven.append(run)
         return driven
 
+    def held(self, which: Callable[[Run], bool]) -> list[Run]:
+        """The running runs `which` selects that nothing drives now."""
+        return [run for run in self.runs.values()
+                if run.outcome == RUNNING and run.protocol in self.protocols and which(run)
+                and (self._tasks.get(run.id) is None or self._tasks[run.id].done())]
+
+    def adopt(self, run: Run, from_node: str, by_node: str) -> Run:
+        """Drive a run another node drove until it lost the lead (rebuilt from the database's
+        copy, already claimed for this node): the step it left running is final and runs
+        again, as after a supervisor restart; the adoption is a step of its own."""
+        now = db_time()
+        what = f"adopted from node {from_node} after it lost the lead"
+        for step in run.steps:
+            if step.outcome == RUNNING:
+                step.outcome, step.finished_at = ABORTED, now
+                step.detail = f"interrupted: node {from_node} lost the lead; run again by node {by_node}"
+        run.steps.append(StepLog(run.state, run.state, now, now, OK,
+                                 f"{what}; driven by node {by_node} from state {run.state}", 1))
+        run.event["description"] = f"{run.event.get('description')}; {what} (node {by_node})"
+        run.updated_at = now
+        self.runs[run.id] = run
+        log.warning("protocol.adopted", run_id=run.id, protocol=run.protocol, state=run.state,
+                    from_node=from_node, by_node=by_node)
+        self.save(run)
+        self._tasks[run.id] = asyncio.create_task(self._drive(run))
+        return run
+
+    def supersede(self, run_id: str, driver: str) -> None:
+        """Another node drives this run now (it adopted it): stop driving it here and move the
+        local copy to `superseded/`, kept for the record but never resumed."""
+        run = self.runs.pop(run_id, None)
+        task = self._tasks.pop(run_id, None)
+        if task is not None:
+            task.cancel()
+        path = self.runs_dir / f"{run_id}.json"
+        kept = self.runs_dir / "superseded" / path.name
+        with contextlib.suppress(FileNotFoundError):
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            path.replace(kept)
+        log.warning("protocol.superseded", run_id=run_id,
+                    protocol=run.protocol if run else None,
+                    state=run.state if run else None, driver=driver, kept=str(kept))
+
     async def abort(self, run_id: str, reason: str) -> Run:
         run = self.runs[run_id]
         task = self._tasks.pop(run_id, None)
@@ -264,6 +319,12 @@ class Engine:
         spec = self.protocols[run.protocol]
         while run.outcome == RUNNING and run.state != spec.done:
             await self._pause_for_exclusive(run)
+            if not self.may_drive(run):
+                # A mesh-wide run on a node whose lease ran out before it heard of the loss
+                # (a stalled loop): no further step here; the run stays `running`.
+                log.warning("protocol.not_driven", run_id=run.id, protocol=run.protocol,
+                            state=run.state, reason="this node does not lead now")
+                return
             transition = spec.table[run.state]
             step = StepLog(run.state, transition.next, db_time())
             run.steps.append(step)
@@ -408,10 +469,20 @@ class Engine:
             log.warning("protocol.broadcast_failed", run_id=run.id, error=str(exc))
 
     def save(self, run: Run) -> None:
+        """The run file, then the records for the database. A run with a driver carries a
+        fence on both records, and its whole document (what a new leader rebuilds it from)."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         write_atomic(self.runs_dir / f"{run.id}.json", run.to_json())
-        self.host.queue_record(dict(run.event))
-        self.host.queue_record({"kind": "run", "id": f"run-{run.id}", "run": _run_row(run)})
+        event = dict(run.event)
+        record = {"kind": "run", "id": f"run-{run.id}", "run": _run_row(run)}
+        driver = self.driver(run)
+        if driver is not None:
+            fence = {"run_id": run.id, "driver": driver,
+                     "handovers": list(run.context.get("handovers") or [])}
+            event["fence"] = record["fence"] = fence
+            record["document"] = asdict(run)
+        self.host.queue_record(event)
+        self.host.queue_record(record)
 
     @staticmethod
     def alert(run: Run) -> dict[str, Any]:

@@ -95,7 +95,7 @@ async def prune(conn: psycopg.AsyncConnection) -> int:
     cursor = await conn.execute(
         "DELETE FROM meshd_nodes WHERE last_seen < now() - make_interval(secs => %s)",
         (PRUNE_AFTER,))
-    await conn.execute("DELETE FROM meshd_handovers WHERE taken_at < now() -"
+    await conn.execute("DELETE FROM meshd_handovers WHERE closed_at < now() -"
                        " make_interval(secs => %s)", (PRUNE_AFTER,))
     return cursor.rowcount
 
@@ -111,13 +111,24 @@ async def hand_over(conn: psycopg.AsyncConnection, node_id: str, protocol: str, 
     return (await cursor.fetchone())["id"]
 
 
-async def take_handovers(conn: psycopg.AsyncConnection, node_id: str) -> list[dict[str, Any]]:
-    """The starts handed over and not yet taken, marked taken by this node (the leader) in
-    the same statement, so two leaders in turn never take one twice."""
+async def take_handovers(conn: psycopg.AsyncConnection, node_id: str,
+                         term: str) -> list[dict[str, Any]]:
+    """The starts handed over and still open, not taken in this leadership `term`, marked
+    taken by this node (the leader) in the same statement: new ones, and ones a previous
+    leader (this node before a restart too) took but whose run's row was never written
+    (`meshd/store/pg_runs.py` closes a hand-over with that row). The first take names the
+    run's id (`run_id`): whichever leader starts it, the run has that id, so a late write of
+    an earlier taker's run is the same run, fenced out, never a second one.
+    `taken_before` is the previous taker (None for a new start)."""
     cursor = await conn.execute(
-        "UPDATE meshd_handovers SET taken_by = %s, taken_at = now()"
-        " WHERE taken_at IS NULL RETURNING id, protocol, reason, context, from_node",
-        (node_id,))
+        "WITH open AS (SELECT id, taken_by FROM meshd_handovers WHERE closed_at IS NULL"
+        " AND taken_term IS DISTINCT FROM %s FOR UPDATE)"
+        " UPDATE meshd_handovers h SET taken_by = %s, taken_term = %s, taken_at = now(),"
+        " run_id = COALESCE(h.run_id, md5(h.id::text || clock_timestamp()::text"
+        " || random()::text)) FROM open WHERE h.id = open.id"
+        " RETURNING h.id, h.protocol, h.reason, h.context, h.from_node, h.run_id,"
+        " open.taken_by AS taken_before",
+        (term, node_id, term))
     rows = await cursor.fetchall()
     return [{**r, "context": orjson.loads(r["context"])} for r in sorted(rows,
                                                                         key=lambda r: r["id"])]

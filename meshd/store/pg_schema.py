@@ -195,17 +195,50 @@ def _v4_nodes(conn: psycopg.Connection) -> None:
     _run_script(conn, V4)
 
 
+# v5: who drives each mesh-wide protocol run, so a new leader can continue a dead leader's run
+# (meshd/store/pg_runs.py), and hand-overs that stay open until their run's row is written.
+#
+# A table of its own rather than columns on `protocol_runs`: `protocol_runs` is mesh data
+# (backed up, restored, copied from SQLite, where one node drives everything), while the
+# driver of a run is about the running nodes, like `meshd_nodes`: a restore must not bring
+# back an old driver. `document` is the whole run file (engine.Run.to_json: state, steps,
+# context with its deadlines' start times, the event), the very document the driving node
+# keeps in its runs dir, so the node that adopts it rebuilds exactly that run and no second
+# serialisation can drift from it. Rows are kept (one per mesh-wide run, a few kB): a node
+# that comes back after a long absence with a run file must still learn that another node
+# finished it. Hand-overs taken before this version are closed: which of them got their run
+# cannot be known, and taking them again could run a protocol twice.
+V5 = f"""
+CREATE TABLE IF NOT EXISTS meshd_run_drivers (
+  run_id {T} PRIMARY KEY, protocol {T} NOT NULL, driver {T} NOT NULL, outcome {T} NOT NULL,
+  document {T} NOT NULL, adopted_from {T}, adopted_at TIMESTAMPTZ,
+  updated_at TIMESTAMPTZ NOT NULL DEFAULT now());
+CREATE INDEX IF NOT EXISTS idx_meshd_run_drivers_running ON meshd_run_drivers(protocol)
+  WHERE outcome = 'running';
+ALTER TABLE meshd_handovers ADD COLUMN IF NOT EXISTS taken_term {T};
+ALTER TABLE meshd_handovers ADD COLUMN IF NOT EXISTS run_id {T};
+ALTER TABLE meshd_handovers ADD COLUMN IF NOT EXISTS closed_at TIMESTAMPTZ;
+UPDATE meshd_handovers SET closed_at = taken_at WHERE taken_at IS NOT NULL AND closed_at IS NULL
+"""
+
+
+def _v5_run_drivers(conn: psycopg.Connection) -> None:
+    _run_script(conn, V5)
+
+
 MIGRATIONS: tuple[Callable[[psycopg.Connection], None], ...] = (
     _v1_schema,
     _v2_tokens_and_list_indexes,
     _v3_evidence_events_versions,
     _v4_nodes,
+    _v5_run_drivers,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The tables meshd owns, children before parents (the order a restore or a copy deletes in).
-# `meshd_nodes` and `meshd_handovers` (NODE_TABLES) are not among them: they describe the
-# running nodes, not the mesh, so a restore or a migration neither copies nor replaces them.
-NODE_TABLES = ("meshd_nodes", "meshd_handovers")
+# `meshd_nodes`, `meshd_handovers` and `meshd_run_drivers` (NODE_TABLES) are not among them:
+# they describe the running nodes, not the mesh, so a restore or a migration neither copies
+# nor replaces them.
+NODE_TABLES = ("meshd_nodes", "meshd_handovers", "meshd_run_drivers")
 TABLES = (
     "agent_tokens", "file_contents", "agent_files", "agent_group_members", "collective_memory",
     "memory_history", "update_acknowledgments", "system_updates", "agent_health_status",

@@ -1,5 +1,9 @@
 """Records the supervisor queues for the worker to write: catastrophe events it observed
-(crashes, restores) while it could not write SQL itself, applied idempotently by id."""
+(crashes, restores) while it could not write SQL itself, applied idempotently by id.
+
+A record with a `fence` (a mesh-wide run's event or run, on PostgreSQL) is applied only while
+its node drives that run (`meshd/store/pg_runs.py`); one that is not is dropped, not an error:
+it is the late write of a node another one took the run over from."""
 
 from __future__ import annotations
 
@@ -8,12 +12,16 @@ from typing import Any
 import orjson
 
 from meshd import incidents
+from meshd import log as logging
 from meshd.clock import iso_time, new_id, parse_time
 from meshd.errors import Invalid
+from meshd.store import pg_runs
 from meshd.store.base import Reader, Tx
 from meshd.store.events import Event
 
 EVENT_FIELDS = ("id", "event_type", "severity", "title", "occurred_at", "status")
+
+log = logging.get("meshd.records")
 
 
 def counts(db: Reader) -> dict[str, int]:
@@ -114,12 +122,21 @@ def apply_all(tx: Tx, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     alerts = []
     for item in items:
         kind = item.get("kind") if isinstance(item, dict) else None
+        fence = pg_runs.fence_of(item) if kind in ("event", "run") else None
+        if fence is not None and not pg_runs.admits(tx, fence):
+            log.warning("records.fenced", kind=kind, id=item.get("id"), run_id=fence["run_id"],
+                        driver=fence["driver"], detail="another node drives this run now")
+            continue
         if kind == "event":
             alert = incidents.alert(upsert_event(tx, item))
             tx.emit(Event(alert.pop("type"), alert))
             alerts.append(alert)
         elif kind == "run":
             upsert_run(tx, item["run"])
+            if fence is not None:
+                if not isinstance(item.get("document"), dict):
+                    raise Invalid("a fenced run record needs its document")
+                pg_runs.record(tx, fence, item["document"])
         elif kind == "publish":
             # A transition announced while no worker served: sent now, in queue order.
             event = item.get("event")

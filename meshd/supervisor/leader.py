@@ -19,6 +19,10 @@ States and moves (TRANSITIONS): CONNECTING -> FOLLOWER (connected, another node 
 lock) or ELECTED (took it); ELECTED -> LEADER after TAKEOVER_WAIT; any connected state ->
 CONNECTING when the lock connection fails (duties stop at once; a new connection is tried
 after TICK); any -> STOPPED at shutdown (the lock is released, the row marked stopped).
+
+Each tick, connected, the mesh-wide runs are reconciled with the database first (`on_runs`,
+`meshd/supervisor/takeover.py`: a leader adopts the runs of a node that lost the lead, any node
+drops the local runs another one adopted), then the leader takes the open hand-overs.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -104,6 +108,10 @@ class Leadership:
         self.node = node
         self.on_change = on_change
         self.on_handover = on_handover
+        # Reconciles the mesh-wide runs with the database, given the lock connection and
+        # whether this node leads (set by the supervisor; its queries fail the connection).
+        self.on_runs: Callable[[Any, bool], Awaitable[None]] | None = None
+        self.term = ""  # a new one at each election: hand-overs taken in it are not retaken
         self.role = Role.SINGLE if url is None else Role.CONNECTING
         self.role_since = time.monotonic()
         self.valid_until = 0.0  # CLOCK_MONOTONIC: the lease's end
@@ -207,6 +215,7 @@ class Leadership:
                 self.valid_until = started + LEASE
                 self._elected_at = started
                 self.elections += 1
+                self.term = uuid.uuid4().hex
                 self._move(Role.ELECTED, f"took the lock; duties start in {TAKEOVER_WAIT:g} s")
             elif self.role == Role.CONNECTING:
                 self._move(Role.FOLLOWER, "another node holds the lock")
@@ -220,10 +229,18 @@ class Leadership:
             self._move(Role.LEADER, "the previous leader's lease ran out")
         self.nodes = await self._q(pg_nodes.list_nodes(self._conn))
         self.nodes_at = time.monotonic()
+        if self.on_runs is not None:  # adopted runs first: a hand-over then joins its run
+            await self._q(self.on_runs(self._conn, self.leads))
         if self.leads:
-            for start in await self._q(pg_nodes.take_handovers(self._conn, self.node.node_id)):
-                log.info("leader.handover_taken", id=start["id"], protocol=start["protocol"],
-                         from_node=start["from_node"])
+            for start in await self._q(pg_nodes.take_handovers(self._conn, self.node.node_id,
+                                                               self.term)):
+                if start["taken_before"] is None:
+                    log.info("leader.handover_taken", id=start["id"], protocol=start["protocol"],
+                             from_node=start["from_node"], run_id=start["run_id"])
+                else:  # its taker lost the lead (or died) before the run's row was written
+                    log.warning("leader.handover_retaken", id=start["id"],
+                                protocol=start["protocol"], from_node=start["from_node"],
+                                taken_before=start["taken_before"], run_id=start["run_id"])
                 try:
                     self.on_handover(start)
                 except Exception as exc:  # noqa: BLE001 - one bad start never costs the lead

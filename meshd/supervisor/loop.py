@@ -32,7 +32,7 @@ from meshd.recovery import corruption, crash, unreachable
 from meshd.recovery.engine import Engine, Run
 from meshd.recovery.protocols import MESH_WIDE, PROTOCOLS
 from meshd.store import postgres
-from meshd.supervisor import alerts, leader, status
+from meshd.supervisor import alerts, leader, status, takeover
 from meshd.supervisor import metrics as supervisor_metrics
 from meshd.supervisor.actions import STARTUP_GRACE, ProtocolActions
 from meshd.supervisor.child import WorkerHandle, probe_host
@@ -129,6 +129,11 @@ class Supervisor:
         self._control = await serve_unix(make_control_app(self), settings.control_socket)
         self.leadership = leader.for_settings(settings, self.port, self._leadership_changed,
                                               self._handed_over)
+        if self.on_postgresql:
+            self.leadership.on_runs = takeover.RunTakeover(
+                self.engine, self.leadership.node.node_id).tick
+            self.engine.driver = self._run_driver
+        self.engine.may_drive = lambda run: run.protocol not in MESH_WIDE or self.leads
         self._install_signals()
         log.info("supervisor.started", pid=os.getpid(), host=settings.host, port=self.port,
                  data_dir=str(settings.data_dir), systemd=self.notifier.enabled)
@@ -639,19 +644,22 @@ class Supervisor:
         return self.leadership is not None and self.leadership.leads
 
     def _leadership_changed(self, leads: bool) -> None:
-        """Mesh-wide protocol runs follow the leadership; the worker's jobs follow its lease,
-        told at once here and renewed every tick by `_lease_worker`."""
-        mesh_wide = lambda run: run.protocol in MESH_WIDE  # noqa: E731
-        if leads:
-            self.engine.drive_held(mesh_wide)
-        else:
-            self.engine.suspend(mesh_wide, "this node stopped leading")
+        """Mesh-wide protocol runs follow the leadership: stopped here at once when it is
+        lost; taken up by the leadership loop's next reconciliation (`takeover`) once it is
+        won, after the database says which of them another node adopted meanwhile. The
+        worker's jobs follow its lease, told at once here and renewed every tick by
+        `_lease_worker`."""
+        if not leads:
+            self.engine.suspend(takeover.mesh_wide, "this node stopped leading")
         self._lease_wake.set()
+
+    def _run_driver(self, run: Run) -> str | None:
+        """The node a mesh-wide run's records are fenced with (store/pg_runs.py): this one."""
+        return self.leadership.node.node_id if takeover.mesh_wide(run) else None
 
     def _handed_over(self, start: dict[str, Any]) -> None:
         """A mesh-wide protocol a follower met (its worker detected the fault): run here."""
-        self.engine.start(start["protocol"], str(start["reason"] or "handed over"),
-                          start["context"])
+        takeover.start_handed_over(self.engine, start)
         self._wake.set()
 
     async def _lease_worker(self) -> None:

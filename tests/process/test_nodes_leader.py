@@ -66,9 +66,10 @@ def events(node: MeshdProcess, name: str) -> list[dict]:
     return [e for e in node.log_events() if e["event"] == name]
 
 
-async def nodes_with_a_leader(meshd_proc, url: str, count: int) -> tuple[list[MeshdProcess], str]:
+async def nodes_with_a_leader(meshd_proc, url: str, count: int,
+                              args: list[str] = NODE_ARGS) -> tuple[list[MeshdProcess], str]:
     """`count` nodes on one database, once every one of them agrees on the leader's id."""
-    nodes = await start_nodes(meshd_proc, url, count, NODE_ARGS)
+    nodes = await start_nodes(meshd_proc, url, count, args)
     leader_id = await asyncio.to_thread(poll, lambda: agreed_leader(nodes), 30,
                                         "every node agreeing on one leader")
     return nodes, leader_id
