@@ -266,16 +266,16 @@ async def close_within(client: Client, code: int, reason: str,
 
 
 def cut_unflushed_later(transport: asyncio.BaseTransport | None, client_id: str) -> None:
-    """Abort `transport` if it still holds bytes its peer has not taken CLOSE_BOUND seconds
-    from now: called when a socket's handler ends, when nothing more will be sent on it.
+    """When a socket's handler ends with bytes its peer has not taken still in `transport`,
+    abort it if they are still there CLOSE_BOUND seconds later.
 
     aiohttp ends a socket whose peer misses a pong (a client that stopped reading before its
     backlog reached its budget) with `transport.close()`, which waits for the send buffer to
     drain: a peer that keeps its TCP connection open and never reads again then held its
     connection, our transport with up to a few hundred KiB of frames and the kernel's send
     buffer (megabytes) for as long as it liked, after its Client was long gone. A socket that
-    closed normally has nothing left to send by then and is not touched."""
-    if transport is None:
+    closed normally has nothing left to send and is not touched (no timer holds it)."""
+    if transport is None or not transport.get_write_buffer_size():
         return
 
     def cut() -> None:
