@@ -8,9 +8,13 @@
    normal client keeps getting answers (failures and worst latency reported);
 3. stalled WebSocket clients: N clients that never read while broadcasts of 64 KiB fill their
    buffers; how long until each is dropped and its TCP connection closed, and the RSS before,
-   at the peak and after (three rounds: later ones reuse what earlier ones released).
+   at the peak and after (`--rounds`, 3 by default: later ones reuse what earlier ones
+   released); the worker's own RSS and its [heap] (glibc's main arena, where the queued
+   64 KiB frames live) are printed besides the process tree's.
 
 Run: .venv/bin/python bench/hostile.py [--uploads 20] [--slowloris 100] [--websockets 20]
+                                       [--rounds 3]
+(0 uploads, slowloris connections or WebSocket clients skips that scenario.)
 """
 
 from __future__ import annotations
@@ -39,6 +43,18 @@ AFTER_CLOSE = 3.0
 def worker_of(root: psutil.Process) -> psutil.Process:
     children = root.children(recursive=True)
     return children[0] if children else root
+
+
+def heap_kib(proc: psutil.Process) -> int:
+    """Resident KiB of the process's [heap] mapping (0 when unreadable)."""
+    with contextlib.suppress(OSError, psutil.Error):
+        lines = Path(f"/proc/{proc.pid}/smaps").read_text().splitlines()
+        for k, line in enumerate(lines):
+            if line.endswith("[heap]"):
+                for entry in lines[k + 1:]:
+                    if entry.startswith("Rss:"):
+                        return int(entry.split()[1])
+    return 0
 
 
 async def http(port: int, method: str, path: str, body: dict | None = None,
@@ -139,6 +155,7 @@ async def stalled_websockets(port: int, root: psutil.Process, count: int, log: P
                              round_: int) -> None:
     worker = worker_of(root)
     baseline = tree_rss(root)
+    worker_before, heap_before = worker.memory_info().rss, heap_kib(worker)
     dropped_before = log.read_text(errors="replace").count("ws.client_dropped")
     socks = [ws_handshake(port) for _ in range(count)]
     ours = {s.getsockname()[1] for s in socks}
@@ -157,6 +174,7 @@ async def stalled_websockets(port: int, root: psutil.Process, count: int, log: P
     content = "x" * 65536
     started = time.monotonic()
     peak = baseline
+    worker_peak = worker_before
     sent = 0
     all_dropped_at = None
     while open_ours() and time.monotonic() - started < 60:
@@ -168,9 +186,11 @@ async def stalled_websockets(port: int, root: psutil.Process, count: int, log: P
         else:
             await asyncio.sleep(0.05)
         peak = max(peak, tree_rss(root))
+        worker_peak = max(worker_peak, worker.memory_info().rss)
     closed_at = time.monotonic()
     await asyncio.sleep(AFTER_CLOSE)
     after = tree_rss(root)
+    worker_after, heap_after = worker.memory_info().rss, heap_kib(worker)
     for s in socks:
         s.close()
     bound = (f"{closed_at - all_dropped_at:.1f} s after the last drop"
@@ -181,6 +201,9 @@ async def stalled_websockets(port: int, root: psutil.Process, count: int, log: P
           f"[{'ok' if open_ours() == 0 else 'MISS'}]")
     print(f"  RSS before {baseline / MIB:.1f} MiB, peak {peak / MIB:.1f} MiB, "
           f"{AFTER_CLOSE:g} s after closing {after / MIB:.1f} MiB")
+    print(f"  worker RSS before {worker_before / MIB:.1f} MiB, peak {worker_peak / MIB:.1f} MiB, "
+          f"after {worker_after / MIB:.1f} MiB; its [heap] {heap_before / 1024:.1f} -> "
+          f"{heap_after / 1024:.1f} MiB")
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -190,11 +213,13 @@ async def run(args: argparse.Namespace) -> None:
         # The standby's start is not the uploads' memory: measure from a settled tree.
         wait_settled(mesh.data_dir, mesh.process)
         root = psutil.Process(mesh.process.pid)
-        await stalled_uploads(port, root, args.uploads)
-        await slowloris(port, args.slowloris)
-        # Three rounds: later rounds that stay at an earlier round's peak show the memory of
+        if args.uploads:
+            await stalled_uploads(port, root, args.uploads)
+        if args.slowloris:
+            await slowloris(port, args.slowloris)
+        # Several rounds: later rounds that stay at an earlier round's peak show the memory of
         # the dropped clients was released for reuse, not leaked.
-        for round_ in (1, 2, 3):
+        for round_ in range(1, args.rounds + 1) if args.websockets else ():
             await stalled_websockets(port, root, args.websockets, mesh.log_path, round_)
         tracebacks = mesh.log_path.read_text(errors="replace").count("Traceback")
         print(f"tracebacks in meshd's log: {tracebacks}")
@@ -205,6 +230,7 @@ def main() -> int:
     parser.add_argument("--uploads", type=int, default=20)
     parser.add_argument("--slowloris", type=int, default=100)
     parser.add_argument("--websockets", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="stalled WebSocket rounds")
     asyncio.run(run(parser.parse_args()))
     return 0
 

@@ -74,7 +74,7 @@ class View(StrEnum):
     AGENT = "agent"        # one agent's events plus the mesh-wide ones (an agent token)
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, weakref_slot=True)
 class Client:
     ws: web.WebSocketResponse
     client_id: str
@@ -251,18 +251,40 @@ class Hub:
 
 
 async def close_within(client: Client, code: int, reason: str,
-                       bound: float = CLOSE_BOUND) -> None:
+                       bound: float | None = None) -> None:
     """Close with a WebSocket close frame; a peer that does not take it (its receive window
-    full, it never answers) has its TCP connection aborted after `bound` seconds, so its
-    kernel buffers and our send buffer are released."""
+    full, it never answers) has its TCP connection aborted after `bound` seconds (default
+    CLOSE_BOUND), so its kernel buffers and our send buffer are released."""
     try:
-        async with asyncio.timeout(bound):
+        async with asyncio.timeout(CLOSE_BOUND if bound is None else bound):
             await client.ws.close(code=code, message=reason.encode()[:120])
     except (TimeoutError, ConnectionError, RuntimeError):
         pass
     finally:
         if client.transport is not None:
             client.transport.abort()  # close() would wait for the buffer to drain
+
+
+def cut_unflushed_later(transport: asyncio.BaseTransport | None, client_id: str) -> None:
+    """When a socket's handler ends with bytes its peer has not taken still in `transport`,
+    abort it if they are still there CLOSE_BOUND seconds later.
+
+    aiohttp ends a socket whose peer misses a pong (a client that stopped reading before its
+    backlog reached its budget) with `transport.close()`, which waits for the send buffer to
+    drain: a peer that keeps its TCP connection open and never reads again then held its
+    connection, our transport with up to a few hundred KiB of frames and the kernel's send
+    buffer (megabytes) for as long as it liked, after its Client was long gone. A socket that
+    closed normally has nothing left to send and is not touched (no timer holds it)."""
+    if transport is None or not transport.get_write_buffer_size():
+        return
+
+    def cut() -> None:
+        if transport.get_write_buffer_size():
+            log.warning("ws.transport_cut", client_id=client_id,
+                        unsent_bytes=transport.get_write_buffer_size())
+            transport.abort()
+
+    asyncio.get_running_loop().call_later(CLOSE_BOUND, cut)
 
 
 async def _sender(client: Client) -> None:
@@ -360,7 +382,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     finally:
         if sender:
             sender.cancel()
+        # The cancelled sender keeps its CancelledError, whose traceback holds the sender's
+        # frame and so `client`: with `client.sender` pointing back at the task that is a
+        # reference cycle, and the Client with its queue (up to SEND_BUFFER_BYTES of events)
+        # waited for a full garbage collection, which a busy worker runs rarely (each round
+        # of stalled clients added ~16 MiB to its RSS). Unlinked, refcounting frees it all
+        # once the task is done.
+        client.sender = None
         hub.clients.discard(client)
+        cut_unflushed_later(client.transport, client.client_id)
         log.info("ws.disconnected", client_id=client.client_id, agent_id=client.agent_id)
     return ws
 
