@@ -89,8 +89,16 @@ def status(data: dict[str, Any]) -> str:
         text += "\n\nPROTOCOL RUNS\n" + table(("RUN", "PROTOCOL", "STATE"), [
             (r["id"], r["protocol"], r["state"]) for r in runs])
     nodes = data.get("nodes") or []
+    this = (data.get("node") or {}).get("node_id")
     if nodes:
-        text += "\n\n" + nodes_table(nodes, (data.get("node") or {}).get("node_id"))
+        text += "\n\n" + nodes_table(nodes, this)
+    mesh_runs = data.get("mesh_runs") or []
+    if mesh_runs:
+        text += "\n\nMESH-WIDE RUNS\n" + table(("RUN", "PROTOCOL", "STATE", "DRIVEN BY"), [
+            (r["id"], r["protocol"], r["state"] or "unknown",
+             r["driver"] + (" (this node)" if r["driver"] == this else "")
+             + (f", adopted from {r['adopted_from']}" if r.get("adopted_from") else ""))
+            for r in mesh_runs])
     replicas = data.get("replicas") or []
     if replicas:
         text += "\n\n" + table(("REPLICA", "STATE", "SHIPPED SEQ", "EPOCH"), [

@@ -113,3 +113,22 @@ async def claim(conn: psycopg.AsyncConnection, run_id: str, node_id: str,
         " RETURNING document", (node_id, run_id, from_driver, RUNNING))
     row = await cursor.fetchone()
     return row["document"] if row else None
+
+
+async def running(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
+    """Every running run the database has a driver for, oldest first, with the node driving
+    it and the state of its last written step: what `meshd status` shows on every node, since
+    a mesh-wide run lives on the leader (or on the node that adopts it) and not on the node an
+    operator asks."""
+    cursor = await conn.execute(
+        "SELECT run_id, protocol, driver, adopted_from, document FROM meshd_run_drivers"
+        " WHERE outcome = %s ORDER BY updated_at, run_id", (RUNNING,))
+    runs = []
+    for row in await cursor.fetchall():
+        try:
+            state = orjson.loads(row["document"]).get("state")
+        except (orjson.JSONDecodeError, AttributeError):
+            state = None  # shown as unknown; adoption reports the unreadable document
+        runs.append({"id": row["run_id"], "protocol": row["protocol"], "state": state,
+                     "driver": row["driver"], "adopted_from": row["adopted_from"]})
+    return runs

@@ -41,7 +41,7 @@ from typing import Any
 from meshd import __version__
 from meshd import log as logging
 from meshd.config import Settings
-from meshd.store import pg_nodes, postgres
+from meshd.store import pg_nodes, pg_runs, postgres
 
 log = logging.get("meshd.leader")
 
@@ -116,6 +116,8 @@ class Leadership:
         self.role_since = time.monotonic()
         self.valid_until = 0.0  # CLOCK_MONOTONIC: the lease's end
         self.nodes: list[dict[str, Any]] = []
+        # The running mesh-wide runs and the node driving each, read with the nodes.
+        self.mesh_runs: list[dict[str, Any]] = []
         self.nodes_at: float | None = None
         self.last_error: str | None = None
         self.elections = 0
@@ -228,6 +230,7 @@ class Leadership:
         if self.role == Role.ELECTED and time.monotonic() - self._elected_at >= TAKEOVER_WAIT:
             self._move(Role.LEADER, "the previous leader's lease ran out")
         self.nodes = await self._q(pg_nodes.list_nodes(self._conn))
+        self.mesh_runs = await self._q(pg_runs.running(self._conn))
         self.nodes_at = time.monotonic()
         if self.on_runs is not None:  # adopted runs first: a hand-over then joins its run
             await self._q(self.on_runs(self._conn, self.leads))

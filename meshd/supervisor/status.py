@@ -80,10 +80,12 @@ def snapshot(sup: Supervisor) -> dict[str, Any]:
 
 def leadership(sup: Supervisor) -> dict[str, Any]:
     """This node's role and, on PostgreSQL, every node of the mesh with the one leading (read
-    from the lock's holder each tick, so a dead leader is never shown leading)."""
+    from the lock's holder each tick, so a dead leader is never shown leading) and the
+    mesh-wide runs under way with the node driving each."""
     if sup.leadership is None:
-        return {"node": None, "nodes": []}
-    return {"node": sup.leadership.status(), "nodes": sup.leadership.nodes}
+        return {"node": None, "nodes": [], "mesh_runs": []}
+    return {"node": sup.leadership.status(), "nodes": sup.leadership.nodes,
+            "mesh_runs": sup.leadership.mesh_runs}
 
 
 def standby_status(standby: WorkerHandle | None) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ import orjson
 import psycopg
 import pytest
 
+from meshd import cli_render
 from tests.process.harness import api, meshd_cli, poll, register_agent
 from tests.process.nodes import pg_cluster  # noqa: F401 - the fixture
 from tests.process.test_nodes_leader import (
@@ -83,6 +84,16 @@ async def test_a_new_leader_adopts_the_killed_leaders_run_and_the_killed_node_ne
             print(f"run adopted {log_time(adopted) - killed_at:.2f} s after kill -9 of the "  # noqa: T201
                   "leader's tree")
             assert agreed_leader([survivor]) == survivor_id
+            # `meshd status` on the survivor shows the run, driven there, adopted from the
+            # killed leader (read from the database with the nodes, each tick).
+            shown = await asyncio.to_thread(
+                poll, lambda: next((r for r in survivor.status()["mesh_runs"]
+                                    if r["id"] == run_id and r["driver"] == survivor_id), None),
+                20, "status showing the adopted run")
+            assert shown["adopted_from"] == leader_id and shown["protocol"] == "network_partition"
+            text = cli_render.status(survivor.status())
+            assert "MESH-WIDE RUNS" in text, text
+            assert f"{survivor_id} (this node), adopted from {leader_id}" in text, text
             # The agents come back (through the survivor): the adopted run sees it and ends.
             for agent in agents:
                 status, body = await api(session, survivor, "POST",

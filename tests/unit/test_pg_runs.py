@@ -117,6 +117,11 @@ async def test_a_new_leader_adopts_the_run_and_the_old_drivers_late_writes_are_d
     await async_poll(lambda: run.state == "recorded", 5, "node A's run waiting")
     await a.flush(storage)
     assert (await db_run(storage, run.id))["driver"] == "node-a"
+    # What `meshd status` shows on every node: the run, its state, the node driving it.
+    watcher = await lock_conns("node-w")
+    assert await pg_runs.running(watcher) == [{"id": run.id, "protocol": MESH_WIDE_NAME,
+                                               "state": "recorded", "driver": "node-a",
+                                               "adopted_from": None}]
 
     # Node A loses the lead: it stops driving. A write it had queued lands late.
     a.engine.suspend(lambda r: True, "lost the lead")
@@ -132,6 +137,8 @@ async def test_a_new_leader_adopts_the_run_and_the_old_drivers_late_writes_are_d
     assert "adopted from node node-a" in adopted.event["description"]
     await a.flush(storage, late)  # A's late write, after the claim: dropped
     assert (await db_run(storage, run.id))["reason"] != "a late write of node A"
+    assert [(r["id"], r["driver"], r["adopted_from"]) for r in await pg_runs.running(watcher)
+            ] == [(run.id, "node-b", "node-a")]
 
     gate.set()
     finished = await b.engine.wait(run.id)
@@ -140,6 +147,7 @@ async def test_a_new_leader_adopts_the_run_and_the_old_drivers_late_writes_are_d
     row = await db_run(storage, run.id)
     assert (row["outcome"], row["driver"], row["adopted_from"]) == ("completed", "node-b",
                                                                     "node-a")
+    assert await pg_runs.running(watcher) == []  # finished: no longer shown
     steps = await db_steps(storage, run.id)
     assert [s["state"] for s in steps] == ["detected", "recorded", "recorded", "agents_back"]
     assert steps[1]["detail"].startswith("adopted from node node-a")
