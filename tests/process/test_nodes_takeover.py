@@ -21,6 +21,7 @@ from tests.process.test_nodes_leader import (
     TAKEOVER_DEADLINE,
     agreed_leader,
     by_id,
+    console_service_panel,
     events,
     log_time,
     nodes_with_a_leader,
@@ -94,6 +95,10 @@ async def test_a_new_leader_adopts_the_killed_leaders_run_and_the_killed_node_ne
             text = cli_render.status(survivor.status())
             assert "MESH-WIDE RUNS" in text, text
             assert f"{survivor_id} (this node), adopted from {leader_id}" in text, text
+            # So does the console's service panel.
+            panel = await console_service_panel(survivor)
+            row = panel[panel.index(f'data-run="{run_id}" data-driver="{survivor_id}"'):]
+            assert f"(this node), adopted from {leader_id}" in row.split("</tr>")[0], panel
             # The agents come back (through the survivor): the adopted run sees it and ends.
             for agent in agents:
                 status, body = await api(session, survivor, "POST",
