@@ -211,10 +211,7 @@ class Engine:
     def _redrive(self, run: Run, detail: str) -> None:
         # The step left running (by a stopped supervisor, or a run suspended) is final: it
         # runs again now.
-        for step in run.steps:
-            if step.outcome == RUNNING:
-                step.outcome, step.finished_at = ABORTED, db_time()
-                step.detail = detail
+        _abort_running_steps(run, detail)
         self._tasks[run.id] = asyncio.create_task(self._drive(run))
 
     def suspend(self, which: Callable[[Run], bool], reason: str) -> list[Run]:
@@ -236,11 +233,7 @@ class Engine:
         """Drive the running runs `which` selects that nothing drives (held at start or
         suspended), from their current state."""
         driven = []
-        for run in self.runs.values():
-            task = self._tasks.get(run.id)
-            if (run.outcome != RUNNING or run.protocol not in self.protocols
-                    or (task is not None and not task.done()) or not which(run)):
-                continue
+        for run in self.held(which):
             log.warning("protocol.resumed", run_id=run.id, protocol=run.protocol,
                         state=run.state)
             self._redrive(run, "interrupted: this node stopped leading; run again")
@@ -259,10 +252,8 @@ class Engine:
         again, as after a supervisor restart; the adoption is a step of its own."""
         now = db_time()
         what = f"adopted from node {from_node} after it lost the lead"
-        for step in run.steps:
-            if step.outcome == RUNNING:
-                step.outcome, step.finished_at = ABORTED, now
-                step.detail = f"interrupted: node {from_node} lost the lead; run again by node {by_node}"
+        _abort_running_steps(
+            run, f"interrupted: node {from_node} lost the lead; run again by node {by_node}")
         run.steps.append(StepLog(run.state, run.state, now, now, OK,
                                  f"{what}; driven by node {by_node} from state {run.state}", 1))
         run.event["description"] = f"{run.event.get('description')}; {what} (node {by_node})"
@@ -487,6 +478,15 @@ class Engine:
     @staticmethod
     def alert(run: Run) -> dict[str, Any]:
         return incidents.alert(run.event, asdict(run))
+
+
+def _abort_running_steps(run: Run, detail: str) -> None:
+    """Close the step a run left running (its driver stopped or lost the lead) as aborted:
+    it is final, and the step runs again as a new one."""
+    for step in run.steps:
+        if step.outcome == RUNNING:
+            step.outcome, step.finished_at = ABORTED, db_time()
+            step.detail = detail
 
 
 def _database_unavailable(exc: BaseException) -> bool:

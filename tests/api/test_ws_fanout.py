@@ -55,6 +55,16 @@ async def connected_client(hub, before: set):
     return await async_poll(fresh, timeout=5, what="client joined with its sender")
 
 
+async def compressed_listener(client):
+    """The hub, a permessage-deflate WebSocket past its `connected` frame, and its Client in
+    the hub once its sender runs (a compressed client's events always go through its queue)."""
+    hub = client.server.app[HUB]
+    before = set(hub.clients)
+    ws = await client.ws_connect("/ws", compress=15)
+    assert (await ws.receive_json(timeout=5))["type"] == "connected"
+    return hub, ws, await connected_client(hub, before)
+
+
 async def listeners(client, hub, count: int) -> list:
     """`count` plain WebSocket clients, each returned once its sender runs in the hub."""
     sockets = []
@@ -132,11 +142,7 @@ async def test_ids_and_views_survive_the_direct_path(client):
 
 
 async def test_a_compressed_client_gets_its_events_through_its_queue(client):
-    hub = client.server.app[HUB]
-    before = set(hub.clients)
-    ws = await client.ws_connect("/ws", compress=15)
-    assert (await ws.receive_json(timeout=5))["type"] == "connected"
-    member = await connected_client(hub, before)
+    hub, ws, member = await compressed_listener(client)
     assert member.ws.compress and not member.direct
     writes = hub.direct_writes
     for k in range(20):
@@ -152,11 +158,7 @@ async def test_a_burst_of_small_events_does_not_drop_a_listener_that_is_behind(c
     """Thousands of agents going offline at once are thousands of small events in one loop
     step. A listener whose events are queued (a compressed one always is) gets them all, in
     order: its backlog is bounded in bytes, not at a few hundred events."""
-    hub = client.server.app[HUB]
-    before = set(hub.clients)
-    ws = await client.ws_connect("/ws", compress=15)
-    assert (await ws.receive_json(timeout=5))["type"] == "connected"
-    member = await connected_client(hub, before)
+    hub, ws, member = await compressed_listener(client)
     dropped = hub.dropped
     burst = 5000
     for k in range(burst):
@@ -172,11 +174,7 @@ async def test_a_backlog_past_its_byte_budget_drops_the_client(client, monkeypat
     from meshd.api import ws as ws_module
 
     monkeypatch.setattr(ws_module, "SEND_BUFFER_BYTES", 64 * 1024)
-    hub = client.server.app[HUB]
-    before = set(hub.clients)
-    ws = await client.ws_connect("/ws", compress=15)
-    assert (await ws.receive_json(timeout=5))["type"] == "connected"
-    member = await connected_client(hub, before)
+    hub, ws, member = await compressed_listener(client)
     dropped = hub.dropped
     for k in range(20):  # 20 x 8 KiB queued in one step: past 64 KiB
         hub.publish({"type": "broadcast", "seq": k, "pad": "z" * 8192})
