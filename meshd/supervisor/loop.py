@@ -30,7 +30,7 @@ from meshd.locks import FileLock, LockBusy
 from meshd.process import EXIT_DB_CORRUPT, bind_socket
 from meshd.recovery import corruption, crash, unreachable
 from meshd.recovery.engine import Engine, Run
-from meshd.recovery.protocols import MESH_WIDE, PROTOCOLS
+from meshd.recovery.protocols import PROTOCOLS
 from meshd.store import postgres
 from meshd.supervisor import alerts, leader, status, takeover
 from meshd.supervisor import metrics as supervisor_metrics
@@ -133,7 +133,7 @@ class Supervisor:
             self.leadership.on_runs = takeover.RunTakeover(
                 self.engine, self.leadership.node.node_id).tick
             self.engine.driver = self._run_driver
-        self.engine.may_drive = lambda run: run.protocol not in MESH_WIDE or self.leads
+        self.engine.may_drive = lambda run: not takeover.mesh_wide(run) or self.leads
         self._install_signals()
         log.info("supervisor.started", pid=os.getpid(), host=settings.host, port=self.port,
                  data_dir=str(settings.data_dir), systemd=self.notifier.enabled)

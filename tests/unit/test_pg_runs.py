@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from meshd import config
+from meshd.errors import Invalid
 from meshd.recovery.engine import Engine, Run, Transition
 from meshd.store import pg_nodes, pg_runs, pg_schema, records
 from meshd.supervisor import leader
@@ -339,3 +340,18 @@ def test_migrating_to_v5_closes_the_handovers_taken_before_and_keeps_the_new_one
             assert rows == [("l", True), (None, False)]
     finally:
         pg_cluster.drop_database(name)
+
+
+@pytest.mark.parametrize("fence", ["node-a", {"driver": "node-a"}, {"run_id": "r1", "driver": 5},
+                                   {"run_id": "r1", "driver": "node-a", "handovers": "1"},
+                                   {"run_id": "r1", "driver": "node-a", "handovers": ["1"]}],
+                         ids=["not-an-object", "no-run-id", "driver-not-text",
+                              "handovers-not-a-list", "handover-not-an-id"])
+async def test_a_record_with_a_malformed_fence_is_refused_and_writes_nothing(storage, fence):
+    run = {"id": "r1", "protocol": MESH_WIDE_NAME, "event_id": "e1", "state": "detected",
+           "started_at": "2026-12-01 10:00:00", "updated_at": "2026-12-01 10:00:00",
+           "outcome": "running", "steps": []}
+    with pytest.raises(Invalid, match="fence needs run_id, driver"):
+        await storage.write_internal(records.apply_all,
+                                     [{"kind": "run", "id": "run-r1", "run": run, "fence": fence}])
+    assert await db_run(storage, "r1") is None
